@@ -1,0 +1,603 @@
+//! The command line: parses arguments with clap and runs each command on the same services the
+//! server uses, so `run` and `send` exercise exactly the production code path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::dispatch::Dispatcher;
+use crate::js::{self, Program};
+use crate::outbound::{Account, Caller, Media, SendRequest};
+use crate::server::Application;
+use crate::services::Services;
+use crate::settings::{ApiBase, ProcessEnv, Settings};
+use crate::store::{EventFilter, EventState, MessageFilter};
+use crate::telemetry::{self, LogFormat};
+use crate::twilio::simulate;
+
+/// The company id used when a tenant has none.
+pub const NO_COMPANY: &str = "NODEFINED";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "whatsapp-host",
+    version,
+    about = "Runs application JavaScript that sends WhatsApp messages through Twilio and reacts to Twilio's callbacks."
+)]
+pub struct Cli {
+    /// Settings file [default: $WHATSAPP_HOST_SETTINGS, else whatsapp-host.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub settings: Option<PathBuf>,
+    /// Log format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the callback endpoint, the dashboard and /metrics.
+    Serve {
+        /// Once listening, run this script (for example scripts/welcome.js) with --app.
+        #[arg(long, value_name = "SCRIPT", requires = "app")]
+        run: Option<PathBuf>,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, default_value = NO_COMPANY)]
+        company: String,
+    },
+    /// Run a script with `utils` bound to an app; prints its logs and result.
+    Run {
+        script: PathBuf,
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value = NO_COMPANY)]
+        company: String,
+    },
+    /// Send one message through the same path scripts use; prints the outcome JSON.
+    Send {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        message: String,
+        #[arg(long, conflicts_with_all = ["bucket", "file"])]
+        media_url: Option<String>,
+        #[arg(long, requires = "file")]
+        bucket: Option<String>,
+        #[arg(long, requires = "bucket")]
+        file: Option<String>,
+        #[arg(long, default_value = NO_COMPANY)]
+        company: String,
+    },
+    /// Validate the settings, compile every action and script, and print a summary.
+    Check,
+    /// List stored callback events, newest first.
+    Events {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, value_parser = ["pending", "done", "failed", "dead"])]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dispatch one stored event again, now, and report the outcome.
+    Replay { event_id: i64 },
+    /// Show messages with their status history.
+    Messages {
+        #[arg(long)]
+        sid: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Post a correctly signed status callback, as Twilio would, for local testing.
+    SimulateCallback {
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value = NO_COMPANY)]
+        company: String,
+        #[arg(long)]
+        sid: String,
+        #[arg(long)]
+        status: String,
+        /// Recipient number reported in the callback.
+        #[arg(long, default_value = "+393331234567")]
+        recipient: String,
+        /// URL to post to [default: the app's callback URL under server.public_url]
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+/// Runs a parsed command line. Returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    telemetry::init_logging(cli.log_format);
+    let path = Settings::resolve_path(cli.settings.as_deref(), &ProcessEnv);
+    let settings = Arc::new(Settings::load(&path, &ProcessEnv)?);
+    match cli.command {
+        Command::Serve { run, app, company } => {
+            let first = match (run, app) {
+                (Some(script), Some(app)) => Some((script, caller(&settings, &app, company)?)),
+                _ => None,
+            };
+            serve(settings, first).await
+        }
+        Command::Run {
+            script,
+            app,
+            company,
+        } => run_script(settings, &script, &app, company).await,
+        Command::Send {
+            app,
+            to,
+            message,
+            media_url,
+            bucket,
+            file,
+            company,
+        } => {
+            let media = match (media_url, bucket, file) {
+                (Some(url), _, _) => Media::Url(url),
+                (None, Some(bucket), Some(file)) => Media::Object { bucket, file },
+                _ => Media::None,
+            };
+            let request = SendRequest {
+                account: Account::App,
+                to,
+                body: message,
+                media,
+            };
+            send(settings, &app, company, request).await
+        }
+        Command::Check => check(&settings),
+        Command::Events {
+            app,
+            state,
+            limit,
+            json,
+        } => {
+            let filter = EventFilter {
+                app,
+                state: state.as_deref().and_then(EventState::parse),
+                limit,
+                ..Default::default()
+            };
+            list_events(settings, filter, json).await
+        }
+        Command::Replay { event_id } => replay(settings, event_id).await,
+        Command::Messages { sid, limit, json } => list_messages(settings, sid, limit, json).await,
+        Command::SimulateCallback {
+            app,
+            company,
+            sid,
+            status,
+            recipient,
+            to,
+        } => simulate_callback(&settings, &app, &company, &sid, &status, &recipient, to).await,
+    }
+}
+
+async fn serve(settings: Arc<Settings>, first: Option<(PathBuf, Caller)>) -> anyhow::Result<i32> {
+    let services = Services::start(settings)?;
+    let app = Application::build(services.clone()).await?;
+    if let Some((script, caller)) = first {
+        let source = std::fs::read_to_string(&script)
+            .with_context(|| format!("failed to read script {}", script.display()))?;
+        let name = script.display().to_string();
+        tokio::spawn(async move {
+            tracing::info!(script = %name, app = %caller.app.id, "running the start-up script");
+            match services
+                .engine
+                .run(
+                    caller,
+                    Program::Script {
+                        name: name.clone(),
+                        source,
+                    },
+                )
+                .await
+            {
+                Ok(value) => {
+                    tracing::info!(script = %name, result = %value.map(|v| v.to_string()).unwrap_or_default(), "start-up script finished")
+                }
+                Err(e) => {
+                    tracing::error!(script = %name, error = %e.detail(), "start-up script failed")
+                }
+            }
+        });
+    }
+    app.run_until(shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn caller(settings: &Settings, app: &str, company: String) -> anyhow::Result<Caller> {
+    let app = settings.apps.get(app).cloned().with_context(|| {
+        format!(
+            "unknown app {app:?}: add an [apps.{app}.WHATSAPP] section to {}",
+            settings.source.display()
+        )
+    })?;
+    Ok(Caller { app, company })
+}
+
+async fn run_script(
+    settings: Arc<Settings>,
+    script: &Path,
+    app: &str,
+    company: String,
+) -> anyhow::Result<i32> {
+    let caller = caller(&settings, app, company)?;
+    let source = std::fs::read_to_string(script)
+        .with_context(|| format!("failed to read script {}", script.display()))?;
+    let services = Services::start(settings)?;
+    let program = Program::Script {
+        name: script.display().to_string(),
+        source,
+    };
+    let result = services.engine.run(caller, program).await;
+    services.outbound.settle().await;
+    services.store.close().await;
+    match result {
+        Ok(value) => {
+            if let Some(value) = value {
+                println!("{}", render_result(&value));
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: script {} failed: {}", script.display(), e.detail());
+            Ok(1)
+        }
+    }
+}
+
+/// Strings print as they are (a send's outcome is already JSON); other values as JSON.
+fn render_result(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    }
+}
+
+async fn send(
+    settings: Arc<Settings>,
+    app: &str,
+    company: String,
+    request: SendRequest,
+) -> anyhow::Result<i32> {
+    let caller = caller(&settings, app, company)?;
+    let services = Services::start(settings)?;
+    let result = services.outbound.send(&caller, request).await;
+    services.outbound.settle().await;
+    services.store.close().await;
+    let outcome = result?;
+    println!("{}", serde_json::to_string_pretty(&outcome.0)?);
+    Ok(if outcome.is_failed() { 1 } else { 0 })
+}
+
+fn check(settings: &Settings) -> anyhow::Result<i32> {
+    let mut problems = 0;
+    println!("settings   {}", settings.source.display());
+    println!(
+        "twilio     {}",
+        match &settings.twilio.api_base {
+            ApiBase::Simulate => "simulate (no message leaves this machine)".to_string(),
+            ApiBase::Url(u) => u.to_string(),
+        }
+    );
+    println!(
+        "callbacks  {}",
+        settings.server.callback_url("{appId}", "{companyId}")
+    );
+    println!(
+        "gcs        {}",
+        match &settings.gcs {
+            Some(g) => format!(
+                "key {} (urls valid {:?})",
+                g.service_account_key.display(),
+                g.signed_url_ttl
+            ),
+            None => "not configured: bucket sends will throw".into(),
+        }
+    );
+    if let Err(e) = crate::media::UrlSigner::from_settings(settings.gcs.as_ref()) {
+        println!("  error: {e}");
+        problems += 1;
+    }
+    let limits = js::Limits::from(&settings.actions);
+    let actions = read_js_dir(&settings.server.actions_dir)?;
+    let errors = js::check_compiles(&actions, &limits);
+    println!(
+        "actions    {} in {}",
+        actions.len(),
+        settings.server.actions_dir.display()
+    );
+    for e in &errors {
+        println!("  error: {e}");
+        problems += 1;
+    }
+    let scripts = read_js_dir(&settings.server.scripts_dir)?;
+    println!(
+        "scripts    {} in {}",
+        scripts.len(),
+        settings.server.scripts_dir.display()
+    );
+    for (name, source) in &scripts {
+        if let Err(e) = js::check_script(name, source) {
+            println!("  error: {e}");
+            problems += 1;
+        }
+    }
+    println!("apps       {}", settings.apps.len());
+    for app in settings.apps.values() {
+        match &app.whatsapp {
+            None => println!("  {:<12} no WHATSAPP section", app.id),
+            Some(w) => {
+                let callback = w.callback.as_deref().unwrap_or("(none)");
+                println!(
+                    "  {:<12} account {}  from {}  callback {}{}{}",
+                    app.id,
+                    w.account_id,
+                    w.from_number,
+                    callback,
+                    if w.sandbox { "  sandbox" } else { "" },
+                    if w.validate_signatures {
+                        ""
+                    } else {
+                        "  SIGNATURES NOT CHECKED"
+                    },
+                );
+                if let Some(cb) = &w.callback
+                    && !actions.contains_key(cb)
+                {
+                    println!(
+                        "  error: app {} names callback action {cb:?} but {} has no {cb}.js",
+                        app.id,
+                        settings.server.actions_dir.display()
+                    );
+                    problems += 1;
+                }
+            }
+        }
+    }
+    if problems == 0 {
+        println!("ok");
+        Ok(0)
+    } else {
+        println!("{problems} problem(s)");
+        Ok(1)
+    }
+}
+
+fn read_js_dir(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("js")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            let source = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            out.insert(stem.to_string(), source);
+        }
+    }
+    Ok(out)
+}
+
+async fn list_events(
+    settings: Arc<Settings>,
+    filter: EventFilter,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let store = crate::store::Store::open(&settings.server.data_dir)?;
+    let events = store.events(filter).await?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(0);
+    }
+    println!(
+        "{:>8}  {:<8} {:<10} {:<12} {:<36} {:<11} {:>3}  error",
+        "id", "state", "app", "company", "sid", "status", "try"
+    );
+    for e in events {
+        println!(
+            "{:>8}  {:<8} {:<10} {:<12} {:<36} {:<11} {:>3}  {}",
+            e.id,
+            e.state.as_str(),
+            e.app,
+            e.company,
+            e.message_sid.as_deref().unwrap_or("-"),
+            e.message_status.as_deref().unwrap_or("-"),
+            e.attempts,
+            e.last_error
+                .as_deref()
+                .and_then(|l| l.lines().next())
+                .unwrap_or(""),
+        );
+    }
+    Ok(0)
+}
+
+async fn list_messages(
+    settings: Arc<Settings>,
+    sid: Option<String>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let store = crate::store::Store::open(&settings.server.data_dir)?;
+    let result = match sid {
+        Some(sid) => {
+            let Some((message, events)) = store.message(&sid).await? else {
+                store.close().await;
+                bail!("no message with sid {sid} in {}", store.path().display());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"message": message, "events": events})
+                    )?
+                );
+            } else {
+                println!(
+                    "{}  {}  app {}  company {}",
+                    message.sid.as_deref().unwrap_or("-"),
+                    message.status,
+                    message.app,
+                    message.company
+                );
+                println!(
+                    "  to {}  from {}",
+                    message.to.as_deref().unwrap_or("-"),
+                    message.from.as_deref().unwrap_or("-")
+                );
+                if let Some(code) = &message.error_code {
+                    println!(
+                        "  error {code}: {}",
+                        message.error_message.as_deref().unwrap_or("")
+                    );
+                }
+                println!(
+                    "  {}  sent ({})",
+                    fmt_ms(message.created_at),
+                    message.body.as_deref().unwrap_or("")
+                );
+                for e in events {
+                    println!(
+                        "  {}  {}  event {} {}",
+                        fmt_ms(e.received_at),
+                        e.message_status.as_deref().unwrap_or("-"),
+                        e.id,
+                        e.state.as_str()
+                    );
+                }
+            }
+            0
+        }
+        None => {
+            let messages = store
+                .messages(MessageFilter {
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&messages)?);
+            } else {
+                for m in messages {
+                    println!(
+                        "{}  {:<36} {:<11} {:<10} {:<16} {}",
+                        fmt_ms(m.created_at),
+                        m.sid.as_deref().unwrap_or("(not sent)"),
+                        m.status,
+                        m.app,
+                        m.to.as_deref().unwrap_or("-"),
+                        m.error_code
+                            .as_deref()
+                            .map(|c| format!("error {c}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            0
+        }
+    };
+    store.close().await;
+    Ok(result)
+}
+
+fn fmt_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    httpdate::fmt_http_date(t)
+}
+
+async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
+    let services = Services::start(settings.clone())?;
+    let Some(event) = services.store.event(event_id).await? else {
+        services.store.close().await;
+        bail!("no event {event_id} in {}", services.store.path().display());
+    };
+    let (dispatcher, task) =
+        Dispatcher::start(settings, services.store.clone(), services.engine.clone());
+    let result = dispatcher.replay_once(event).await;
+    task.abort();
+    services.store.close().await;
+    match result {
+        Ok(()) => {
+            println!("event {event_id}: done");
+            Ok(0)
+        }
+        Err(e) => {
+            println!("event {event_id}: failed: {}", e.detail());
+            Ok(1)
+        }
+    }
+}
+
+async fn simulate_callback(
+    settings: &Settings,
+    app: &str,
+    company: &str,
+    sid: &str,
+    status: &str,
+    recipient: &str,
+    to: Option<String>,
+) -> anyhow::Result<i32> {
+    let caller = caller(settings, app, company.to_string())?;
+    let Some(w) = caller.app.whatsapp.as_ref() else {
+        bail!("app {app:?} has no WHATSAPP parameters to sign with");
+    };
+    let url = to.unwrap_or_else(|| settings.server.callback_url(app, company));
+    let recipient = crate::phone::normalize(recipient, &w.default_country_code)?;
+    let fields =
+        simulate::status_callback_fields(sid, &w.account_id, &w.from_number, &recipient, status);
+    let http = reqwest::Client::new();
+    match simulate::post_signed(&http, &url, w.auth_key.expose_secret(), &fields).await {
+        Ok(s) => {
+            println!("posted {status} for {sid} to {url}: {s}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: posting the callback to {url} failed: {e}");
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The JS surface, in one table: every global a script can call is installed by [`install`].
+//! Each entry only converts arguments and calls plain Rust that knows nothing about boa.
+
+use std::sync::Arc;
+
+use boa_engine::object::ObjectInitializer;
+use boa_engine::property::Attribute;
+use boa_engine::{Context, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction};
+use secrecy::SecretString;
+use tracing::Level;
+
+use crate::outbound::{Account, Caller, Media, Outbound, SendRequest, UsageError};
+
+/// What the running job is: set in the context before every run, read by native functions.
+pub struct Current {
+    pub caller: Caller,
+    pub outbound: Arc<Outbound>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
+
+/// `utils.*`: name, arity, function.
+const UTILS: &[(&str, usize, Native)] = &[
+    ("sendWhatsappMessage", 7, send_whatsapp_message),
+    ("getParameter", 1, get_parameter),
+    ("log", 2, log),
+    ("info", 1, log_info),
+    ("warn", 1, log_warn),
+    ("debug", 1, log_debug),
+    ("error", 1, log_error),
+];
+
+/// `console.*`: the same logging, for code written against the usual console.
+const CONSOLE: &[(&str, usize, Native)] = &[
+    ("log", 1, log_info),
+    ("info", 1, log_info),
+    ("warn", 1, log_warn),
+    ("debug", 1, log_debug),
+    ("error", 1, log_error),
+];
+
+/// Installs `utils` and `console` as read-only globals.
+pub fn install(context: &mut Context) -> JsResult<()> {
+    for (name, table) in [("utils", UTILS), ("console", CONSOLE)] {
+        let mut object = ObjectInitializer::new(context);
+        for (fname, arity, f) in table {
+            object.function(
+                NativeFunction::from_fn_ptr(*f),
+                JsString::from(*fname),
+                *arity,
+            );
+        }
+        let object = object.build();
+        context.register_global_property(
+            JsString::from(name),
+            object,
+            Attribute::READONLY | Attribute::NON_ENUMERABLE,
+        )?;
+    }
+    Ok(())
+}
+
+/// An object with string-valued properties: how `vo` is handed to actions.
+pub fn string_record(fields: &[(String, String)], context: &mut Context) -> JsResult<JsObject> {
+    let object = JsObject::with_object_proto(context.intrinsics());
+    for (k, v) in fields {
+        object.create_data_property_or_throw(
+            JsString::from(k.as_str()),
+            JsString::from(v.as_str()),
+            context,
+        )?;
+    }
+    Ok(object)
+}
+
+fn current(context: &Context) -> JsResult<&Current> {
+    context.get_data::<Current>().ok_or_else(|| {
+        JsNativeError::error()
+            .with_message("utils is not available outside a whatsapp-host run")
+            .into()
+    })
+}
+
+fn type_error(message: impl Into<String>) -> boa_engine::JsError {
+    JsNativeError::typ().with_message(message.into()).into()
+}
+
+/// A required string argument. Numbers are accepted for phone numbers, as scripts often keep
+/// them numeric.
+fn string_arg(args: &[JsValue], i: usize, name: &str, numbers_ok: bool) -> JsResult<String> {
+    let value = args.get(i).cloned().unwrap_or_default();
+    if let Some(s) = value.as_string() {
+        return Ok(s.to_std_string_escaped());
+    }
+    if numbers_ok && let Some(n) = value.as_number() {
+        return Ok(format!("{n:.0}"));
+    }
+    Err(type_error(format!(
+        "utils.sendWhatsappMessage: {name} (argument {}) must be a string, got {}",
+        i + 1,
+        value.type_of()
+    )))
+}
+
+/// An optional string argument: `null`, `undefined` or absent mean none.
+fn optional_arg(args: &[JsValue], i: usize, name: &str) -> JsResult<Option<String>> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(v) if v.is_null_or_undefined() => Ok(None),
+        Some(_) => string_arg(args, i, name, false).map(Some),
+    }
+}
+
+/// Picks the form by argument count, as documented:
+/// 2–3 `(to, message[, url])`, 4 `(to, message, bucket, file)`,
+/// 5–6 `(accountId, secretKey, fromNr, to, message[, url])`,
+/// 7 `(accountId, secretKey, fromNr, to, message, bucket, file)`.
+fn parse_send(args: &[JsValue]) -> JsResult<SendRequest> {
+    let (account, rest) = match args.len() {
+        2..=4 => (Account::App, 0),
+        5..=7 => (
+            Account::Tenant {
+                account_sid: string_arg(args, 0, "accountId", false)?,
+                auth_token: SecretString::from(string_arg(args, 1, "secretKey", false)?),
+                from: string_arg(args, 2, "fromNr", true)?,
+            },
+            3,
+        ),
+        n => {
+            return Err(type_error(format!(
+                "utils.sendWhatsappMessage takes (to, message[, publicMediaURL]), (to, message, bucketName, fileName) or the same preceded by accountId, secretKey, fromNr; got {n} arguments"
+            )));
+        }
+    };
+    let to = string_arg(args, rest, "to", true)?;
+    let body = string_arg(args, rest + 1, "message", false)?;
+    let media = match args.len() - rest {
+        2 => Media::None,
+        3 => optional_arg(args, rest + 2, "publicMediaURL")?.map_or(Media::None, Media::Url),
+        _ => match (
+            optional_arg(args, rest + 2, "bucketName")?,
+            optional_arg(args, rest + 3, "fileName")?,
+        ) {
+            (None, None) => Media::None,
+            (Some(bucket), Some(file)) => Media::Object { bucket, file },
+            (Some(_), None) => {
+                return Err(type_error(
+                    "utils.sendWhatsappMessage: bucketName was given without fileName; pass both or neither",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(type_error(
+                    "utils.sendWhatsappMessage: fileName was given without bucketName; pass both or neither",
+                ));
+            }
+        },
+    };
+    Ok(SendRequest {
+        account,
+        to,
+        body,
+        media,
+    })
+}
+
+fn send_whatsapp_message(
+    _: &JsValue,
+    args: &[JsValue],
+    context: &mut Context,
+) -> JsResult<JsValue> {
+    let request = parse_send(args)?;
+    let current = current(context)?;
+    let (outbound, caller) = (current.outbound.clone(), current.caller.clone());
+    let outcome = current
+        .runtime
+        .block_on(async move { outbound.send(&caller, request).await })
+        .map_err(|e| match e {
+            UsageError::BadAccountSid(_) => type_error(e.to_string()),
+            _ => JsNativeError::error().with_message(e.to_string()).into(),
+        })?;
+    Ok(JsString::from(outcome.0.to_string()).into())
+}
+
+fn get_parameter(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    let name = match args.first().and_then(JsValue::as_string) {
+        Some(s) => s.to_std_string_escaped(),
+        None => {
+            return Err(type_error(
+                "utils.getParameter(name): name must be a string",
+            ));
+        }
+    };
+    let current = current(context)?;
+    let Some(params) = current.caller.app.whatsapp.as_ref() else {
+        return Ok(JsValue::null());
+    };
+    match params.public_parameter(&name) {
+        Some(v) => JsValue::from_json(&v, context),
+        None => Ok(JsValue::null()),
+    }
+}
+
+/// `utils.log(msg, type)`: type is `INFO` (default), `WARN`, `DEBUG` or `ERROR`.
+fn log(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    let level = match args.get(1).and_then(JsValue::as_string) {
+        None => Level::INFO,
+        Some(t) => match t.to_std_string_escaped().to_ascii_uppercase().as_str() {
+            "INFO" => Level::INFO,
+            "WARN" | "WARNING" => Level::WARN,
+            "DEBUG" => Level::DEBUG,
+            "ERROR" => Level::ERROR,
+            other => {
+                return Err(type_error(format!(
+                    "utils.log: type {other:?} is not one of INFO, WARN, DEBUG, ERROR"
+                )));
+            }
+        },
+    };
+    emit(level, &args[..args.len().min(1)], context);
+    Ok(JsValue::undefined())
+}
+
+fn log_info(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    emit(Level::INFO, args, context);
+    Ok(JsValue::undefined())
+}
+
+fn log_warn(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    emit(Level::WARN, args, context);
+    Ok(JsValue::undefined())
+}
+
+fn log_debug(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    emit(Level::DEBUG, args, context);
+    Ok(JsValue::undefined())
+}
+
+fn log_error(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    emit(Level::ERROR, args, context);
+    Ok(JsValue::undefined())
+}
+
+fn emit(level: Level, args: &[JsValue], context: &mut Context) {
+    let message = args
+        .iter()
+        .map(|v| match v.as_string() {
+            Some(s) => s.to_std_string_escaped(),
+            None => v
+                .to_json(context)
+                .ok()
+                .flatten()
+                .map_or_else(|| v.display().to_string(), |j| j.to_string()),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (app, company) = match context.get_data::<Current>() {
+        Some(c) => (c.caller.app.id.as_str(), c.caller.company.as_str()),
+        None => ("", ""),
+    };
+    match level {
+        Level::ERROR => tracing::error!(target: "js", app, company, "{message}"),
+        Level::WARN => tracing::warn!(target: "js", app, company, "{message}"),
+        Level::DEBUG => tracing::debug!(target: "js", app, company, "{message}"),
+        _ => tracing::info!(target: "js", app, company, "{message}"),
+    }
+}

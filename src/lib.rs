@@ -1,0 +1,29 @@
+//! whatsapp-host runs application JavaScript that sends WhatsApp messages through Twilio, and
+//! receives Twilio's status callbacks, stores them durably and hands them to JS actions.
+//!
+//! # Layout
+//! - [`settings`]: the TOML settings file, validated at load; the only reader of the environment.
+//! - [`phone`]: phone-number parsing to E.164.
+//! - [`twilio`]: the Messages API client, webhook signatures, and the `simulate` stand-in.
+//! - [`media`]: Cloud Storage signed URLs and media probing.
+//! - [`store`]: the embedded SQLite store with group commit; the only module with SQL.
+//! - [`outbound`]: the one send path behind every form of `utils.sendWhatsappMessage`.
+//! - [`js`]: the boa engine on worker threads, and the `utils` table scripts see.
+//! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
+//! - [`server`]: the axum routes, the callback endpoint and shutdown.
+//! - [`services`]: wiring of the above, shared by the server and the CLI.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`cli`]: the `whatsapp-host` commands.
+
+pub mod cli;
+pub mod dispatch;
+pub mod js;
+pub mod media;
+pub mod outbound;
+pub mod phone;
+pub mod server;
+pub mod services;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod twilio;

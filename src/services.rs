@@ -1,0 +1,77 @@
+//! Wiring: builds, once per process, the store, the Twilio and media clients, the outbound path
+//! and the JS engine from validated settings. The server and every CLI command start here.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::js::{Engine, Limits};
+use crate::media::{Probe, UrlSigner};
+use crate::outbound::Outbound;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::twilio;
+
+/// The long-lived parts of a running host. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub outbound: Arc<Outbound>,
+    pub engine: Engine,
+}
+
+impl Services {
+    /// Opens the store, loads the signing key, compiles the actions and starts the JS workers.
+    /// Must run inside a tokio runtime.
+    pub fn start(settings: Arc<Settings>) -> anyhow::Result<Services> {
+        Self::start_with(settings, twilio::RetryPolicy::default())
+    }
+
+    /// Like [`Services::start`] with a chosen Twilio retry policy (tests shorten the delays).
+    pub fn start_with(
+        settings: Arc<Settings>,
+        retry: twilio::RetryPolicy,
+    ) -> anyhow::Result<Services> {
+        let store = Store::open(&settings.server.data_dir)?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("whatsapp-host/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(
+                settings
+                    .twilio
+                    .timeout
+                    .min(std::time::Duration::from_secs(5)),
+            )
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("failed to build the HTTP client")?;
+        let twilio = twilio::Client::new(&settings.twilio, http.clone()).with_retry(retry);
+        let probe = Probe::new(http, settings.media.max_bytes, settings.twilio.timeout);
+        let signer = UrlSigner::from_settings(settings.gcs.as_ref())?;
+        let outbound = Arc::new(Outbound::new(
+            settings.clone(),
+            twilio,
+            probe,
+            signer,
+            store.clone(),
+        ));
+        let engine = Engine::start(
+            &settings.server.actions_dir,
+            settings.actions.workers,
+            Limits::from(&settings.actions),
+            outbound.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "failed to load actions from {}",
+                settings.server.actions_dir.display()
+            )
+        })?;
+        Ok(Services {
+            settings,
+            store,
+            outbound,
+            engine,
+        })
+    }
+}

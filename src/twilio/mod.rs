@@ -1,0 +1,364 @@
+//! Twilio: the only module that knows Twilio's URLs, authentication, wire format and error
+//! shapes. It creates messages (with the retry rules that never send twice), checks webhook
+//! signatures, and in `simulate` mode stands in for Twilio entirely.
+
+pub mod signature;
+pub mod simulate;
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use crate::settings::{self, ApiBase};
+
+/// An account's credentials. The token is only exposed where the `Authorization` header is built.
+#[derive(Clone, Copy)]
+pub struct Credentials<'a> {
+    pub account_sid: &'a str,
+    pub auth_token: &'a SecretString,
+}
+
+/// A message to create, already validated: numbers are E.164 and the body fits.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub media_url: Option<String>,
+    /// Where Twilio should post status events; `None` leaves the console's setting in force.
+    pub status_callback: Option<String>,
+}
+
+impl NewMessage {
+    /// The form fields Twilio's Messages API takes. Array fields repeat their key.
+    fn form(&self) -> Vec<(&'static str, &str)> {
+        let mut form = vec![
+            ("To", self.to.as_str()),
+            ("From", self.from.as_str()),
+            ("Body", self.body.as_str()),
+        ];
+        form.extend(self.media_url.as_deref().map(|m| ("MediaUrl", m)));
+        form.extend(
+            self.status_callback
+                .as_deref()
+                .map(|c| ("StatusCallback", c)),
+        );
+        form
+    }
+}
+
+/// Why a create did not produce a message. Carries no secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TwilioError {
+    /// Twilio answered with an error resource.
+    #[error("twilio refused the message ({http_status}): {message}")]
+    Api {
+        http_status: u16,
+        code: Option<i64>,
+        message: String,
+        more_info: Option<String>,
+    },
+    /// Twilio could not be reached at all; nothing was sent.
+    #[error("could not connect to twilio at {base}: {detail}")]
+    Unreachable { base: String, detail: String },
+    /// The request went out but no answer came in time: the message may or may not exist.
+    #[error("twilio did not answer within {0:?}; the message may still have been sent")]
+    TimedOut(Duration),
+    /// The connection broke after the request was sent.
+    #[error("the connection to twilio failed mid-request: {0}")]
+    Transport(String),
+    /// Twilio answered success with a body we could not read.
+    #[error("twilio answered {http_status} with an unreadable body: {detail}")]
+    BadResponse { http_status: u16, detail: String },
+}
+
+/// Error codes the host uses where Twilio has none. Documented in the README.
+pub mod host_codes {
+    /// Twilio could not be reached.
+    pub const UNREACHABLE: i64 = 90001;
+    /// The request timed out: outcome unknown.
+    pub const TIMED_OUT: i64 = 90002;
+    /// The connection failed after the request was sent.
+    pub const TRANSPORT: i64 = 90003;
+    /// Twilio's answer could not be read.
+    pub const BAD_RESPONSE: i64 = 90004;
+}
+
+impl TwilioError {
+    /// The error code reported to scripts: Twilio's own where it gave one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            TwilioError::Api { code, .. } => *code,
+            TwilioError::Unreachable { .. } => Some(host_codes::UNREACHABLE),
+            TwilioError::TimedOut(_) => Some(host_codes::TIMED_OUT),
+            TwilioError::Transport(_) => Some(host_codes::TRANSPORT),
+            TwilioError::BadResponse { .. } => Some(host_codes::BAD_RESPONSE),
+        }
+    }
+
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            TwilioError::Api { http_status, .. } | TwilioError::BadResponse { http_status, .. } => {
+                Some(*http_status)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn more_info(&self) -> Option<&str> {
+        match self {
+            TwilioError::Api { more_info, .. } => more_info.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The message scripts see: Twilio's own text for API errors.
+    pub fn script_message(&self) -> String {
+        match self {
+            TwilioError::Api { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// When to try a create again. Only failures that prove nothing was sent are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter, unless Twilio said how long to wait.
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.max_delay);
+        }
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay);
+        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// The Messages API client. One per process: it holds the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    api_base: ApiBase,
+    timeout: Duration,
+    retry: RetryPolicy,
+    simulator: Option<simulate::Simulator>,
+}
+
+impl Client {
+    pub fn new(settings: &settings::Twilio, http: reqwest::Client) -> Self {
+        let simulator = (settings.api_base == ApiBase::Simulate)
+            .then(|| simulate::Simulator::new(http.clone(), settings.simulate_step));
+        Self {
+            http,
+            api_base: settings.api_base.clone(),
+            timeout: settings.timeout,
+            retry: RetryPolicy::default(),
+            simulator,
+        }
+    }
+
+    /// Replaces the retry policy; tests shorten the delays.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn is_simulated(&self) -> bool {
+        self.simulator.is_some()
+    }
+
+    /// In simulate mode, waits until the simulated callbacks of every send have been posted.
+    pub async fn settle(&self) {
+        if let Some(simulator) = &self.simulator {
+            simulator.settle().await;
+        }
+    }
+
+    /// Creates a message and returns Twilio's message resource exactly as Twilio sent it.
+    ///
+    /// 429s and connection failures are retried; a timeout or a 5xx is not, because Twilio has
+    /// no idempotency key and a second create could deliver the message twice.
+    pub async fn create_message(
+        &self,
+        creds: Credentials<'_>,
+        message: &NewMessage,
+    ) -> Result<Value, TwilioError> {
+        let base = match &self.api_base {
+            ApiBase::Simulate => {
+                let simulator = self
+                    .simulator
+                    .as_ref()
+                    .expect("simulate mode has a simulator");
+                return Ok(simulator.create_message(creds, message));
+            }
+            ApiBase::Url(base) => base,
+        };
+        let url = messages_url(base, creds.account_sid);
+        let form = message.form();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .http
+                .post(url.clone())
+                .basic_auth(creds.account_sid, Some(creds.auth_token.expose_secret()))
+                .header(reqwest::header::ACCEPT, "application/json")
+                .form(&form)
+                .timeout(self.timeout)
+                .send()
+                .await;
+            let retry_after = match result {
+                Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let after = retry_after(response.headers());
+                    if attempt >= self.retry.attempts {
+                        return Err(api_error(response).await);
+                    }
+                    after
+                }
+                Ok(response) => return read_resource(response).await,
+                Err(e) if e.is_connect() && attempt < self.retry.attempts => None,
+                Err(e) => return Err(self.transport_error(base, e)),
+            };
+            let delay = self.retry.delay(attempt - 1, retry_after);
+            tracing::debug!(attempt, ?delay, "retrying twilio create");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn transport_error(&self, base: &Url, e: reqwest::Error) -> TwilioError {
+        // reqwest's Display includes the URL, which names the account sid but no secret.
+        let detail = source_chain(&e);
+        if e.is_connect() {
+            TwilioError::Unreachable {
+                base: base.to_string(),
+                detail,
+            }
+        } else if e.is_timeout() {
+            TwilioError::TimedOut(self.timeout)
+        } else {
+            TwilioError::Transport(detail)
+        }
+    }
+}
+
+/// `{base}/2010-04-01/Accounts/{sid}/Messages.json`.
+fn messages_url(base: &Url, account_sid: &str) -> Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("api_base is an http(s) URL")
+        .pop_if_empty()
+        .extend(["2010-04-01", "Accounts", account_sid, "Messages.json"]);
+    url
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
+}
+
+async fn read_resource(response: reqwest::Response) -> Result<Value, TwilioError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(api_error(response).await);
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| TwilioError::BadResponse {
+            http_status: status.as_u16(),
+            detail: source_chain(&e),
+        })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(resource @ Value::Object(_)) => Ok(resource),
+        Ok(_) => Err(TwilioError::BadResponse {
+            http_status: status.as_u16(),
+            detail: "expected a JSON object".into(),
+        }),
+        Err(e) => Err(TwilioError::BadResponse {
+            http_status: status.as_u16(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Reads Twilio's error resource: `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`.
+async fn api_error(response: reqwest::Response) -> TwilioError {
+    let http_status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    TwilioError::Api {
+        http_status,
+        code: body.get("code").and_then(Value::as_i64),
+        message: body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("twilio answered HTTP {http_status}")),
+        more_info: body
+            .get("more_info")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_url_keeps_a_base_path() {
+        let base = Url::parse("http://127.0.0.1:4010/").unwrap();
+        assert_eq!(
+            messages_url(&base, "AC1").as_str(),
+            "http://127.0.0.1:4010/2010-04-01/Accounts/AC1/Messages.json"
+        );
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        let d = p.delay(1, None);
+        assert!(d >= Duration::from_millis(250) && d <= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,160 @@
+//! A local stand-in for Twilio (`api_base = "simulate"`): answers creates with a `queued`
+//! message and then posts the host correctly signed `sent`, `delivered` and `read` callbacks,
+//! so a fresh clone shows the whole loop without a Twilio account.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+
+use rand::Rng;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::{Credentials, NewMessage, signature};
+
+/// The statuses a delivered and read WhatsApp message goes through after `queued`.
+const PROGRESSION: [&str; 3] = ["sent", "delivered", "read"];
+
+#[derive(Clone)]
+pub struct Simulator {
+    http: reqwest::Client,
+    step: Duration,
+    /// Callback sequences still posting, so a short-lived command can wait for them.
+    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Simulator {
+    pub fn new(http: reqwest::Client, step: Duration) -> Self {
+        Self {
+            http,
+            step,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Waits until every scheduled callback has been posted.
+    pub async fn settle(&self) {
+        loop {
+            let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+            if batch.is_empty() {
+                return;
+            }
+            for task in batch {
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Answers like Twilio's 201 and schedules the status callbacks Twilio would send.
+    pub fn create_message(&self, creds: Credentials<'_>, message: &NewMessage) -> Value {
+        let sid = new_sid("SM");
+        let now = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
+        let resource = json!({
+            "account_sid": creds.account_sid,
+            "api_version": "2010-04-01",
+            "body": message.body,
+            "date_created": now,
+            "date_sent": null,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": null,
+            "error_message": null,
+            "from": message.from,
+            "messaging_service_sid": null,
+            "num_media": if message.media_url.is_some() { "1" } else { "0" },
+            "num_segments": "1",
+            "price": null,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {
+                "media": format!("/2010-04-01/Accounts/{}/Messages/{sid}/Media.json", creds.account_sid)
+            },
+            "to": message.to,
+            "uri": format!("/2010-04-01/Accounts/{}/Messages/{sid}.json", creds.account_sid),
+        });
+        if let Some(callback) = message.status_callback.clone() {
+            let fields = |status: &str| {
+                status_callback_fields(&sid, creds.account_sid, &message.from, &message.to, status)
+            };
+            let posts: Vec<_> = PROGRESSION.iter().map(|s| fields(s)).collect();
+            let token = creds.auth_token.expose_secret().to_string();
+            let (http, step) = (self.http.clone(), self.step);
+            let task = tokio::spawn(async move {
+                for params in posts {
+                    tokio::time::sleep(step).await;
+                    if let Err(e) = post_signed(&http, &callback, &token, &params).await {
+                        tracing::warn!(url = %callback, error = %e, "simulated callback was not accepted");
+                        return;
+                    }
+                }
+            });
+            let mut pending = self.pending.lock().expect("pending lock");
+            pending.retain(|t| !t.is_finished());
+            pending.push(task);
+        }
+        resource
+    }
+}
+
+fn bare(address: &str) -> &str {
+    address.strip_prefix("whatsapp:").unwrap_or(address)
+}
+
+/// The fields Twilio posts to a status callback for a WhatsApp message; numbers are E.164.
+pub fn status_callback_fields(
+    sid: &str,
+    account_sid: &str,
+    from: &str,
+    to: &str,
+    status: &str,
+) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("ChannelPrefix", "whatsapp".to_string()),
+        ("ApiVersion", "2010-04-01".to_string()),
+        ("MessageStatus", status.to_string()),
+        ("SmsSid", sid.to_string()),
+        ("SmsStatus", status.to_string()),
+        ("ChannelInstallSid", "XE".to_string() + &sid[2..]),
+        ("To", format!("whatsapp:{to}")),
+        ("From", format!("whatsapp:{from}")),
+        ("MessageSid", sid.to_string()),
+        ("StructuredMessage", "false".to_string()),
+        ("AccountSid", account_sid.to_string()),
+    ];
+    if matches!(status, "failed" | "undelivered") {
+        fields.push(("ErrorCode", "63016".to_string()));
+    }
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Posts form fields to a webhook URL with a valid `X-Twilio-Signature`, as Twilio does.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    url: &str,
+    auth_token: &str,
+    params: &[(String, String)],
+) -> Result<reqwest::StatusCode, String> {
+    let response = http
+        .post(url)
+        .header(signature::HEADER, signature::sign(auth_token, url, params))
+        .header("i-twilio-idempotency-token", new_sid("ID"))
+        .form(params)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    match response.status() {
+        s if s.is_success() => Ok(s),
+        s => Err(format!("answered {s}")),
+    }
+}
+
+/// A random Twilio-style SID: a two-letter prefix and 32 hex digits.
+pub fn new_sid(prefix: &str) -> String {
+    let n: u128 = rand::rng().random();
+    format!("{prefix}{n:032x}")
+}
