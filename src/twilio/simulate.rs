@@ -76,7 +76,13 @@ impl Simulator {
         });
         if let Some(callback) = message.status_callback.clone() {
             let fields = |status: &str| {
-                status_callback_fields(&sid, creds.account_sid, &message.from, &message.to, status)
+                status_callback_fields(
+                    &sid,
+                    creds.account_sid,
+                    bare(&message.from),
+                    bare(&message.to),
+                    status,
+                )
             };
             let posts: Vec<_> = PROGRESSION.iter().map(|s| fields(s)).collect();
             let token = creds.auth_token.expose_secret().to_string();
