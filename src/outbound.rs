@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::media::{self, MediaError};
-use crate::phone;
 use crate::settings::{App, Settings, Whatsapp};
 use crate::store::{SendRecord, Store, now_ms};
 use crate::twilio::{self, Credentials, NewMessage, TwilioError};
+use crate::{phone, telemetry};
 
 /// Twilio's limit on a message body, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
@@ -275,10 +275,17 @@ impl Outbound {
             account_sid,
             auth_token: token,
         };
-        let outcome = match self.twilio.create_message(creds, &message).await {
-            Ok(resource) => Outcome(resource),
+        let started = std::time::Instant::now();
+        let created = self.twilio.create_message(creds, &message).await;
+        telemetry::twilio_latency(started.elapsed());
+        let outcome = match created {
+            Ok(resource) => {
+                telemetry::send("sent", None);
+                Outcome(resource)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "twilio create failed");
+                telemetry::send("failed", e.code());
                 Outcome::from_twilio_error(&e)
             }
         };
@@ -297,6 +304,7 @@ impl Outbound {
         outcome: Outcome,
     ) -> Outcome {
         tracing::warn!(error = %outcome.0["error_message"], "send refused before twilio");
+        telemetry::send("refused", outcome.0["error_code"].as_i64());
         self.store
             .record_send(self.record(caller, req, account_sid, from, &outcome));
         outcome
