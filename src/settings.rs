@@ -105,6 +105,8 @@ pub struct Gcs {
 pub struct Actions {
     /// Wall-clock budget for one action run.
     pub budget: Duration,
+    /// Wall-clock budget for a whole script run from the command line.
+    pub script_budget: Duration,
     pub max_attempts: u32,
     /// First retry delay; doubles each attempt up to `retry_max`.
     pub retry_base: Duration,
@@ -406,6 +408,7 @@ impl Loader<'_> {
         };
         Ok(Actions {
             budget: Duration::from_millis(raw.budget_ms),
+            script_budget: Duration::from_millis(raw.script_budget_ms.max(raw.budget_ms)),
             max_attempts: raw.max_attempts,
             retry_base: Duration::from_millis(raw.retry_base_ms),
             retry_max: Duration::from_millis(raw.retry_max_ms.max(raw.retry_base_ms)),
@@ -577,6 +580,7 @@ mod raw {
     #[serde(deny_unknown_fields, default)]
     pub struct Actions {
         pub budget_ms: u64,
+        pub script_budget_ms: u64,
         pub max_attempts: u32,
         pub retry_base_ms: u64,
         pub retry_max_ms: u64,
@@ -589,6 +593,7 @@ mod raw {
         fn default() -> Self {
             Self {
                 budget_ms: 5_000,
+                script_budget_ms: 300_000,
                 max_attempts: 5,
                 retry_base_ms: 1_000,
                 retry_max_ms: 60_000,

@@ -361,12 +361,13 @@ impl Store {
         .expect("store read panicked")
     }
 
-    /// Whether a write can be committed right now, for `/healthz`.
+    /// Whether a write can be committed right now, for `/healthz`: the writer takes the write
+    /// lock for an empty transaction and answers within a second.
     pub async fn is_writable(&self) -> bool {
-        self.read(|c| c.query_row("SELECT 1 FROM pragma_quick_check", [], |_| Ok(())))
-            .await
-            .is_ok()
-            && self.thread.lock().map(|t| t.is_some()).unwrap_or(false)
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await,
+            Ok(Ok(()))
+        )
     }
 
     pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
@@ -716,7 +717,10 @@ impl Reply {
                 }
             }
             Reply::Barrier(tx) => {
-                let _ = tx.send(());
+                // Dropped unanswered when the commit failed: the waiter sees an error.
+                if commit_error.is_none() {
+                    let _ = tx.send(());
+                }
             }
         }
     }

@@ -92,7 +92,11 @@ pub type RunOutput = Option<serde_json::Value>;
 /// Limits applied to every context.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Wall-clock budget of one action run.
     pub budget: Duration,
+    /// Wall-clock budget of a whole script (`run`, `serve --run`): scripts may send many
+    /// messages, each possibly waiting for the sandbox's 3-second spacing.
+    pub script_budget: Duration,
     pub loop_iterations: u64,
     pub recursion: usize,
 }
@@ -101,6 +105,7 @@ impl From<&settings::Actions> for Limits {
     fn from(a: &settings::Actions) -> Self {
         Self {
             budget: a.budget,
+            script_budget: a.script_budget,
             loop_iterations: a.loop_iteration_limit,
             recursion: a.recursion_limit,
         }
@@ -195,6 +200,10 @@ impl Engine {
     /// Runs a program on a free worker. The budget counts from when a worker picks the job up;
     /// a run over budget is reported at once and its worker is replaced.
     pub async fn run(&self, caller: Caller, program: Program) -> Result<RunOutput, RunError> {
+        let budget = match program {
+            Program::Action { .. } => self.shared.limits.budget,
+            Program::Script { .. } => self.shared.limits.script_budget,
+        };
         let (started_tx, started_rx) = oneshot::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(RUNNING));
@@ -208,7 +217,6 @@ impl Engine {
             })
             .map_err(|_| RunError::Closed)?;
         started_rx.await.map_err(|_| RunError::Closed)?;
-        let budget = self.shared.limits.budget;
         let mut reply_rx = reply_rx;
         match tokio::time::timeout(budget, &mut reply_rx).await {
             Ok(reply) => reply.map_err(|_| RunError::Closed)?,
@@ -277,6 +285,7 @@ pub fn check_compiles(sources: &BTreeMap<String, String>, limits: &Limits) -> Ve
 pub fn check_script(name: &str, source: &str) -> Result<(), RunError> {
     let mut context = open_context(&Limits {
         budget: Duration::from_secs(1),
+        script_budget: Duration::from_secs(1),
         loop_iterations: 1,
         recursion: 1,
     })?;
