@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -206,6 +206,12 @@ impl Outbound {
             } => {
                 if !crate::settings::is_account_sid(account_sid) {
                     return Err(UsageError::BadAccountSid(account_sid.clone()));
+                }
+                if auth_token.expose_secret().is_empty() {
+                    return Err(UsageError::Missing("secretKey"));
+                }
+                if from.trim().is_empty() {
+                    return Err(UsageError::Missing("fromNr"));
                 }
                 let from = match phone::normalize(from, country) {
                     Ok(from) => from,

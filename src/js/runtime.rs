@@ -176,8 +176,12 @@ fn send_whatsapp_message(
         .runtime
         .block_on(async move { outbound.send(&caller, request).await })
         .map_err(|e| match e {
-            UsageError::BadAccountSid(_) => type_error(e.to_string()),
-            _ => JsNativeError::error().with_message(e.to_string()).into(),
+            UsageError::BadAccountSid(_) | UsageError::Missing(_) => {
+                type_error(format!("utils.sendWhatsappMessage: {e}"))
+            }
+            _ => JsNativeError::error()
+                .with_message(format!("utils.sendWhatsappMessage: {e}"))
+                .into(),
         })?;
     Ok(JsString::from(outcome.0.to_string()).into())
 }
