@@ -13,13 +13,16 @@ pub const HEADER: &str = "x-twilio-signature";
 
 /// `base64(HMAC-SHA1(auth_token, url + each param name and value, names in byte order))`.
 ///
-/// Repeated names contribute every value, values sorted, as Twilio's libraries do.
+/// Repeated names contribute each distinct value once, values sorted, as Twilio's libraries do
+/// (they collect a name's values in a set): `Digits=5678&Digits=1234&Digits=1234` signs as
+/// `Digits1234Digits5678`.
 pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<(&str, &str)> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     sorted.sort_unstable();
+    sorted.dedup();
     let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes())
         .expect("HMAC accepts keys of any length");
     mac.update(url.as_bytes());
