@@ -145,7 +145,7 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every `*.js` in `actions_dir`, compiles each once to report errors early, and starts
-    /// `workers` threads, each of which compiles the actions into its own context.
+    /// `workers` threads, which run each action in a fresh context of its own.
     ///
     /// Must be called inside a tokio runtime: sends made by scripts run on it.
     pub fn start(
@@ -310,21 +310,11 @@ fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<()> {
     spawned.map(|_| ())
 }
 
-/// A worker: one context, every action compiled once, then jobs until the queue closes.
+/// A worker: jobs until the queue closes. Each action run gets a context of its own, so what
+/// one event changes (a built-in, `utils`, a prototype) cannot reach the next event, nor
+/// another app's: a long-lived context shared by every app would let one app's action wrap
+/// `JSON.stringify` or `utils.sendWhatsappMessage` for all later events.
 fn worker(shared: &Shared) {
-    let mut context = match new_context(&shared.limits) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "js worker could not create a context");
-            return;
-        }
-    };
-    let mut actions = BTreeMap::new();
-    for (id, source) in shared.sources.iter() {
-        if let Ok(f) = compile_action(&mut context, id, source) {
-            actions.insert(id.clone(), f);
-        }
-    }
     while let Ok(job) = shared.jobs.recv() {
         let _ = job.started.send(());
         let current = runtime::Current {
@@ -333,15 +323,8 @@ fn worker(shared: &Shared) {
             runtime: shared.runtime.clone(),
         };
         let result = match &job.program {
-            Program::Action { id, vo } => match actions.get(id) {
-                Some(f) => {
-                    context.insert_data(current);
-                    run_action(&mut context, f, vo)
-                }
-                None if shared.sources.contains_key(id) => {
-                    // Present but not compiled: report the compile error for this event.
-                    compile_action(&mut context, id, &shared.sources[id]).map(|_| None)
-                }
+            Program::Action { id, vo } => match shared.sources.get(id) {
+                Some(source) => run_isolated_action(&shared.limits, current, id, source, vo),
                 None => Err(RunError::UnknownAction(id.clone())),
             },
             Program::Script { name, source } => run_script(&shared.limits, current, name, source),
@@ -431,6 +414,21 @@ fn compile_action(context: &mut Context, id: &str, source: &str) -> Result<JsFun
         .as_object()
         .and_then(JsFunction::from_object)
         .ok_or_else(|| compile_error("the action did not compile to a function".into()))
+}
+
+/// Compiles an action into a fresh context and runs it there once. A compile error is this
+/// event's error; `Engine::start` has already reported it for `/healthz`.
+fn run_isolated_action(
+    limits: &Limits,
+    current: runtime::Current,
+    id: &str,
+    source: &str,
+    vo: &[(String, String)],
+) -> Result<RunOutput, RunError> {
+    let mut context = new_context(limits)?;
+    let action = compile_action(&mut context, id, source)?;
+    context.insert_data(current);
+    run_action(&mut context, &action, vo)
 }
 
 fn run_action(
