@@ -1,11 +1,175 @@
 //! The callback endpoint over real HTTP: signatures, bad input, durability and dispatch.
+//!
+//! What an action did is observed from outside: the actions here send a WhatsApp message whose
+//! body reports what they saw, and a `wiremock` Twilio records what was sent.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use serde_json::{Value, json};
 use whatsapp_host::store::{EventFilter, EventState};
+use whatsapp_host::twilio::signature;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Long enough for a slow CI machine; every wait ends as soon as its condition holds.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The sid the mock Twilio gives every message it accepts; no test posts callbacks for it.
+const SENT_SID: &str = "SMffffffffffffffffffffffffffffffff";
+
+/// An action that reports everything it saw as the body of a message.
+const ECHO_VO: &str = "utils.sendWhatsappMessage('+393331234567', JSON.stringify(vo));";
+
+/// A Twilio stand-in that accepts every message create for the test account.
+async fn mock_twilio() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+        )))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "sid": SENT_SID,
+            "account_sid": ACCOUNT_SID,
+            "status": "queued",
+        })))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Settings whose app runs `source` for each callback and sends through `twilio`.
+fn config_with(twilio: &MockServer, source: &str) -> TestConfig {
+    let mut config = TestConfig::new()
+        .api_base(twilio.uri())
+        .action("onStatus", source);
+    config.media_check = false;
+    config
+}
+
+/// The `Body` of every message the mock Twilio received, in order.
+async fn sent_bodies(twilio: &MockServer) -> Vec<String> {
+    twilio
+        .received_requests()
+        .await
+        .expect("wiremock records requests")
+        .iter()
+        .map(|r| {
+            let form: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&r.body).expect("twilio create is a form");
+            form.into_iter()
+                .find(|(k, _)| k == "Body")
+                .map(|(_, v)| v)
+                .expect("twilio create has a Body")
+        })
+        .collect()
+}
+
+/// Sent bodies parsed as the JSON the actions here write.
+async fn sent_json(twilio: &MockServer) -> Vec<Value> {
+    sent_bodies(twilio)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).expect("the action sent JSON"))
+        .collect()
+}
+
+/// Posts `fields` as a form with whatever signature and idempotency token the test chooses.
+async fn post_form(
+    app: &TestApp,
+    url: &str,
+    fields: &[(String, String)],
+    signature: Option<&str>,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app.http.post(url).form(fields);
+    if let Some(sig) = signature {
+        request = request.header("X-Twilio-Signature", sig);
+    }
+    if let Some(token) = token {
+        request = request.header("I-Twilio-Idempotency-Token", token);
+    }
+    request.send().await.expect("callback request")
+}
+
+/// Posts `fields` to `url`, signed as Twilio would sign `signed_url`.
+async fn post_signed_as(
+    app: &TestApp,
+    url: &str,
+    signed_url: &str,
+    fields: &[(String, String)],
+) -> reqwest::Response {
+    let sig = signature::sign(AUTH_KEY, signed_url, fields);
+    post_form(app, url, fields, Some(&sig), None).await
+}
+
+/// Posts a raw body with a content type and a signature over it as a form, when it is one.
+async fn post_raw(
+    app: &TestApp,
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    app.http
+        .post(url)
+        .header("Content-Type", content_type)
+        .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, &[]))
+        .body(body)
+        .send()
+        .await
+        .expect("raw request")
+}
+
+async fn all_events(app: &TestApp) -> Vec<whatsapp_host::store::Event> {
+    app.store()
+        .events(EventFilter::default())
+        .await
+        .expect("events query")
+}
+
+/// Waits until exactly `n` events are stored and every one of them is in `state`.
+async fn wait_for_events(app: &TestApp, n: usize, state: EventState) {
+    app.wait_for(
+        &format!("{n} event(s) in state {}", state.as_str()),
+        WAIT,
+        || async move {
+            let events = all_events(app).await;
+            events.len() == n && events.iter().all(|e| e.state == state)
+        },
+    )
+    .await;
+}
+
+async fn healthz(app: &TestApp) -> (u16, Value) {
+    let response = app
+        .http
+        .get(format!("{}/healthz", app.base_url))
+        .send()
+        .await
+        .expect("healthz request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("healthz answers JSON"))
+}
+
+/// Waits until the dispatcher has nothing accepted and unfinished, so counts are final.
+async fn wait_for_idle(app: &TestApp) {
+    app.wait_for("the dispatch backlog to empty", WAIT, || async {
+        healthz(app).await.1["backlog"] == 0
+    })
+    .await;
+}
+
+/// After requests that must have changed nothing, a good callback still gets through: proves
+/// the server kept serving and gives asynchronous dispatch a point to be observed at.
+async fn assert_still_serving(app: &TestApp, sid: &str) {
+    let response = app.post_status("ACME", sid, "delivered").await;
+    assert_eq!(response.status(), 200, "a good callback after the bad ones");
+    wait_for_events(app, 1, EventState::Done).await;
+    assert_eq!(all_events(app).await[0].message_sid.as_deref(), Some(sid));
+}
 
 #[tokio::test]
 async fn signed_callback_is_stored_and_dispatched() {
@@ -21,4 +185,746 @@ async fn signed_callback_is_stored_and_dispatched() {
     })
     .await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn action_sees_exactly_the_posted_fields_plus_app_and_company() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let sid = "SM00000000000000000000000000000002";
+    let mut fields = status_fields(sid, "undelivered");
+    fields.push(("Note".into(), "a b&c=d €".into()));
+    // A company with a space travels percent-encoded in the path Twilio signs.
+    let url = format!("{}/whatsapp/callback/{APP}/Acme%20Srl", app.base_url);
+    let response = post_signed_as(&app, &url, &url, &fields).await;
+    assert_eq!(response.status(), 200);
+    wait_for_events(&app, 1, EventState::Done).await;
+
+    let mut expected: BTreeMap<String, String> = fields.into_iter().collect();
+    expected.insert("appId".into(), APP.into());
+    expected.insert("companyId".into(), "Acme Srl".into());
+    let seen = sent_json(&twilio).await;
+    assert_eq!(seen, vec![json!(expected)]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_with_forged_signature_is_rejected_and_not_stored() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let fields = status_fields("SM00000000000000000000000000000003", "delivered");
+
+    let other_key = signature::sign("not-the-auth-key", &url, &fields);
+    let response = post_form(&app, &url, &fields, Some(&other_key), None).await;
+    assert_eq!(response.status(), 403, "signed with another key");
+    let garbage = post_form(&app, &url, &fields, Some("bm90IGEgc2lnbmF0dXJl"), None).await;
+    assert_eq!(garbage.status(), 403, "a made-up signature");
+    // A valid signature for other fields: the body was tampered with after signing.
+    let mut tampered = fields.clone();
+    let sig = signature::sign(AUTH_KEY, &url, &fields);
+    tampered[2].1 = "read".into();
+    let response = post_form(&app, &url, &tampered, Some(&sig), None).await;
+    assert_eq!(response.status(), 403, "fields changed after signing");
+
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000033").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_without_signature_is_rejected_and_not_stored() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let fields = status_fields("SM00000000000000000000000000000004", "delivered");
+
+    let response = post_form(&app, &url, &fields, None, None).await;
+    assert_eq!(response.status(), 403, "no signature header");
+    let response = post_form(&app, &url, &fields, Some(""), None).await;
+    assert_eq!(response.status(), 403, "an empty signature header");
+
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000044").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_signed_for_another_url_is_rejected_and_not_stored() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let fields = status_fields("SM00000000000000000000000000000005", "delivered");
+    let stale = [
+        // Another tenant's callback URL, replayed against this one.
+        app.callback_url(APP, "OTHER"),
+        // The same path on another host, and on another port.
+        format!("http://attacker.example.test/whatsapp/callback/{APP}/ACME"),
+        format!("http://127.0.0.1:1/whatsapp/callback/{APP}/ACME"),
+        // Another scheme, and a query string the request does not carry.
+        url.replacen("http://", "https://", 1),
+        format!("{url}?x=1"),
+    ];
+    for signed in &stale {
+        let response = post_signed_as(&app, &url, signed, &fields).await;
+        assert_eq!(response.status(), 403, "signed over {signed}");
+    }
+
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000055").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn signature_over_the_default_port_variants_is_accepted() {
+    // Twilio calls https://hooks.example.test/platform/...; a proxy forwards to this server.
+    let mut config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    config.public_url = Some("https://hooks.example.test/platform".into());
+    let app = spawn_app(&config).await;
+    let path = format!("/platform/whatsapp/callback/{APP}/ACME");
+    let url = format!("{}{path}", app.base_url);
+    for (i, signed) in [
+        format!("https://hooks.example.test{path}"),
+        format!("https://hooks.example.test:443{path}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let fields = status_fields(&format!("SM0000000000000000000000000000006{i}"), "sent");
+        let response = post_signed_as(&app, &url, signed, &fields).await;
+        assert_eq!(response.status(), 200, "signed over {signed}");
+    }
+    // The default port of the other scheme is not a variant of this URL.
+    let fields = status_fields("SM00000000000000000000000000000069", "sent");
+    let signed = format!("https://hooks.example.test:80{path}");
+    let response = post_signed_as(&app, &url, &signed, &fields).await;
+    assert_eq!(response.status(), 403, "signed over {signed}");
+    wait_for_events(&app, 2, EventState::Done).await;
+    app.stop().await;
+
+    // Registered with an explicit port, Twilio may sign the URL without it.
+    let mut config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    config.public_url = Some("http://hooks.example.test:8080".into());
+    let app = spawn_app(&config).await;
+    let path = format!("/whatsapp/{APP}/ACME");
+    let url = format!("{}{path}", app.base_url);
+    for (i, signed) in [
+        format!("http://hooks.example.test:8080{path}"),
+        format!("http://hooks.example.test{path}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let fields = status_fields(&format!("SM0000000000000000000000000000007{i}"), "sent");
+        let response = post_signed_as(&app, &url, signed, &fields).await;
+        assert_eq!(response.status(), 200, "signed over {signed}");
+    }
+    wait_for_events(&app, 2, EventState::Done).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn both_callback_routes_store_and_dispatch() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let documented = app.callback_url(APP, "ACME");
+    let console = format!("{}/whatsapp/{APP}/NODEFINED", app.base_url);
+    let first = status_fields("SM00000000000000000000000000000008", "sent");
+    let second = status_fields("SM00000000000000000000000000000009", "sent");
+    assert_eq!(
+        app.post_signed(&documented, &borrowed(&first))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post_signed(&console, &borrowed(&second)).await.status(),
+        200
+    );
+    wait_for_events(&app, 2, EventState::Done).await;
+
+    let mut seen: Vec<(String, String)> = sent_json(&twilio)
+        .await
+        .iter()
+        .map(|vo| {
+            (
+                vo["MessageSid"].as_str().unwrap().to_string(),
+                vo["companyId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("SM00000000000000000000000000000008".into(), "ACME".into()),
+            (
+                "SM00000000000000000000000000000009".into(),
+                "NODEFINED".into()
+            )
+        ]
+    );
+    app.stop().await;
+}
+
+fn borrowed(fields: &[(String, String)]) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn callback_for_an_unknown_app_is_not_found() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    for url in [
+        app.callback_url("nosuchapp", "ACME"),
+        format!("{}/whatsapp/nosuchapp/ACME", app.base_url),
+    ] {
+        let fields = status_fields("SM00000000000000000000000000000010", "sent");
+        let response = post_signed_as(&app, &url, &url, &fields).await;
+        assert_eq!(response.status(), 404, "{url}");
+    }
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000011").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_body_over_64_kib_is_too_large() {
+    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let app = spawn_app(&config).await;
+    let url = app.callback_url(APP, "ACME");
+    let limit = 64 * 1024;
+
+    // A signed form of exactly 64 KiB is accepted; one byte more is refused before parsing.
+    let mut fields = status_fields("SM00000000000000000000000000000012", "sent");
+    fields.push(("Padding".into(), String::new()));
+    let base = serde_urlencoded::to_string(&fields).unwrap().len();
+    fields.last_mut().unwrap().1 = "a".repeat(limit - base);
+    assert_eq!(serde_urlencoded::to_string(&fields).unwrap().len(), limit);
+    let response = post_signed_as(&app, &url, &url, &fields).await;
+    assert_eq!(response.status(), 200, "exactly 64 KiB");
+
+    fields[0].1 = "SM00000000000000000000000000000013".into();
+    fields.last_mut().unwrap().1.push('a');
+    let response = post_signed_as(&app, &url, &url, &fields).await;
+    assert_eq!(response.status(), 413, "64 KiB and one byte");
+    let huge = post_raw(
+        &app,
+        &url,
+        "application/x-www-form-urlencoded",
+        vec![b'a'; 1024 * 1024],
+    )
+    .await;
+    assert_eq!(huge.status(), 413, "1 MiB");
+
+    wait_for_events(&app, 1, EventState::Done).await;
+    assert_eq!(
+        all_events(&app).await[0].message_sid.as_deref(),
+        Some("SM00000000000000000000000000000012")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_that_is_not_a_form_is_unsupported_media_type() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let json_body =
+        serde_json::to_vec(&json!({"MessageSid": "SM00000000000000000000000000000014"})).unwrap();
+    let response = post_raw(&app, &url, "application/json", json_body).await;
+    assert_eq!(response.status(), 415, "a JSON body");
+    let response = post_raw(&app, &url, "text/plain", b"MessageSid=SM1".to_vec()).await;
+    assert_eq!(response.status(), 415, "a form sent as text/plain");
+    let response = app
+        .http
+        .post(&url)
+        .body("MessageSid=SM1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415, "no content type");
+
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000015").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_with_an_undecodable_body_is_a_bad_request() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let form = "application/x-www-form-urlencoded";
+    let bodies: [(&str, Vec<u8>); 4] = [
+        (
+            "a bad percent escape",
+            b"MessageSid=%zz&MessageStatus=sent".to_vec(),
+        ),
+        ("a truncated percent escape", b"MessageSid=SM1%2".to_vec()),
+        (
+            "an escape decoding to invalid UTF-8",
+            b"MessageSid=%ff%fe".to_vec(),
+        ),
+        (
+            "raw bytes that are not UTF-8",
+            b"MessageSid=\xff\xfe".to_vec(),
+        ),
+    ];
+    for (what, body) in bodies {
+        let response = post_raw(&app, &url, form, body).await;
+        assert_eq!(response.status(), 400, "{what}");
+    }
+
+    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert_still_serving(&app, "SM00000000000000000000000000000016").await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn throwing_action_ends_dead_after_max_attempts_with_its_error() {
+    let mut config = TestConfig::new().action(
+        "onStatus",
+        "function explode(sid) { throw new Error('no handler for ' + sid); }\nexplode(vo.MessageSid);",
+    );
+    config.actions_toml = "max_attempts = 3".into();
+    let app = spawn_app(&config).await;
+    let sid = "SM00000000000000000000000000000017";
+    assert_eq!(app.post_status("ACME", sid, "read").await.status(), 200);
+    wait_for_events(&app, 1, EventState::Dead).await;
+
+    let event = all_events(&app).await.remove(0);
+    assert_eq!(event.attempts, 3);
+    let error = event.last_error.expect("the error is stored");
+    assert!(
+        error.contains(&format!("Error: no handler for {sid}")),
+        "message in {error:?}"
+    );
+    assert!(error.contains("explode"), "stack in {error:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
+    let twilio = mock_twilio().await;
+    let mut config = config_with(
+        &twilio,
+        "if (vo.MessageStatus === 'sent') { while (true) {} }\n\
+         utils.sendWhatsappMessage('+393331234567', vo.MessageSid);",
+    );
+    // The loop limit stays far above what 300 ms can run, so the wall clock is what stops it;
+    // it still ends the abandoned workers' spinning once the test has its answer.
+    config.actions_toml =
+        "budget_ms = 300\nmax_attempts = 1\nloop_iteration_limit = 30000000".into();
+    let app = spawn_app(&config).await;
+
+    // As many endless events as there are workers: every original worker is abandoned.
+    let looping = [
+        "SM00000000000000000000000000000018",
+        "SM00000000000000000000000000000019",
+    ];
+    for sid in looping {
+        assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
+    }
+    app.wait_for("the looping events to be dead", WAIT, || async {
+        all_events(&app)
+            .await
+            .iter()
+            .filter(|e| e.state == EventState::Dead)
+            .count()
+            == 2
+    })
+    .await;
+    for event in all_events(&app).await {
+        let error = event.last_error.unwrap_or_default();
+        assert!(
+            error.contains("wall-clock budget of 300ms exceeded"),
+            "{error:?}"
+        );
+    }
+
+    let normal = [
+        "SM00000000000000000000000000000020",
+        "SM00000000000000000000000000000021",
+        "SM00000000000000000000000000000022",
+    ];
+    for sid in normal {
+        assert_eq!(
+            app.post_status("ACME", sid, "delivered").await.status(),
+            200
+        );
+    }
+    app.wait_for("the later events to be done", WAIT, || async {
+        all_events(&app)
+            .await
+            .iter()
+            .filter(|e| e.state == EventState::Done)
+            .count()
+            == 3
+    })
+    .await;
+    let mut sent = sent_bodies(&twilio).await;
+    sent.sort();
+    assert_eq!(sent, normal);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_order_status_events_leave_the_most_advanced_status() {
+    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageStatus);");
+    let app = spawn_app(&config).await;
+    let sid = "SM00000000000000000000000000000023";
+    for status in ["read", "sent", "delivered"] {
+        assert_eq!(app.post_status("ACME", sid, status).await.status(), 200);
+    }
+    wait_for_events(&app, 3, EventState::Done).await;
+    let (message, events) = app.store().message(sid).await.unwrap().expect("a row");
+    assert_eq!(message.status, "read");
+    assert_eq!(message.app, APP);
+    assert_eq!(message.company, "ACME");
+    let history: Vec<_> = events
+        .iter()
+        .map(|e| e.message_status.clone().unwrap())
+        .collect();
+    assert_eq!(history, ["read", "sent", "delivered"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_status_is_final() {
+    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageStatus);");
+    let app = spawn_app(&config).await;
+    let sid = "SM00000000000000000000000000000024";
+    for status in ["sent", "failed", "delivered", "read"] {
+        assert_eq!(app.post_status("ACME", sid, status).await.status(), 200);
+    }
+    wait_for_events(&app, 4, EventState::Done).await;
+    let (message, _) = app.store().message(sid).await.unwrap().expect("a row");
+    assert_eq!(message.status, "failed");
+    assert_eq!(message.error_code.as_deref(), Some("63016"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_delivery_with_the_same_idempotency_token_is_dispatched_once() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let url = app.callback_url(APP, "ACME");
+    let sign = |fields: &[(String, String)]| signature::sign(AUTH_KEY, &url, fields);
+    let first = status_fields("SM00000000000000000000000000000025", "delivered");
+    // Same token, other content: the token alone makes it a repeat.
+    let other = status_fields("SM00000000000000000000000000000026", "read");
+    for fields in [&first, &first, &other] {
+        let response = post_form(&app, &url, fields, Some(&sign(fields)), Some("ID-one")).await;
+        assert_eq!(response.status(), 200, "every delivery is acknowledged");
+    }
+    let response = post_form(&app, &url, &other, Some(&sign(&other)), Some("ID-two")).await;
+    assert_eq!(response.status(), 200);
+    wait_for_events(&app, 2, EventState::Done).await;
+    wait_for_idle(&app).await;
+
+    let events = all_events(&app).await;
+    let tokens: Vec<_> = events
+        .iter()
+        .rev()
+        .map(|e| e.idempotency_token.clone())
+        .collect();
+    assert_eq!(tokens, [Some("ID-one".into()), Some("ID-two".into())]);
+    let mut sids: Vec<_> = sent_json(&twilio)
+        .await
+        .iter()
+        .map(|vo| vo["MessageSid"].as_str().unwrap().to_string())
+        .collect();
+    sids.sort();
+    assert_eq!(
+        sids,
+        [
+            "SM00000000000000000000000000000025",
+            "SM00000000000000000000000000000026"
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_delivery_with_the_same_sid_status_and_error_code_is_dispatched_once() {
+    let twilio = mock_twilio().await;
+    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let sid = "SM00000000000000000000000000000027";
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_status("ACME", sid, "delivered").await.status(),
+            200
+        );
+    }
+    let url = app.callback_url(APP, "ACME");
+    let mut coded = status_fields(sid, "undelivered");
+    for code in ["63016", "63016", "63024"] {
+        coded.last_mut().unwrap().1 = code.into();
+        let response = post_signed_as(&app, &url, &url, &coded).await;
+        assert_eq!(response.status(), 200);
+    }
+    wait_for_events(&app, 3, EventState::Done).await;
+    wait_for_idle(&app).await;
+
+    let mut seen: Vec<String> = sent_json(&twilio)
+        .await
+        .iter()
+        .map(|vo| {
+            format!(
+                "{}|{}",
+                vo["MessageStatus"].as_str().unwrap(),
+                vo["ErrorCode"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["delivered|", "undelivered|63016", "undelivered|63024"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_is_ok_when_every_action_compiled() {
+    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let app = spawn_app(&config).await;
+    let (status, body) = healthz(&app).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["store_writable"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_is_unavailable_when_an_action_does_not_compile() {
+    let config = TestConfig::new().action("onStatus", "if (vo.MessageSid { utils.debug('x');");
+    let app = spawn_app(&config).await;
+    let (status, body) = healthz(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "unhealthy");
+    let errors = body["action_errors"].as_array().expect("a list of errors");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert!(
+        errors[0].as_str().unwrap().contains("onStatus"),
+        "names the action: {body}"
+    );
+
+    // Its events are still stored, and fail visibly rather than vanish.
+    let sid = "SM00000000000000000000000000000028";
+    assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
+    app.wait_for("the event to fail", WAIT, || async {
+        all_events(&app).await.first().is_some_and(|e| {
+            e.last_error
+                .as_deref()
+                .is_some_and(|l| l.contains("compile"))
+        })
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn eval_and_new_function_throw_inside_actions() {
+    let twilio = mock_twilio().await;
+    let source = r#"
+const attempts = {
+  direct: () => eval('1 + 1'),
+  indirect: () => (0, eval)('1 + 1'),
+  newFunction: () => new Function('return 1')(),
+  callFunction: () => Function('return 1')(),
+  asyncFunction: () => Object.getPrototypeOf(async function () {}).constructor('return 1'),
+  generatorFunction: () => Object.getPrototypeOf(function* () {}).constructor('yield 1'),
+};
+const outcome = {};
+for (const [name, attempt] of Object.entries(attempts)) {
+  try {
+    attempt();
+    outcome[name] = 'ran';
+  } catch (e) {
+    outcome[name] = e.name + ': ' + e.message;
+  }
+}
+utils.sendWhatsappMessage('+393331234567', JSON.stringify(outcome));
+"#;
+    let app = spawn_app(&config_with(&twilio, source)).await;
+    let sid = "SM00000000000000000000000000000029";
+    assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
+    wait_for_events(&app, 1, EventState::Done).await;
+
+    let outcome = sent_json(&twilio).await.remove(0);
+    let outcome = outcome.as_object().unwrap();
+    assert_eq!(outcome.len(), 6, "{outcome:?}");
+    for (name, result) in outcome {
+        let result = result.as_str().unwrap();
+        assert!(result.starts_with("EvalError: "), "{name}: {result}");
+        assert!(result.contains("disabled"), "{name}: {result}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn top_level_declarations_are_fresh_and_globals_do_not_leak_between_events() {
+    let twilio = mock_twilio().await;
+    let source = r#"
+let counter = 0;
+counter += 1;
+const seen = [];
+seen.push(vo.MessageSid);
+function attempt(f) {
+  try { f(); return 'allowed'; } catch (e) { return e.name; }
+}
+const report = {
+  counter,
+  seen: seen.length,
+  leakBefore: typeof globalThis.leak,
+  undeclaredBefore: typeof undeclaredVariable,
+  setGlobal: attempt(() => { globalThis.leak = 1; }),
+  undeclared: attempt(() => { undeclaredVariable = 2; }),
+  defineGlobal: attempt(() => Object.defineProperty(globalThis, 'sneaky', { value: 3 })),
+};
+utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
+"#;
+    let app = spawn_app(&config_with(&twilio, source)).await;
+    // More events than workers, one after the other, so each worker runs the action again.
+    for i in 0..4 {
+        let sid = format!("SM0000000000000000000000000000003{i}");
+        assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
+        wait_for_events(&app, i + 1, EventState::Done).await;
+    }
+    let expected = json!({
+        "counter": 1,
+        "seen": 1,
+        "leakBefore": "undefined",
+        "undeclaredBefore": "undefined",
+        "setGlobal": "TypeError",
+        "undeclared": "ReferenceError",
+        "defineGlobal": "TypeError",
+    });
+    assert_eq!(sent_json(&twilio).await, vec![expected; 4]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn changes_to_built_ins_and_utils_do_not_reach_the_next_event() {
+    let twilio = mock_twilio().await;
+    let source = r#"
+const report = {
+  prototype: typeof Object.prototype.polluted,
+  math: typeof Math.leak,
+  json: typeof JSON.parse,
+  info: String(utils.info).includes('native code'),
+};
+Object.prototype.polluted = 1;
+Math.leak = 1;
+JSON.parse = null;
+utils.info = function () {};
+utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
+"#;
+    let app = spawn_app(&config_with(&twilio, source)).await;
+    // More events than workers, one after the other, so each worker runs the action again.
+    for i in 0..4 {
+        let sid = format!("SM0000000000000000000000000000005{i}");
+        assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
+        wait_for_events(&app, i + 1, EventState::Done).await;
+    }
+    let pristine = json!({
+        "prototype": "undefined",
+        "math": "undefined",
+        "json": "function",
+        "info": true,
+    });
+    assert_eq!(sent_json(&twilio).await, vec![pristine; 4]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_apps_action_cannot_tamper_with_another_apps_events() {
+    let twilio = mock_twilio().await;
+    let mut config = config_with(&twilio, ECHO_VO);
+    config.actions.insert(
+        "tamper".into(),
+        "JSON.stringify = () => '{\"tampered\":true}';\n\
+         utils.sendWhatsappMessage = () => 'swallowed';"
+            .into(),
+    );
+    config.extra = format!(
+        "[apps.other.WHATSAPP]\naccount_id = \"{ACCOUNT_SID}\"\nauth_key = \"{AUTH_KEY}\"\n\
+         from_number = \"{FROM}\"\ncallback = \"tamper\"\n"
+    );
+    let app = spawn_app(&config).await;
+    let tamper_url = app.callback_url("other", "ACME");
+    // Tamper on every worker first, then the victim's events.
+    for i in 0..2 {
+        let fields = status_fields(&format!("SM0000000000000000000000000000006{i}"), "sent");
+        let response = post_signed_as(&app, &tamper_url, &tamper_url, &fields).await;
+        assert_eq!(response.status(), 200);
+        wait_for_events(&app, i + 1, EventState::Done).await;
+    }
+    for i in 0..2 {
+        let sid = format!("SM0000000000000000000000000000007{i}");
+        assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
+        wait_for_events(&app, i + 3, EventState::Done).await;
+    }
+    let seen: Vec<String> = sent_json(&twilio)
+        .await
+        .iter()
+        .map(|vo| vo["MessageSid"].as_str().expect("the real vo").to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "SM00000000000000000000000000000070",
+            "SM00000000000000000000000000000071"
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_closes_the_store_cleanly() {
+    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let data_dir = config.data_dir();
+    let app = spawn_app(&config).await;
+    let sids: Vec<String> = (0..5)
+        .map(|i| format!("SM0000000000000000000000000000004{i}"))
+        .collect();
+    for sid in &sids {
+        assert_eq!(
+            app.post_status("ACME", sid, "delivered").await.status(),
+            200
+        );
+    }
+    let store = app.store().clone();
+    app.stop().await;
+
+    // The writer is gone: later writes are refused rather than lost silently.
+    assert!(!store.is_writable().await);
+    assert!(store.flush().await.is_err());
+    // The log was checkpointed into the database file at close.
+    let wal = data_dir.join("store.sqlite3-wal");
+    let wal_len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(wal_len, 0, "{} after close", wal.display());
+    drop(store);
+
+    // Everything acknowledged is there on reopening.
+    let reopened = whatsapp_host::store::Store::open(&data_dir).unwrap();
+    let events = reopened.events(EventFilter::default()).await.unwrap();
+    let mut stored: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.message_sid.clone())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, sids);
+    reopened.close().await;
 }

@@ -1,0 +1,234 @@
+//! Crash safety of the real binary: a callback acknowledged with 200 survives `kill -9` of the
+//! server mid-load and is dispatched after the restart; SIGTERM then stops it cleanly.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::process::{Child, Command};
+use whatsapp_host::store::{EventFilter, EventState, Store};
+use whatsapp_host::twilio::signature;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_whatsapp-host");
+/// Concurrent senders, and callbacks each sends: distinct MessageSids throughout.
+const SENDERS: usize = 8;
+const PER_SENDER: usize = 100;
+/// Acknowledgements to wait for before the kill, so it lands in the middle of the load.
+const KILL_AFTER: usize = 200;
+/// Long enough for a slow CI machine; every wait ends as soon as its condition holds.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A `whatsapp-host serve` child process.
+struct Server {
+    child: Child,
+    base_url: String,
+}
+
+fn free_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Writes the settings for a fresh port, starts the binary on them and waits for `/healthz`.
+async fn start(config: &TestConfig, log: &Path) -> Server {
+    let addr = free_addr();
+    let settings = config.write(addr);
+    let log_file = File::options().create(true).append(true).open(log).unwrap();
+    let mut child = Command::new(BINARY)
+        .arg("serve")
+        .arg("--settings")
+        .arg(&settings)
+        .env("RUST_LOG", "warn")
+        .env_remove("WHATSAPP_HOST_SETTINGS")
+        .env_remove("WHATSAPP_CRM_AUTH_KEY")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the whatsapp-host binary starts");
+    let base_url = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited with {status}:\n{}", log_tail(log));
+        }
+        let health = http.get(format!("{base_url}/healthz")).send().await;
+        if health.is_ok_and(|r| r.status() == 200) {
+            return Server { child, base_url };
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("the server never became healthy:\n{}", log_tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Posts one signed status callback; true when the server acknowledged it with 200.
+async fn post(http: &reqwest::Client, base_url: &str, sid: &str) -> bool {
+    let url = format!("{base_url}/whatsapp/callback/{APP}/ACME");
+    let fields = status_fields(sid, "delivered");
+    let sig = signature::sign(AUTH_KEY, &url, &fields);
+    let response = http
+        .post(&url)
+        .header("X-Twilio-Signature", sig)
+        .form(&fields)
+        .send()
+        .await;
+    response.is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_callbacks_survive_sigkill_and_are_dispatched_after_restart() {
+    // A little work per event keeps dispatch behind the load, so the kill always leaves events
+    // stored but not dispatched, and the restart has to finish them.
+    let config = TestConfig::new().action(
+        "onStatus",
+        "let n = 0;\nfor (let i = 0; i < 100000; i++) { n += i; }\nutils.debug(vo.MessageSid + ' ' + n);",
+    );
+    let log = config.dir.path().join("server.log");
+    let mut first = start(&config, &log).await;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (http, base_url) = (http.clone(), first.base_url.clone());
+            let (acked, count) = (acked.clone(), count.clone());
+            tokio::spawn(async move {
+                for i in 0..PER_SENDER {
+                    let sid = format!("SM{:032x}", s * 1_000 + i);
+                    if post(&http, &base_url, &sid).await {
+                        acked.lock().unwrap().push(sid);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count.load(Ordering::SeqCst) < KILL_AFTER {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} callbacks acknowledged before the kill:\n{}",
+            count.load(Ordering::SeqCst),
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // `Child::kill` is SIGKILL on Unix: no shutdown code runs.
+    first.child.kill().await.expect("SIGKILL the server");
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acked: BTreeSet<String> = acked.lock().unwrap().drain(..).collect();
+    let total = SENDERS * PER_SENDER;
+    assert!(acked.len() >= KILL_AFTER);
+    assert!(
+        acked.len() < total,
+        "all {total} callbacks were acknowledged: the kill came after the load"
+    );
+
+    // What the kill left: the restart must finish whatever was not yet dispatched.
+    let store = Store::open(&config.data_dir()).unwrap();
+    let left = store.undispatched_events().await.unwrap().len();
+    let stored_at_kill = store
+        .events(EventFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+    store.close().await;
+    drop(store);
+    println!(
+        "killed with {} of {total} acknowledged, {stored_at_kill} stored, {left} not yet dispatched",
+        acked.len()
+    );
+    assert!(
+        left > 0,
+        "the kill left nothing to dispatch; the restart would prove nothing"
+    );
+
+    let mut second = start(&config, &log).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let health: serde_json::Value = http
+            .get(format!("{}/healthz", second.base_url))
+            .send()
+            .await
+            .expect("healthz after restart")
+            .json()
+            .await
+            .unwrap();
+        if health["backlog"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted server still has a backlog: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = second.child.id().expect("the server is running");
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM runs");
+    assert!(signalled.success());
+    let exit = tokio::time::timeout(WAIT, second.child.wait())
+        .await
+        .expect("the server stops after SIGTERM")
+        .unwrap();
+    assert!(
+        exit.success(),
+        "exit after SIGTERM: {exit}\n{}",
+        log_tail(&log)
+    );
+
+    let store = Store::open(&config.data_dir()).unwrap();
+    let events = store
+        .events(EventFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let mut stored: HashMap<String, Vec<EventState>> = HashMap::new();
+    for e in events {
+        let sid = e.message_sid.clone().expect("status events carry a sid");
+        stored.entry(sid).or_default().push(e.state);
+    }
+    let missing: Vec<_> = acked.iter().filter(|s| !stored.contains_key(*s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged callbacks were lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        missing.first()
+    );
+    for (sid, states) in &stored {
+        assert_eq!(states, &[EventState::Done], "{sid} stored once and done");
+    }
+}
