@@ -216,6 +216,11 @@ impl UrlSigner {
         let signer = google_cloud_auth::credentials::service_account::Builder::new(key)
             .build_signer()
             .map_err(|_| fail("the key could not be used for signing".into()))?;
+        // The builder only stores the PEM; signing once parses it, so a broken key fails here,
+        // at load, and not on every bucket send. Local signing does no I/O, so no runtime is needed.
+        futures::executor::block_on(signer.sign(b"whatsapp-host key check")).map_err(|_| {
+            fail("its private_key is not a PKCS#8 RSA key: download a new JSON key".into())
+        })?;
         Ok(Self {
             signer: Some(signer),
             ttl: gcs.signed_url_ttl,

@@ -132,8 +132,11 @@ pub struct Outbound {
     probe: media::Probe,
     signer: media::UrlSigner,
     store: Store,
-    /// Next free slot per sandbox sender. A std mutex: it is held only to read and bump a time.
-    sandbox_slots: Mutex<HashMap<String, Instant>>,
+    /// Per sandbox sender, when its last create finished. The map's std mutex is held only to
+    /// look a sender up; the tokio mutex is held across a create, so one sender's sends go one
+    /// at a time and each starts 3 s after the previous one was answered: spacing measured from
+    /// the start of a request would let network delays bring two closer than 3 s at Twilio.
+    sandbox_senders: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
 
 impl Outbound {
@@ -150,7 +153,7 @@ impl Outbound {
             probe,
             signer,
             store,
-            sandbox_slots: Mutex::new(HashMap::new()),
+            sandbox_senders: Mutex::new(HashMap::new()),
         }
     }
 
@@ -267,9 +270,11 @@ impl Outbound {
             let outcome = Outcome::from_media_error(&e);
             return Ok(self.fail(caller, &req, account_sid, &from, outcome));
         }
-        if sandbox {
-            self.wait_for_sandbox_slot(&from).await;
-        }
+        let sandbox_turn = if sandbox {
+            Some(self.sandbox_turn(&from).await)
+        } else {
+            None
+        };
         let message = NewMessage {
             to: format!("whatsapp:{to}"),
             from: format!("whatsapp:{from}"),
@@ -283,6 +288,7 @@ impl Outbound {
         };
         let started = std::time::Instant::now();
         let created = self.twilio.create_message(creds, &message).await;
+        drop(sandbox_turn);
         telemetry::twilio_latency(started.elapsed());
         let outcome = match created {
             Ok(resource) => {
@@ -345,15 +351,29 @@ impl Outbound {
         }
     }
 
-    /// Reserves the next 3-second slot for a sandbox sender and waits for it.
-    async fn wait_for_sandbox_slot(&self, from: &str) {
-        let slot = {
-            let mut slots = self.sandbox_slots.lock().expect("sandbox slots lock");
-            let now = Instant::now();
-            let slot = slots.get(from).map_or(now, |next| (*next).max(now));
-            slots.insert(from.to_string(), slot + SANDBOX_SPACING);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+    /// Waits until a sandbox sender is free and 3 s have passed since its last create was
+    /// answered. The sender stays taken until the returned turn is dropped.
+    async fn sandbox_turn(&self, from: &str) -> SandboxTurn {
+        let sender = self
+            .sandbox_senders
+            .lock()
+            .expect("sandbox senders lock")
+            .entry(from.to_string())
+            .or_default()
+            .clone();
+        let last = sender.lock_owned().await;
+        if let Some(last) = *last {
+            tokio::time::sleep_until(last + SANDBOX_SPACING).await;
+        }
+        SandboxTurn(last)
+    }
+}
+
+/// A sandbox sender's turn to send; dropping it, once Twilio answered, starts the 3 s wait.
+struct SandboxTurn(tokio::sync::OwnedMutexGuard<Option<Instant>>);
+
+impl Drop for SandboxTurn {
+    fn drop(&mut self) {
+        *self.0 = Some(Instant::now());
     }
 }
