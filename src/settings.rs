@@ -598,7 +598,7 @@ mod raw {
                 retry_base_ms: 1_000,
                 retry_max_ms: 60_000,
                 workers: 0,
-                loop_iteration_limit: 100_000_000,
+                loop_iteration_limit: 10_000_000,
                 recursion_limit: 400,
             }
         }

@@ -816,19 +816,28 @@ utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 }
 
 #[tokio::test]
-async fn changes_to_built_ins_and_utils_do_not_reach_the_next_event() {
+async fn built_ins_and_utils_are_frozen_so_no_change_reaches_the_next_event() {
     let twilio = mock_twilio().await;
     let source = r#"
+function attempt(f) {
+  try { f(); return 'allowed'; } catch (e) { return e.name; }
+}
+class NotFound extends Error {
+  constructor(m) { super(m); this.name = 'NotFound'; }
+}
 const report = {
   prototype: typeof Object.prototype.polluted,
   math: typeof Math.leak,
   json: typeof JSON.parse,
   info: String(utils.info).includes('native code'),
+  pollute: attempt(() => { Object.prototype.polluted = 1; }),
+  mathLeak: attempt(() => { Math.leak = 1; }),
+  replaceJson: attempt(() => { JSON.parse = null; }),
+  replaceUtils: attempt(() => { utils.info = function () {}; }),
+  replaceGlobal: attempt(() => { globalThis.JSON = null; }),
+  errorSubclass: new NotFound('x').name,
+  ownToString: attempt(() => { const o = {}; o.toString = () => 'mine'; if (String(o) !== 'mine') throw new Error(); }),
 };
-Object.prototype.polluted = 1;
-Math.leak = 1;
-JSON.parse = null;
-utils.info = function () {};
 utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 "#;
     let app = spawn_app(&config_with(&twilio, source)).await;
@@ -843,6 +852,13 @@ utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
         "math": "undefined",
         "json": "function",
         "info": true,
+        "pollute": "TypeError",
+        "mathLeak": "TypeError",
+        "replaceJson": "TypeError",
+        "replaceUtils": "TypeError",
+        "replaceGlobal": "TypeError",
+        "errorSubclass": "NotFound",
+        "ownToString": "allowed",
     });
     assert_eq!(sent_json(&twilio).await, vec![pristine; 4]);
     app.stop().await;
@@ -854,8 +870,9 @@ async fn one_apps_action_cannot_tamper_with_another_apps_events() {
     let mut config = config_with(&twilio, ECHO_VO);
     config.actions.insert(
         "tamper".into(),
-        "JSON.stringify = () => '{\"tampered\":true}';\n\
-         utils.sendWhatsappMessage = () => 'swallowed';"
+        "try { JSON.stringify = () => '{\"tampered\":true}'; } catch (e) {}\n\
+         try { utils.sendWhatsappMessage = () => 'swallowed'; } catch (e) {}\n\
+         try { Object.prototype.toJSON = function () { return 'tampered'; }; } catch (e) {}"
             .into(),
     );
     config.extra = format!(

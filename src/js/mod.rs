@@ -145,7 +145,7 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every `*.js` in `actions_dir`, compiles each once to report errors early, and starts
-    /// `workers` threads, which run each action in a fresh context of its own.
+    /// `workers` threads, each of which compiles the actions into its own locked-down context.
     ///
     /// Must be called inside a tokio runtime: sends made by scripts run on it.
     pub fn start(
@@ -310,11 +310,23 @@ fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<()> {
     spawned.map(|_| ())
 }
 
-/// A worker: jobs until the queue closes. Each action run gets a context of its own, so what
-/// one event changes (a built-in, `utils`, a prototype) cannot reach the next event, nor
-/// another app's: a long-lived context shared by every app would let one app's action wrap
-/// `JSON.stringify` or `utils.sendWhatsappMessage` for all later events.
+/// A worker: one locked-down context with every action compiled once, then jobs until the
+/// queue closes. The lockdown is what makes reuse safe: one app's action cannot wrap
+/// `JSON.stringify` or `utils.sendWhatsappMessage` for the events that follow.
 fn worker(shared: &Shared) {
+    let mut context = match new_context(&shared.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "js worker could not create a context");
+            return;
+        }
+    };
+    let mut actions = BTreeMap::new();
+    for (id, source) in shared.sources.iter() {
+        if let Ok(f) = compile_action(&mut context, id, source) {
+            actions.insert(id.clone(), f);
+        }
+    }
     while let Ok(job) = shared.jobs.recv() {
         let _ = job.started.send(());
         let current = runtime::Current {
@@ -323,9 +335,16 @@ fn worker(shared: &Shared) {
             runtime: shared.runtime.clone(),
         };
         let result = match &job.program {
-            Program::Action { id, vo } => match shared.sources.get(id) {
-                Some(source) => run_isolated_action(&shared.limits, current, id, source, vo),
-                None => Err(RunError::UnknownAction(id.clone())),
+            Program::Action { id, vo } => match actions.get(id) {
+                Some(f) => {
+                    context.insert_data(current);
+                    run_action(&mut context, f, vo)
+                }
+                // Present but not compiled: this event's error is the compile error.
+                None => match shared.sources.get(id) {
+                    Some(source) => compile_action(&mut context, id, source).map(|_| None),
+                    None => Err(RunError::UnknownAction(id.clone())),
+                },
             },
             Program::Script { name, source } => run_script(&shared.limits, current, name, source),
         };
@@ -370,15 +389,18 @@ fn new_context(limits: &Limits) -> Result<Context, RunError> {
             name: "runtime".into(),
             message: e.to_string(),
         })?;
-    // No new globals: what one event leaves behind cannot leak into the next.
+    // Nothing one event changes can reach the next: built-ins, `utils` and the global are frozen.
     context
-        .eval(Source::from_bytes("Object.preventExtensions(globalThis);"))
+        .eval(Source::from_bytes(LOCKDOWN))
         .map_err(|e| RunError::Compile {
-            name: "runtime".into(),
+            name: "lockdown".into(),
             message: e.to_string(),
         })?;
     Ok(context)
 }
+
+/// Freezes the intrinsics, `utils`, `console` and the global object. See the file's comment.
+const LOCKDOWN: &str = include_str!("lockdown.js");
 
 /// A context with limits and the runtime installed, global left open (for whole scripts).
 fn open_context(limits: &Limits) -> Result<Context, RunError> {
@@ -414,21 +436,6 @@ fn compile_action(context: &mut Context, id: &str, source: &str) -> Result<JsFun
         .as_object()
         .and_then(JsFunction::from_object)
         .ok_or_else(|| compile_error("the action did not compile to a function".into()))
-}
-
-/// Compiles an action into a fresh context and runs it there once. A compile error is this
-/// event's error; `Engine::start` has already reported it for `/healthz`.
-fn run_isolated_action(
-    limits: &Limits,
-    current: runtime::Current,
-    id: &str,
-    source: &str,
-    vo: &[(String, String)],
-) -> Result<RunOutput, RunError> {
-    let mut context = new_context(limits)?;
-    let action = compile_action(&mut context, id, source)?;
-    context.insert_data(current);
-    run_action(&mut context, &action, vo)
 }
 
 fn run_action(
