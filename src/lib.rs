@@ -11,11 +11,13 @@
 //! - [`js`]: the boa engine on worker threads, and the `utils` table scripts see.
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
 //! - [`server`]: the axum routes, the callback endpoint and shutdown.
+//! - [`dashboard`]: the operator's web pages (messages, timelines, events, replay), behind a password.
 //! - [`services`]: wiring of the above, shared by the server and the CLI.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the `whatsapp-host` commands.
 
 pub mod cli;
+pub mod dashboard;
 pub mod dispatch;
 pub mod js;
 pub mod media;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +51,8 @@ pub struct Application {
 impl Application {
     /// Starts every service, recovers undispatched events and binds `server.listen`.
     pub async fn build(services: Services) -> anyhow::Result<Application> {
+        // Install the recorder first: counts recorded before it exists are lost.
+        telemetry::prometheus();
         let settings = services.settings.clone();
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -107,7 +110,8 @@ impl Application {
             "whatsapp-host is serving"
         );
         let router = router(state.clone());
-        axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         tracing::info!("shutting down: finishing dispatches in flight");
@@ -158,7 +162,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::routes(&state))
 }
 
 /// Why a callback was refused; the one mapping from failures to statuses.
@@ -170,6 +175,8 @@ enum CallbackError {
     UnknownApp(String),
     #[error("app {0:?} has no WHATSAPP parameters to check the signature with")]
     NoWhatsapp(String),
+    #[error("callback body is over {MAX_CALLBACK_BYTES} bytes; twilio's callbacks are under 2 KiB")]
+    TooLarge,
     #[error("callback body is not a valid form: {0}")]
     Malformed(String),
     #[error("missing or invalid X-Twilio-Signature")]
@@ -183,6 +190,7 @@ impl CallbackError {
         match self {
             CallbackError::MediaType => "media_type",
             CallbackError::UnknownApp(_) | CallbackError::NoWhatsapp(_) => "unknown_app",
+            CallbackError::TooLarge => "too_large",
             CallbackError::Malformed(_) => "malformed",
             CallbackError::Signature => "signature",
             CallbackError::Store => "store",
@@ -195,6 +203,7 @@ impl IntoResponse for CallbackError {
         let status = match self {
             CallbackError::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CallbackError::UnknownApp(_) | CallbackError::NoWhatsapp(_) => StatusCode::NOT_FOUND,
+            CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             CallbackError::Malformed(_) => StatusCode::BAD_REQUEST,
             CallbackError::Signature => StatusCode::FORBIDDEN,
             CallbackError::Store => StatusCode::SERVICE_UNAVAILABLE,
@@ -212,7 +221,7 @@ async fn callback(
     Path((app_id, company_id)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CallbackError> {
     telemetry::callback_received();
     let span = tracing::info_span!("callback", app = %app_id, company = %company_id, sid = tracing::field::Empty);
@@ -225,6 +234,10 @@ async fn callback(
         if !is_form {
             return Err(CallbackError::MediaType);
         }
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => CallbackError::TooLarge,
+            _ => CallbackError::Malformed(e.body_text()),
+        })?;
         let app = state
             .settings()
             .apps
@@ -235,6 +248,10 @@ async fn callback(
             .as_ref()
             .ok_or_else(|| CallbackError::NoWhatsapp(app_id.clone()))?;
         let fields = parse_form(&body).map_err(CallbackError::Malformed)?;
+        // Recorded before the signature check, so a rejected callback's log names its sid too.
+        if let Some((_, sid)) = fields.iter().rev().find(|(k, _)| k == "MessageSid") {
+            tracing::Span::current().record("sid", sid.as_str());
+        }
         if whatsapp.validate_signatures {
             let url = format!(
                 "{}{}",
@@ -262,9 +279,6 @@ async fn callback(
             fields,
             received_at: now_ms(),
         };
-        if let Some(sid) = event.field("MessageSid") {
-            tracing::Span::current().record("sid", sid);
-        }
         let work_fields = event.fields.clone();
         match state.services.store.insert_event(event).await {
             Ok(Inserted::New(id)) => {

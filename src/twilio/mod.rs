@@ -2,6 +2,7 @@
 //! shapes. It creates messages (with the retry rules that never send twice), checks webhook
 //! signatures, and in `simulate` mode stands in for Twilio entirely.
 
+pub mod codes;
 pub mod signature;
 pub mod simulate;
 

@@ -1,0 +1,563 @@
+//! The operator dashboard at `{context}/whatsapp/dashboard`: messages with their timelines,
+//! callback events with what their action did, and replay of failed events. Server-rendered
+//! HTML with its small CSS and JS embedded in the binary; behind the operator password.
+//!
+//! Access is a login form and a session cookie (HttpOnly, SameSite=Strict, scoped to the
+//! dashboard's path); every POST also carries the session's CSRF token. Without a password in
+//! the settings every dashboard route answers 404 and says how to turn it on.
+
+mod auth;
+mod pages;
+mod utc;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Extension, Form, FromRequestParts, Path, Query, State,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, get, post};
+use maud::Markup;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::server::AppState;
+use crate::settings::DASHBOARD_PASSWORD_ENV;
+use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
+
+use auth::{Auth, Session};
+use pages::{EventQuery, MessageQuery, Page, View};
+
+const CSS: &str = include_str!("assets/app.css");
+const JS: &str = include_str!("assets/app.js");
+/// Rows per list page; an "older" link follows when a page is full.
+const PAGE_SIZE: usize = 50;
+/// Login and replay forms are a few hundred bytes.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// What the dashboard answers on every route while no password is configured.
+pub const DISABLED: &str = "the dashboard is disabled: set `password` under [dashboard] in the settings file, or the WHATSAPP_HOST_DASHBOARD_PASSWORD environment variable, then restart whatsapp-host\n";
+
+/// The dashboard's routes, ready to merge into the server's router. Logs whether it is on.
+pub fn routes(state: &AppState) -> Router {
+    let settings = state.settings();
+    let base = format!("{}/whatsapp/dashboard", settings.server.context());
+    let Some(password) = &settings.dashboard.password else {
+        tracing::info!(
+            "dashboard disabled: no [dashboard] password in {} and no {DASHBOARD_PASSWORD_ENV}",
+            settings.source.display()
+        );
+        return disabled(&base);
+    };
+    let origin = &settings.server.public_url[..url::Position::BeforePath];
+    tracing::info!(url = %format!("{origin}{base}"), "dashboard enabled");
+    let dash = Dash {
+        app: state.clone(),
+        auth: Arc::new(Auth::new(password)),
+        base: base.as_str().into(),
+        secure_cookie: settings.server.public_url.scheme() == "https",
+        redact: settings
+            .apps
+            .values()
+            .filter_map(|app| app.whatsapp.as_ref())
+            .map(|w| w.auth_key.clone())
+            .collect(),
+    };
+    Router::new()
+        .route(&base, get(messages_page))
+        .route(&format!("{base}/messages/{{key}}"), get(message_page))
+        .route(&format!("{base}/events"), get(events_page))
+        .route(&format!("{base}/events/{{id}}"), get(event_page))
+        .route(&format!("{base}/events/{{id}}/replay"), post(replay))
+        .route(&format!("{base}/auth/login"), get(login_form).post(login))
+        .route(&format!("{base}/auth/logout"), post(logout))
+        .route(&format!("{base}/static/{{file}}"), get(asset))
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(dash)
+}
+
+fn disabled(base: &str) -> Router {
+    async fn answer() -> Response {
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            DISABLED,
+        )
+            .into_response()
+    }
+    Router::new()
+        .route(base, any(answer))
+        .route(&format!("{base}/{{*rest}}"), any(answer))
+}
+
+/// Shared by the dashboard's handlers.
+#[derive(Clone)]
+struct Dash {
+    app: AppState,
+    auth: Arc<Auth>,
+    /// `{context}/whatsapp/dashboard`: the prefix of every link, and the cookie's path.
+    base: Arc<str>,
+    /// Mark the cookie `Secure` when the public URL is https.
+    secure_cookie: bool,
+    /// Every app's auth key, scrubbed from each page before it is sent. No page renders one;
+    /// this keeps it so even if an action's error message or a callback field carried one.
+    redact: Arc<[SecretString]>,
+}
+
+/// A request from a logged-in operator. Extracting it is the access check: without a live
+/// session, GETs get the login page with 401 and everything else a plain 401.
+struct Operator {
+    token: String,
+    session: Session,
+}
+
+impl FromRequestParts<Dash> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, d: &Dash) -> Result<Self, Self::Rejection> {
+        if let Some(token) = auth::cookie(&parts.headers, auth::COOKIE)
+            && let Some(session) = d.auth.session(token)
+        {
+            return Ok(Operator {
+                token: token.to_string(),
+                session,
+            });
+        }
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| d.base.to_string(), |p| p.to_string());
+            Err(d.login_page(StatusCode::UNAUTHORIZED, &next, None))
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "log in to the dashboard first: the session is missing or has expired\n",
+            )
+                .into_response())
+        }
+    }
+}
+
+impl Dash {
+    fn view<'a>(&'a self, op: &'a Operator) -> View<'a> {
+        View {
+            base: &self.base,
+            csrf: &op.session.csrf,
+            apps: self
+                .app
+                .settings()
+                .apps
+                .keys()
+                .map(String::as_str)
+                .collect(),
+            asset_version: asset_version(),
+        }
+    }
+
+    /// Sends HTML after scrubbing auth keys from it.
+    fn html(&self, status: StatusCode, markup: Markup) -> Response {
+        let mut body = markup.into_string();
+        for key in self.redact.iter() {
+            let key = key.expose_secret();
+            if key.len() >= 8 && body.contains(key) {
+                body = body.replace(key, "[redacted]");
+            }
+        }
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    }
+
+    /// A full page, or 304 when the browser's live poll already has this live region.
+    fn page(&self, op: &Operator, headers: &HeaderMap, page: Page) -> Response {
+        let etag = format!("\"{}\"", short_hash(page.live.0.as_bytes()));
+        let seen = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        if seen {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        }
+        let mut response = self.html(StatusCode::OK, pages::layout(&self.view(op), page, &etag));
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        response
+    }
+
+    fn login_page(&self, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+        let next = self.safe_next(next);
+        self.html(
+            status,
+            pages::login(&self.base, asset_version(), &next, error),
+        )
+    }
+
+    fn problem(&self, status: StatusCode, title: &str, message: &str) -> Response {
+        self.html(
+            status,
+            pages::problem(&self.base, asset_version(), title, message),
+        )
+    }
+
+    fn store_failed(&self, e: StoreError) -> Response {
+        tracing::error!(error = %e, "dashboard failed to read the store");
+        self.problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The store could not be read",
+            &format!("{e}; check the server log and /healthz"),
+        )
+    }
+
+    /// Where to go after logging in: only somewhere inside the dashboard, so the login form
+    /// cannot be used to redirect an operator to another site.
+    fn safe_next(&self, next: &str) -> String {
+        let inside = next
+            .strip_prefix(&*self.base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
+        let plain = next.bytes().all(|b| b.is_ascii_graphic())
+            && !next.contains("//")
+            && !next.contains('\\');
+        if inside && plain && !next.contains("/auth/") {
+            next.to_string()
+        } else {
+            self.base.to_string()
+        }
+    }
+}
+
+fn nonempty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+async fn messages_page(
+    State(d): State<Dash>,
+    op: Operator,
+    headers: HeaderMap,
+    Query(query): Query<MessageQuery>,
+) -> Response {
+    // A minute-precision "to" includes that whole minute.
+    let until = utc::parse_input(&query.until).map(|ms| {
+        if query.until.trim().len() == 16 {
+            ms + 60_000
+        } else {
+            ms
+        }
+    });
+    let filter = MessageFilter {
+        app: nonempty(&query.app),
+        company: nonempty(&query.company),
+        status: nonempty(&query.status),
+        search: nonempty(&query.q),
+        since: utc::parse_input(&query.since),
+        until,
+        before_id: query.before.trim().parse().ok(),
+        limit: PAGE_SIZE,
+    };
+    match d.app.services.store.messages(filter).await {
+        Ok(rows) => {
+            let older = (rows.len() == PAGE_SIZE)
+                .then(|| rows.last().map(|m| m.id))
+                .flatten();
+            let page = pages::messages(&d.view(&op), &query, &rows, older);
+            d.page(&op, &headers, page)
+        }
+        Err(e) => d.store_failed(e),
+    }
+}
+
+async fn message_page(
+    State(d): State<Dash>,
+    op: Operator,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
+    match find_message(&d, &key).await {
+        Ok(Some((message, events))) => {
+            let page = pages::message(&d.view(&op), &message, &events);
+            d.page(&op, &headers, page)
+        }
+        Ok(None) => d.problem(
+            StatusCode::NOT_FOUND,
+            "No such message",
+            &format!(
+                "no message {key:?} in the store: it was not sent through this host and no callback for it has arrived; search the messages list by phone number"
+            ),
+        ),
+        Err(e) => d.store_failed(e),
+    }
+}
+
+/// A message by sid, or by row id for a failed send that has no sid.
+async fn find_message(
+    d: &Dash,
+    key: &str,
+) -> Result<Option<(Message, Vec<crate::store::Event>)>, StoreError> {
+    let store = &d.app.services.store;
+    let Ok(id) = key.parse::<i64>() else {
+        return store.message(key).await;
+    };
+    let filter = MessageFilter {
+        before_id: Some(id.saturating_add(1)),
+        limit: 1,
+        ..MessageFilter::default()
+    };
+    let Some(message) = store
+        .messages(filter)
+        .await?
+        .into_iter()
+        .find(|m| m.id == id)
+    else {
+        return Ok(None);
+    };
+    match &message.sid {
+        Some(sid) => store.message(sid).await,
+        None => Ok(Some((message, Vec::new()))),
+    }
+}
+
+async fn events_page(
+    State(d): State<Dash>,
+    op: Operator,
+    headers: HeaderMap,
+    Query(query): Query<EventQuery>,
+) -> Response {
+    let filter = EventFilter {
+        app: nonempty(&query.app),
+        state: EventState::parse(query.state.trim()),
+        message_sid: nonempty(&query.sid),
+        before_id: query.before.trim().parse().ok(),
+        limit: PAGE_SIZE,
+    };
+    match d.app.services.store.events(filter).await {
+        Ok(rows) => {
+            let older = (rows.len() == PAGE_SIZE)
+                .then(|| rows.last().map(|e| e.id))
+                .flatten();
+            let page = pages::events(&d.view(&op), &query, &rows, older);
+            d.page(&op, &headers, page)
+        }
+        Err(e) => d.store_failed(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventPageQuery {
+    #[serde(default)]
+    replayed: Option<String>,
+}
+
+async fn event_page(
+    State(d): State<Dash>,
+    op: Operator,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(query): Query<EventPageQuery>,
+) -> Response {
+    match d.app.services.store.event(id).await {
+        Ok(Some(event)) => {
+            let page = pages::event(&d.view(&op), &event, query.replayed.is_some());
+            d.page(&op, &headers, page)
+        }
+        Ok(None) => d.problem(
+            StatusCode::NOT_FOUND,
+            "No such event",
+            &format!("no event #{id} in the store; the events list shows every stored callback"),
+        ),
+        Err(e) => d.store_failed(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Runs a failed or dead event's action again, with a fresh set of attempts.
+async fn replay(
+    State(d): State<Dash>,
+    op: Operator,
+    Path(id): Path<i64>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !auth::csrf_matches(&op.session, &form.csrf) {
+        return d.problem(
+            StatusCode::FORBIDDEN,
+            "Replay refused",
+            "the form's CSRF token is missing or not this session's: reload the page and press Replay again",
+        );
+    }
+    match d.app.services.store.event(id).await {
+        Ok(Some(event)) if matches!(event.state, EventState::Failed | EventState::Dead) => {
+            tracing::info!(event = id, app = %event.app, company = %event.company, state = event.state.as_str(), "replaying an event from the dashboard");
+            d.app.dispatcher.replay(event);
+            Redirect::to(&format!("{}/events/{id}?replayed=1", d.base)).into_response()
+        }
+        Ok(Some(event)) => d.problem(
+            StatusCode::CONFLICT,
+            "Nothing to replay",
+            &format!(
+                "event #{id} is {}; only failed or dead events can be replayed",
+                event.state.as_str()
+            ),
+        ),
+        Ok(None) => d.problem(
+            StatusCode::NOT_FOUND,
+            "No such event",
+            &format!("no event #{id} in the store"),
+        ),
+        Err(e) => d.store_failed(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NextQuery {
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_form(
+    State(d): State<Dash>,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    let logged_in =
+        auth::cookie(&headers, auth::COOKIE).is_some_and(|t| d.auth.session(t).is_some());
+    if logged_in {
+        return Redirect::to(&d.safe_next(&query.next)).into_response();
+    }
+    d.login_page(StatusCode::OK, &query.next, None)
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login(
+    State(d): State<Dash>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // Without the peer address (a router served without connect info) all clients share one
+    // record, which still bounds guessing.
+    let ip = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
+    if let Some(wait) = d.auth.locked_out(ip) {
+        let seconds = wait.as_secs().max(1);
+        tracing::warn!(%ip, "dashboard login refused: too many wrong passwords");
+        let mut response = d.login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &form.next,
+            Some(&format!(
+                "Too many wrong passwords from your address. Try again in {seconds} seconds."
+            )),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
+    if !d.auth.is_password(&form.password) {
+        d.auth.failed(ip);
+        tracing::warn!(%ip, "dashboard login with a wrong password");
+        return d.login_page(
+            StatusCode::UNAUTHORIZED,
+            &form.next,
+            Some("Wrong password."),
+        );
+    }
+    d.auth.succeeded(ip);
+    let (token, _) = d.auth.start_session();
+    tracing::info!(%ip, "operator logged in to the dashboard");
+    let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
+    let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn logout(State(d): State<Dash>, op: Operator, Form(form): Form<CsrfForm>) -> Response {
+    if !auth::csrf_matches(&op.session, &form.csrf) {
+        return d.problem(
+            StatusCode::FORBIDDEN,
+            "Logout refused",
+            "the form's CSRF token is missing or not this session's: reload the page and try again",
+        );
+    }
+    d.auth.end_session(&op.token);
+    let mut response = Redirect::to(&format!("{}/auth/login", d.base)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&auth::cleared_cookie(&d.base, d.secure_cookie)) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The embedded stylesheet and script. Public: they hold no data.
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "app.css" => (CSS, "text/css; charset=utf-8"),
+        "app.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "no such dashboard asset\n").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            // Links carry the content's hash, so a changed file has a new URL.
+            (header::CACHE_CONTROL, "public, max-age=604800, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Headers on every dashboard response: no caching of data, no framing (the Replay button
+/// cannot be clickjacked), and only this origin's own script and style.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+fn asset_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| short_hash(format!("{CSS}{JS}").as_bytes()))
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,176 @@
+//! `/metrics` over real HTTP: after a known sequence of callbacks and sends, every counter moved
+//! by exactly what that sequence did. The recorder is process-wide, so this binary holds one
+//! test and compares before/after deltas.
+
+mod common;
+mod dashboard_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use dashboard_support::{COMPANY, TO, created, send, twilio_answers};
+use whatsapp_host::store::{EventFilter, EventState};
+use wiremock::MockServer;
+
+/// Samples by series: the metric name and its labels, sorted, as `name{a="1",b="2"}`.
+type Samples = BTreeMap<String, f64>;
+
+async fn scrape(app: &TestApp) -> Samples {
+    let response = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    parse(&response.text().await.unwrap())
+}
+
+/// Reads the Prometheus text format: `name{label="value",...} number` per line.
+fn parse(text: &str) -> Samples {
+    let mut samples = Samples::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let value: f64 = value.parse().expect("a sample value");
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_string(),
+        };
+        samples.insert(key, value);
+    }
+    samples
+}
+
+fn delta(before: &Samples, after: &Samples, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_what_a_known_sequence_of_requests_did() {
+    let twilio = MockServer::start().await;
+    twilio_answers(&twilio, created("SM11111111111111111111111111111111", TO)).await;
+    let config = TestConfig::new()
+        .api_base(twilio.uri())
+        .action("onStatus", "utils.info('status ' + vo.MessageStatus);");
+    let app = spawn_app(&config).await;
+
+    let before = scrape(&app).await;
+    // The first scrape already holds the backlog recorded while the server started: the
+    // recorder is installed before anything is recorded, not on the first scrape.
+    assert_eq!(
+        before.get("whatsapp_dispatch_backlog"),
+        Some(&0.0),
+        "{before:?}"
+    );
+
+    // Three new signed callbacks.
+    let sids: Vec<String> = (1..=3).map(|i| format!("SM{i:032}")).collect();
+    for sid in &sids {
+        assert_eq!(
+            app.post_status(COMPANY, sid, "delivered").await.status(),
+            200
+        );
+    }
+    // The first again: acknowledged, stored as a duplicate, not dispatched.
+    assert_eq!(
+        app.post_status(COMPANY, &sids[0], "delivered")
+            .await
+            .status(),
+        200
+    );
+    // A forged signature.
+    let fields = status_fields("SM99999999999999999999999999999999", "read");
+    let forged = app
+        .http
+        .post(app.callback_url(APP, COMPANY))
+        .header("X-Twilio-Signature", "bm90IGEgc2lnbmF0dXJl")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    // An app the settings do not have.
+    let unknown = app
+        .post_signed(
+            &app.callback_url("nope", COMPANY),
+            &[("MessageSid", "SM1"), ("MessageStatus", "sent")],
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    // A body over the limit.
+    let huge = "x".repeat(whatsapp_host::server::MAX_CALLBACK_BYTES + 1);
+    let too_large = app
+        .post_signed(&app.callback_url(APP, COMPANY), &[("Body", &huge)])
+        .await;
+    assert_eq!(too_large.status(), 413);
+    // One send Twilio accepts, and one refused before Twilio for its number.
+    assert!(send(&app, TO, "hello").await.sid().is_some());
+    let refused = send(&app, "12", "hello").await;
+    assert_eq!(refused.0["error_code"], 21211);
+
+    let store = app.store().clone();
+    app.wait_for("three events done", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            let done = EventFilter {
+                state: Some(EventState::Done),
+                ..EventFilter::default()
+            };
+            store.events(done).await.unwrap().len() == 3
+        }
+    })
+    .await;
+    let after = scrape(&app).await;
+
+    let expected = [
+        ("whatsapp_callbacks_received_total", 7.0),
+        (
+            "whatsapp_callbacks_rejected_total{reason=\"signature\"}",
+            1.0,
+        ),
+        (
+            "whatsapp_callbacks_rejected_total{reason=\"unknown_app\"}",
+            1.0,
+        ),
+        (
+            "whatsapp_callbacks_rejected_total{reason=\"too_large\"}",
+            1.0,
+        ),
+        ("whatsapp_callbacks_stored_total{kind=\"new\"}", 3.0),
+        ("whatsapp_callbacks_stored_total{kind=\"duplicate\"}", 1.0),
+        ("whatsapp_actions_total{outcome=\"done\"}", 3.0),
+        ("whatsapp_actions_total{outcome=\"failed\"}", 0.0),
+        ("whatsapp_actions_total{outcome=\"dead\"}", 0.0),
+        ("whatsapp_dispatch_seconds_count", 3.0),
+        (
+            "whatsapp_sends_total{error_code=\"\",outcome=\"sent\"}",
+            1.0,
+        ),
+        (
+            "whatsapp_sends_total{error_code=\"21211\",outcome=\"refused\"}",
+            1.0,
+        ),
+        ("whatsapp_twilio_request_seconds_count", 1.0),
+    ];
+    let moved: Vec<(&str, f64)> = expected
+        .iter()
+        .map(|(series, _)| (*series, delta(&before, &after, series)))
+        .collect();
+    assert_eq!(moved, expected, "all series after:\n{after:#?}");
+    assert_eq!(after.get("whatsapp_dispatch_backlog"), Some(&0.0));
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("whatsapp_dispatch_seconds_bucket{le=")),
+        "dispatch latency is a histogram with buckets"
+    );
+    app.stop().await;
+}
