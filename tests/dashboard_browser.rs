@@ -8,6 +8,7 @@ mod common;
 mod dashboard_support;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -44,7 +45,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // A process group of its own, shared by the Chromium it starts, so that dropping the
+        // browser ends Chromium too, even when a failing test never closed the session.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -181,6 +185,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The group's id is chromedriver's pid; it holds only what this browser started.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
