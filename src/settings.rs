@@ -299,6 +299,7 @@ impl Loader<'_> {
             .map(SecretString::from);
         let mut apps = BTreeMap::new();
         for (id, app) in raw.apps {
+            self.check_app_id(&id)?;
             let whatsapp = app.whatsapp.map(|w| self.whatsapp(&id, w)).transpose()?;
             apps.insert(id.clone(), Arc::new(App { id, whatsapp }));
         }
@@ -312,6 +313,23 @@ impl Loader<'_> {
             dashboard: Dashboard { password },
             apps,
         })
+    }
+
+    /// App ids appear in callback URLs and environment variable names.
+    fn check_app_id(&self, id: &str) -> Result<(), SettingsError> {
+        if !crate::js::is_valid_action_id(id) {
+            return Err(self.invalid(
+                format!("apps.{id}"),
+                "an app id may use only letters, digits, '_' and '-'",
+            ));
+        }
+        if RESERVED_APP_IDS.contains(&id) {
+            return Err(self.invalid(
+                format!("apps.{id}"),
+                format!("{id:?} is reserved: /whatsapp/{id}/… is one of the host's own paths; choose another app id"),
+            ));
+        }
+        Ok(())
     }
 
     fn server(&self, raw: raw::Server) -> Result<Server, SettingsError> {
@@ -471,6 +489,9 @@ impl Loader<'_> {
         })
     }
 }
+
+/// Path segments under `/whatsapp/` that the host uses itself, so no app may take them.
+const RESERVED_APP_IDS: &[&str] = &["callback", "dashboard"];
 
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
 pub fn is_account_sid(s: &str) -> bool {
@@ -696,6 +717,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("apps.crm.WHATSAPP.from_number"), "{err}");
+    }
+
+    #[test]
+    fn app_ids_that_clash_with_host_paths_are_refused() {
+        let err = load(&GOOD.replace("apps.crm", "apps.dashboard"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps.dashboard"), "{err}");
+        assert!(err.contains("reserved"), "{err}");
     }
 
     #[test]
