@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use boa_engine::context::HostHooks;
 use boa_engine::object::builtins::JsFunction;
@@ -119,11 +119,18 @@ const ABANDONED: u8 = 2;
 struct Job {
     caller: Caller,
     program: Program,
-    started: oneshot::Sender<()>,
     reply: oneshot::Sender<Result<RunOutput, RunError>>,
+    progress: Arc<Progress>,
+}
+
+/// What the caller and the worker of one job both see, without waking each other.
+struct Progress {
     /// Whether the caller still waits. The caller marks a job abandoned when its budget runs
     /// out; the worker, finding it so, leaves the pool because a replacement was started.
-    state: Arc<AtomicU8>,
+    state: AtomicU8,
+    /// When a worker picked the job up, in µs since [`Shared::epoch`] plus one; 0 while it is
+    /// queued. The caller reads it only when a deadline passes, so starting a job wakes no one.
+    started: AtomicU64,
 }
 
 struct Shared {
@@ -133,6 +140,8 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     limits: Limits,
     live_workers: AtomicUsize,
+    /// The origin of [`Progress::started`].
+    epoch: Instant,
 }
 
 /// A pool of JS worker threads. Cheap to clone; `Send + Sync`.
@@ -167,6 +176,7 @@ impl Engine {
             runtime: tokio::runtime::Handle::current(),
             limits,
             live_workers: AtomicUsize::new(0),
+            epoch: Instant::now(),
         });
         for _ in 0..workers.max(1) {
             spawn_worker(&shared)?;
@@ -204,40 +214,54 @@ impl Engine {
             Program::Action { .. } => self.shared.limits.budget,
             Program::Script { .. } => self.shared.limits.script_budget,
         };
-        let (started_tx, started_rx) = oneshot::channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(RUNNING));
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let progress = Arc::new(Progress {
+            state: AtomicU8::new(RUNNING),
+            started: AtomicU64::new(0),
+        });
         self.queue
             .send(Job {
                 caller,
                 program,
-                started: started_tx,
                 reply: reply_tx,
-                state: state.clone(),
+                progress: progress.clone(),
             })
             .map_err(|_| RunError::Closed)?;
-        started_rx.await.map_err(|_| RunError::Closed)?;
-        let mut reply_rx = reply_rx;
-        match tokio::time::timeout(budget, &mut reply_rx).await {
-            Ok(reply) => reply.map_err(|_| RunError::Closed)?,
-            Err(_) => {
-                if state
-                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    tracing::warn!(
-                        ?budget,
-                        "javascript run exceeded its budget; replacing its worker"
-                    );
-                    if let Err(e) = spawn_worker(&self.shared) {
-                        tracing::error!(error = %e, "failed to start a replacement js worker");
+        // The budget starts when a worker picks the job up. Rather than be woken then, wait a
+        // whole budget from now and, when that passes, move the deadline to pickup + budget.
+        let mut deadline = tokio::time::Instant::now() + budget;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut reply_rx).await {
+                Ok(reply) => return reply.map_err(|_| RunError::Closed)?,
+                Err(_) => match progress.started.load(Ordering::Acquire) {
+                    0 => deadline += budget,
+                    started => {
+                        let picked_up = self.shared.epoch + Duration::from_micros(started - 1);
+                        let end = tokio::time::Instant::from_std(picked_up + budget);
+                        if end <= tokio::time::Instant::now() {
+                            break;
+                        }
+                        deadline = end;
                     }
-                    Err(RunError::TimedOut(budget))
-                } else {
-                    // It finished just as the budget ran out: take its answer.
-                    reply_rx.await.map_err(|_| RunError::Closed)?
-                }
+                },
             }
+        }
+        if progress
+            .state
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!(
+                ?budget,
+                "javascript run exceeded its budget; replacing its worker"
+            );
+            if let Err(e) = spawn_worker(&self.shared) {
+                tracing::error!(error = %e, "failed to start a replacement js worker");
+            }
+            Err(RunError::TimedOut(budget))
+        } else {
+            // It finished just as the budget ran out: take its answer.
+            reply_rx.await.map_err(|_| RunError::Closed)?
         }
     }
 }
@@ -328,7 +352,8 @@ fn worker(shared: &Shared) {
         }
     }
     while let Ok(job) = shared.jobs.recv() {
-        let _ = job.started.send(());
+        let picked_up = shared.epoch.elapsed().as_micros() as u64 + 1;
+        job.progress.started.store(picked_up, Ordering::Release);
         let current = runtime::Current {
             caller: job.caller,
             outbound: shared.outbound.clone(),
@@ -349,6 +374,7 @@ fn worker(shared: &Shared) {
             Program::Script { name, source } => run_script(&shared.limits, current, name, source),
         };
         if job
+            .progress
             .state
             .compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
