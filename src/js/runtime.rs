@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use boa_engine::builtins::object::OrdinaryObject;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
 use boa_engine::{Context, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction};
@@ -62,16 +63,21 @@ pub fn install(context: &mut Context) -> JsResult<()> {
 }
 
 /// An object with string-valued properties: how `vo` is handed to actions.
+///
+/// Built with a shared shape and plain inserts rather than `CreateDataProperty` on a fresh
+/// unique-shaped object: the result is the same ordinary object (writable, enumerable,
+/// configurable data properties in field order, a repeated name keeping its last value) for
+/// less, because every event's record takes the same shape transitions.
 pub fn string_record(fields: &[(String, String)], context: &mut Context) -> JsResult<JsObject> {
-    let object = JsObject::with_object_proto(context.intrinsics());
+    let mut record = ObjectInitializer::with_native_data(OrdinaryObject, context);
     for (k, v) in fields {
-        object.create_data_property_or_throw(
+        record.property(
             JsString::from(k.as_str()),
             JsString::from(v.as_str()),
-            context,
-        )?;
+            Attribute::all(),
+        );
     }
-    Ok(object)
+    Ok(record.build())
 }
 
 fn current(context: &Context) -> JsResult<&Current> {
