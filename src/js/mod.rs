@@ -119,6 +119,9 @@ const ABANDONED: u8 = 2;
 struct Job {
     caller: Caller,
     program: Program,
+    /// The caller's span (a callback's `dispatch`, a command's), entered on the worker so lines
+    /// a script logs carry its app, company, event and sid.
+    span: tracing::Span,
     reply: oneshot::Sender<Result<RunOutput, RunError>>,
     progress: Arc<Progress>,
 }
@@ -223,6 +226,7 @@ impl Engine {
             .send(Job {
                 caller,
                 program,
+                span: tracing::Span::current(),
                 reply: reply_tx,
                 progress: progress.clone(),
             })
@@ -354,6 +358,7 @@ fn worker(shared: &Shared) {
     while let Ok(job) = shared.jobs.recv() {
         let picked_up = shared.epoch.elapsed().as_micros() as u64 + 1;
         job.progress.started.store(picked_up, Ordering::Release);
+        let _entered = job.span.enter();
         let current = runtime::Current {
             caller: job.caller,
             outbound: shared.outbound.clone(),
