@@ -3,6 +3,7 @@
 //! durable, so the server can acknowledge Twilio only after the event is safe.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -263,12 +264,19 @@ impl Store {
         let writer_conn = Connection::open(&path).map_err(open_err)?;
         configure(&writer_conn).map_err(open_err)?;
         writer_conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // Commits leave the log unsynced; the writer's sync thread syncs it before anyone is
+        // answered (see `writer_loop`). NORMAL still syncs the log and the database around
+        // every checkpoint, so a checkpointed log is never overwritten before it is safe.
+        writer_conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        let wal = data_dir.join("store.sqlite3-wal");
         let reader = Connection::open(&path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, wal))
             .expect("spawning the store writer thread");
         Ok(Store {
             writer: tx,
@@ -537,8 +545,9 @@ fn write_error(message: String) -> StoreError {
     StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(message.into()))
 }
 
-/// WAL with `synchronous = FULL`: every commit fsyncs the log, so an acknowledged event
-/// survives `kill -9` and a power cut; group commit amortizes that fsync across requests.
+/// WAL with `synchronous = FULL`. The writer connection then lowers it to NORMAL and syncs
+/// the log itself before answering (see `writer_loop`): an acknowledged event still survives
+/// `kill -9` and a power cut, and one sync covers every group committed before it.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -636,9 +645,21 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-/// The writer thread: take one op, then what arrives right behind it (see [`GATHER_MAX`]), apply
-/// them in one transaction, commit (one fsync), and only then answer each caller.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+/// The writer thread: take one op, then what arrives right behind it (see [`GATHER_MAX`]),
+/// apply them in one transaction and commit. The commit writes the log without syncing it; the
+/// group's answers go to the [`sync_loop`] thread, which answers only after the log is synced.
+/// So the next group is applied while the previous one is being synced, and one sync covers
+/// every group committed before it started.
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, wal: PathBuf) {
+    let (synced_tx, synced_rx) = mpsc::channel::<Vec<Reply>>();
+    let failed = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let failed = failed.clone();
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || sync_loop(&wal, synced_rx, &failed))
+            .expect("spawning the store sync thread")
+    };
     let mut batch = Vec::with_capacity(MAX_GROUP);
     let mut closing = None;
     while let Ok(first) = rx.recv() {
@@ -652,41 +673,62 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
-        let committed = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let committed = if failed.load(Ordering::Acquire) {
+            // After a failed sync nothing more is acknowledged: what the log holds is unknown.
             for op in batch.drain(..) {
                 match op {
-                    Op::InsertEvent(ev, reply) => {
-                        replies.push(Reply::Event(reply, insert_event(&tx, &ev)))
-                    }
-                    Op::RecordSend(rec) => {
-                        if let Err(e) = record_send(&tx, &rec) {
-                            tracing::error!(error = %e, "failed to record a send");
-                        }
-                    }
-                    Op::Finish {
-                        id,
-                        attempts,
-                        result,
-                        reply,
-                    } => replies.push(Reply::Finish(reply, finish(&tx, id, attempts, &result))),
-                    Op::Barrier(reply) => replies.push(Reply::Barrier(reply)),
                     Op::Close(reply) => closing = Some(reply),
+                    op => replies.extend(Reply::unapplied(op)),
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "store commit failed; the writes in this group were not acknowledged");
-        }
-        let commit_error = committed.err().map(|e| e.to_string());
-        for reply in replies {
-            reply.send(commit_error.as_deref());
+            Err(SYNC_FAILED.to_string())
+        } else {
+            (|| -> rusqlite::Result<()> {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                for op in batch.drain(..) {
+                    match op {
+                        Op::InsertEvent(ev, reply) => {
+                            replies.push(Reply::Event(reply, insert_event(&tx, &ev)))
+                        }
+                        Op::RecordSend(rec) => {
+                            if let Err(e) = record_send(&tx, &rec) {
+                                tracing::error!(error = %e, "failed to record a send");
+                            }
+                        }
+                        Op::Finish {
+                            id,
+                            attempts,
+                            result,
+                            reply,
+                        } => replies.push(Reply::Finish(reply, finish(&tx, id, attempts, &result))),
+                        Op::Barrier(reply) => replies.push(Reply::Barrier(reply)),
+                        Op::Close(reply) => closing = Some(reply),
+                    }
+                }
+                tx.commit()
+            })()
+            .map_err(|e| {
+                tracing::error!(error = %e, "store commit failed; the writes in this group were not acknowledged");
+                e.to_string()
+            })
+        };
+        match committed {
+            Ok(()) => {
+                let _ = synced_tx.send(replies);
+            }
+            Err(e) => {
+                for reply in replies {
+                    reply.send(Some(&e));
+                }
+            }
         }
         if closing.is_some() {
             break;
         }
     }
+    // Every answer is out before the log is checkpointed and the connection closed.
+    drop(synced_tx);
+    let _ = syncer.join();
     if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
         tracing::warn!(error = %e, "store checkpoint at close failed");
     }
@@ -694,6 +736,49 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
     if let Some(reply) = closing {
         let _ = reply.send(());
     }
+}
+
+const SYNC_FAILED: &str =
+    "the store's log could not be synced to disk; restart whatsapp-host once the disk is healthy";
+
+/// The sync thread: takes every committed group waiting, syncs the log once, then answers
+/// them all. A failed sync is final: its groups and every later write are answered with an
+/// error, as the kernel may have dropped the unsynced pages.
+fn sync_loop(wal: &Path, rx: mpsc::Receiver<Vec<Reply>>, failed: &AtomicBool) {
+    let mut directory_synced = false;
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        groups.extend(rx.try_iter());
+        let error = match sync_log(wal, &mut directory_synced) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(log = %wal.display(), error = %e, "failed to sync the store's log; no further writes will be acknowledged");
+                failed.store(true, Ordering::Release);
+                Some(SYNC_FAILED)
+            }
+        };
+        for reply in groups.into_iter().flatten() {
+            reply.send(error);
+        }
+    }
+}
+
+/// `fdatasync` of the write-ahead log, through a fresh descriptor so it is always the file
+/// SQLite writes now. The first time, the directory too, so the log's entry is durable.
+fn sync_log(wal: &Path, directory_synced: &mut bool) -> std::io::Result<()> {
+    match std::fs::File::open(wal) {
+        Ok(log) => log.sync_data()?,
+        // No log yet: nothing was written, so there is nothing to sync.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if !*directory_synced {
+        if let Some(dir) = wal.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *directory_synced = true;
+    }
+    Ok(())
 }
 
 enum Reply {
@@ -709,6 +794,17 @@ enum Reply {
 }
 
 impl Reply {
+    /// The answer owed for an op that was never applied; `None` for fire-and-forget ops.
+    fn unapplied(op: Op) -> Option<Reply> {
+        let not_applied = || rusqlite::Error::InvalidQuery;
+        match op {
+            Op::InsertEvent(_, reply) => Some(Reply::Event(reply, Err(not_applied()))),
+            Op::Finish { reply, .. } => Some(Reply::Finish(reply, Err(not_applied()))),
+            Op::Barrier(reply) => Some(Reply::Barrier(reply)),
+            Op::RecordSend(_) | Op::Close(_) => None,
+        }
+    }
+
     fn send(self, commit_error: Option<&str>) {
         fn answer<T>(r: rusqlite::Result<T>, commit_error: Option<&str>) -> Result<T, String> {
             match commit_error {
