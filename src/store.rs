@@ -3,7 +3,7 @@
 //! durable, so the server can acknowledge Twilio only after the event is safe.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -248,6 +248,11 @@ const GATHER_GAP: Duration = Duration::from_micros(200);
 /// cost of a commit (the table and index pages every commit rewrites, and the fsync) once.
 /// A lone write waits at most `GATHER_GAP`.
 const GATHER_MAX: Duration = Duration::from_millis(1);
+/// How often the checkpoint thread copies newly committed pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// Log length, in pages, at which the writer checkpoints by itself: only when the checkpoint
+/// thread has fallen far behind, so the log stays bounded (about 128 MiB).
+const WRITER_CHECKPOINT_PAGES: i64 = 32_768;
 
 impl Store {
     /// Opens (creating if needed) `store.sqlite3` in `data_dir` and starts the writer thread.
@@ -270,13 +275,20 @@ impl Store {
         writer_conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        let wal = data_dir.join("store.sqlite3-wal");
+        // Checkpoints run on their own thread (see `checkpoint_loop`); the writer checkpoints
+        // only if the log has grown this long anyway.
+        writer_conn
+            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(open_err)?;
         let reader = Connection::open(&path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, wal))
+            .spawn({
+                let path = path.clone();
+                move || writer_loop(writer_conn, rx, path)
+            })
             .expect("spawning the store writer thread");
         Ok(Store {
             writer: tx,
@@ -650,7 +662,19 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 /// group's answers go to the [`sync_loop`] thread, which answers only after the log is synced.
 /// So the next group is applied while the previous one is being synced, and one sync covers
 /// every group committed before it started.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, wal: PathBuf) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let commits = Arc::new(AtomicU64::new(0));
+    let (stop_checkpoints, stop_rx) = mpsc::channel::<()>();
+    let checkpointer = {
+        let commits = commits.clone();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoint_loop(&path, &commits, stop_rx))
+            .expect("spawning the store checkpoint thread")
+    };
     let (synced_tx, synced_rx) = mpsc::channel::<Vec<Reply>>();
     let failed = Arc::new(AtomicBool::new(false));
     let syncer = {
@@ -714,6 +738,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, wal: PathBuf) {
         };
         match committed {
             Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
                 let _ = synced_tx.send(replies);
             }
             Err(e) => {
@@ -726,15 +751,44 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, wal: PathBuf) {
             break;
         }
     }
-    // Every answer is out before the log is checkpointed and the connection closed.
+    // Every answer is out, and the checkpoint thread stopped, before the log is checkpointed
+    // and the connection closed.
     drop(synced_tx);
     let _ = syncer.join();
+    drop(stop_checkpoints);
+    let _ = checkpointer.join();
     if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
         tracing::warn!(error = %e, "store checkpoint at close failed");
     }
     drop(conn);
     if let Some(reply) = closing {
         let _ = reply.send(());
+    }
+}
+
+/// The checkpoint thread: while commits keep coming, copies them from the log into the
+/// database every [`CHECKPOINT_EVERY`], on a connection of its own, so the writer never
+/// stops for a checkpoint's copying and two syncs. The connection is `synchronous = FULL`:
+/// the log is synced before copying and the database after, so once everything is copied
+/// the writer may start the log over. Ends when the writer drops `stop`.
+fn checkpoint_loop(path: &Path, commits: &AtomicU64, stop: mpsc::Receiver<()>) {
+    let conn = match Connection::open(path).and_then(|c| configure(&c).map(|()| c)) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "the store's checkpoint thread could not open the store; the writer checkpoints alone");
+            return;
+        }
+    };
+    let mut seen = 0;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let now = commits.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store checkpoint failed; the next one will retry");
+        }
     }
 }
 
