@@ -215,6 +215,17 @@ pub struct MessageFilter {
     pub limit: usize,
 }
 
+impl Op {
+    /// Whether a caller waits for this op's answer.
+    fn is_awaited(&self) -> bool {
+        match self {
+            Op::InsertEvent(..) | Op::Barrier(_) | Op::Close(_) => true,
+            Op::Finish { reply, .. } => reply.is_some(),
+            Op::RecordSend(_) => false,
+        }
+    }
+}
+
 enum Op {
     InsertEvent(NewEvent, oneshot::Sender<Result<Inserted, String>>),
     RecordSend(SendRecord),
@@ -248,6 +259,10 @@ const GATHER_GAP: Duration = Duration::from_micros(200);
 /// cost of a commit (the table and index pages every commit rewrites, and the fsync) once.
 /// A lone write waits at most `GATHER_GAP`.
 const GATHER_MAX: Duration = Duration::from_millis(1);
+/// How long a group of writes nobody waits for (sends and dispatch outcomes) may gather: a
+/// script sending one message after another then commits and syncs a few times a second
+/// rather than once per message.
+const UNAWAITED_GATHER: Duration = Duration::from_millis(20);
 /// How often the checkpoint thread copies newly committed pages into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// Log length, in pages, at which the writer checkpoints by itself: only when the checkpoint
@@ -687,12 +702,26 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
     let mut batch = Vec::with_capacity(MAX_GROUP);
     let mut closing = None;
     while let Ok(first) = rx.recv() {
-        let until = Instant::now() + GATHER_MAX;
+        // Until an op someone waits for arrives, the group may gather for much longer.
+        let mut awaited = first.is_awaited();
+        let mut until = Instant::now()
+            + if awaited {
+                GATHER_MAX
+            } else {
+                UNAWAITED_GATHER
+            };
         batch.push(first);
         while batch.len() < MAX_GROUP {
-            let wait = GATHER_GAP.min(until.saturating_duration_since(Instant::now()));
+            let left = until.saturating_duration_since(Instant::now());
+            let wait = if awaited { GATHER_GAP.min(left) } else { left };
             match rx.recv_timeout(wait) {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    if !awaited && op.is_awaited() {
+                        awaited = true;
+                        until = until.min(Instant::now() + GATHER_MAX);
+                    }
+                    batch.push(op);
+                }
                 Err(_) => break,
             }
         }
@@ -739,7 +768,11 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
         match committed {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
-                let _ = synced_tx.send(replies);
+                // Nobody waits on a group of sends and dispatch outcomes: the next sync, or
+                // checkpoint, makes it durable.
+                if !replies.is_empty() {
+                    let _ = synced_tx.send(replies);
+                }
             }
             Err(e) => {
                 for reply in replies {
