@@ -337,7 +337,8 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
         problems += 1;
     }
     let limits = js::Limits::from(&settings.actions);
-    let actions = read_js_dir(&settings.server.actions_dir)?;
+    let actions = js::load_actions(&settings.server.actions_dir)
+        .with_context(|| format!("failed to read {}", settings.server.actions_dir.display()))?;
     let errors = js::check_compiles(&actions, &limits);
     println!(
         "actions    {} in {}",
@@ -348,7 +349,8 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
         println!("  error: {e}");
         problems += 1;
     }
-    let scripts = read_js_dir(&settings.server.scripts_dir)?;
+    let scripts = js::load_sources(&settings.server.scripts_dir)
+        .with_context(|| format!("failed to read {}", settings.server.scripts_dir.display()))?;
     println!(
         "scripts    {} in {}",
         scripts.len(),
@@ -399,26 +401,6 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
         println!("{problems} problem(s)");
         Ok(1)
     }
-}
-
-fn read_js_dir(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut out = std::collections::BTreeMap::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) == Some("js")
-            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-        {
-            let source = std::fs::read_to_string(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
-            out.insert(stem.to_string(), source);
-        }
-    }
-    Ok(out)
 }
 
 async fn list_events(

@@ -270,12 +270,28 @@ impl Engine {
     }
 }
 
-fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
+/// The actions in `dir` by id; files whose names are not valid action ids are skipped with a warning.
+pub fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    let mut sources = load_sources(dir)?;
+    sources.retain(|id, _| {
+        let valid = is_valid_action_id(id);
+        if !valid {
+            tracing::warn!(dir = %dir.display(), file = %id, "skipping action: its name is not a valid action id");
+        }
+        valid
+    });
+    Ok(sources)
+}
+
+/// Every `*.js` file in `dir`, by file stem; a missing folder holds none. The engine and
+/// `check` both read through this (actions via [`load_actions`]), so `check` sees exactly the
+/// files the server loads.
+pub fn load_sources(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
     let mut sources = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(dir = %dir.display(), "actions directory not found; no actions loaded");
+            tracing::warn!(dir = %dir.display(), "folder not found; no scripts loaded from it");
             return Ok(sources);
         }
         Err(e) => return Err(e),
@@ -285,14 +301,10 @@ fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
         if path.extension().and_then(|e| e.to_str()) != Some("js") {
             continue;
         }
-        let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if !is_valid_action_id(id) {
-            tracing::warn!(file = %path.display(), "skipping action: its name is not a valid action id");
-            continue;
-        }
-        sources.insert(id.to_string(), std::fs::read_to_string(&path)?);
+        sources.insert(stem.to_string(), std::fs::read_to_string(&path)?);
     }
     Ok(sources)
 }
