@@ -1,69 +1,37 @@
 //! UTC times for the dashboard: store milliseconds to `2026-11-25 14:23:05` and back from the
 //! `datetime-local` form inputs. Pages show UTC only, so every operator reads the same time.
 
-const MS_PER_DAY: i64 = 86_400_000;
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+use jiff::tz::Offset;
 
 /// `YYYY-MM-DD HH:MM:SS` for milliseconds since the Unix epoch.
 pub fn format(ms: i64) -> String {
-    let days = ms.div_euclid(MS_PER_DAY);
-    let in_day = ms.rem_euclid(MS_PER_DAY) / 1000;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60
-    )
+    civil(ms).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// Like [`format`] with milliseconds, for timelines where several callbacks share a second.
 pub fn format_precise(ms: i64) -> String {
-    format!("{}.{:03}", format(ms), ms.rem_euclid(1000))
+    civil(ms).strftime("%Y-%m-%d %H:%M:%S.%3f").to_string()
 }
 
 /// Reads `YYYY-MM-DDTHH:MM[:SS]` (what a `datetime-local` input sends) as UTC milliseconds.
 pub fn parse_input(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (date, time) = text.split_once(['T', ' '])?;
-    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
-    let mut time = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (h, min) = (time.next()??, time.next()??);
-    let s = time.next().map_or(Some(0), |s| s)?;
-    let valid = (1..=12).contains(&m)
-        && (1..=31).contains(&d)
-        && (0..24).contains(&h)
-        && (0..60).contains(&min)
-        && (0..60).contains(&s);
-    if !valid {
-        return None;
-    }
-    Some(days_from_civil(y, m, d) * MS_PER_DAY + ((h * 60 + min) * 60 + s) * 1000)
+    let text = text.trim().replacen(' ', "T", 1);
+    let datetime = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+        .into_iter()
+        .find_map(|format| DateTime::strptime(format, &text).ok())?;
+    Some(Offset::UTC.to_timestamp(datetime).ok()?.as_millisecond())
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The UTC date and time of `ms`; instants beyond jiff's range (years ±9999) are clamped to it.
+fn civil(ms: i64) -> DateTime {
+    let at = Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    Offset::UTC.to_datetime(at)
 }
 
 #[cfg(test)]
