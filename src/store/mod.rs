@@ -1,23 +1,21 @@
 //! The embedded store: the only module with SQL. It keeps every send and every callback event in
-//! one SQLite file, commits writes in groups on one writer thread, and answers when a write is
-//! durable, so the server can acknowledge Twilio only after the event is safe.
+//! one SQLite file and answers when a write is durable, so the server can acknowledge Twilio only
+//! after the event is safe. This file holds the API, the queries and the schema; `writer` holds
+//! the threads that commit and sync writes. Callers see typed values only, never SQLite.
+
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
@@ -35,8 +33,11 @@ pub fn status_rank(status: &str) -> i64 {
     }
 }
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("no store at {path}: run `whatsapp-host serve` first, or check server.data_dir")]
+    Missing { path: PathBuf },
     #[error("failed to open the store at {path}: {source}")]
     Open {
         path: PathBuf,
@@ -48,7 +49,15 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("store query failed: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Query(#[source] rusqlite::Error),
+    /// Nothing in the write's group was applied.
+    #[error("store commit failed, so the write was not applied: {source}")]
+    CommitFailed { source: Arc<rusqlite::Error> },
+    /// The write may be lost, and the store acknowledges no further writes.
+    #[error(
+        "the store's log could not be synced to disk ({source}); restart whatsapp-host once the disk is healthy"
+    )]
+    SyncFailed { source: Arc<std::io::Error> },
     #[error("the store is closed")]
     Closed,
 }
@@ -215,59 +224,16 @@ pub struct MessageFilter {
     pub limit: usize,
 }
 
-impl Op {
-    /// Whether a caller waits for this op's answer.
-    fn is_awaited(&self) -> bool {
-        match self {
-            Op::InsertEvent(..) | Op::Barrier(_) | Op::Close(_) => true,
-            Op::Finish { reply, .. } => reply.is_some(),
-            Op::RecordSend(_) => false,
-        }
-    }
-}
+/// The store file's name inside `server.data_dir`.
+const FILE_NAME: &str = "store.sqlite3";
 
-enum Op {
-    InsertEvent(NewEvent, oneshot::Sender<Result<Inserted, String>>),
-    RecordSend(SendRecord),
-    Finish {
-        id: i64,
-        attempts: u32,
-        result: DispatchResult,
-        reply: Option<oneshot::Sender<Result<(), String>>>,
-    },
-    /// Answers once everything queued before it is committed.
-    Barrier(oneshot::Sender<()>),
-    Close(oneshot::Sender<()>),
-}
-
-/// Handle to the store. Cloning is cheap; all clones share one writer thread.
+/// Handle to the store for the program: writes go to the writer thread, reads to a connection
+/// of their own. Cloning is cheap; all clones share one writer thread.
 #[derive(Clone)]
 pub struct Store {
-    writer: mpsc::Sender<Op>,
-    /// A std mutex: readers run in `spawn_blocking` and never hold it across an await.
-    reader: Arc<Mutex<Connection>>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
-    path: PathBuf,
+    writer: writer::Writer,
+    reader: StoreReader,
 }
-
-/// Most writes a group commit takes at once; bounds the latency of the last one in a group.
-const MAX_GROUP: usize = 2048;
-/// A group keeps gathering while writes arrive less than this far apart...
-const GATHER_GAP: Duration = Duration::from_micros(200);
-/// ...but no longer than this after its first write. Under load, requests arrive every few
-/// tens of µs: waiting turns many small commits into a few large ones, each paying the fixed
-/// cost of a commit (the table and index pages every commit rewrites, and the fsync) once.
-/// A lone write waits at most `GATHER_GAP`.
-const GATHER_MAX: Duration = Duration::from_millis(1);
-/// How long a group of writes nobody waits for (sends and dispatch outcomes) may gather: a
-/// script sending one message after another then commits and syncs a few times a second
-/// rather than once per message.
-const UNAWAITED_GATHER: Duration = Duration::from_millis(20);
-/// How often the checkpoint thread copies newly committed pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
-/// Log length, in pages, at which the writer checkpoints by itself: only when the checkpoint
-/// thread has fallen far behind, so the log stays bounded (about 128 MiB).
-const WRITER_CHECKPOINT_PAGES: i64 = 32_768;
 
 impl Store {
     /// Opens (creating if needed) `store.sqlite3` in `data_dir` and starts the writer thread.
@@ -276,61 +242,58 @@ impl Store {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let path = data_dir.join("store.sqlite3");
+        let path = data_dir.join(FILE_NAME);
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        let writer_conn = Connection::open(&path).map_err(open_err)?;
-        configure(&writer_conn).map_err(open_err)?;
-        writer_conn.execute_batch(SCHEMA).map_err(open_err)?;
-        // Commits leave the log unsynced; the writer's sync thread syncs it before anyone is
-        // answered (see `writer_loop`). NORMAL still syncs the log and the database around
-        // every checkpoint, so a checkpointed log is never overwritten before it is safe.
-        writer_conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        // Checkpoints run on their own thread (see `checkpoint_loop`); the writer checkpoints
-        // only if the log has grown this long anyway.
-        writer_conn
-            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
-            .map_err(open_err)?;
+        let writer = writer::Writer::start(&path).map_err(open_err)?;
         let reader = Connection::open(&path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn({
-                let path = path.clone();
-                move || writer_loop(writer_conn, rx, path)
-            })
-            .expect("spawning the store writer thread");
         Ok(Store {
-            writer: tx,
-            reader: Arc::new(Mutex::new(reader)),
-            thread: Arc::new(Mutex::new(Some(thread))),
-            path,
+            writer,
+            reader: StoreReader::new(reader, path),
         })
     }
 
+    /// Opens the store in `data_dir` for reading only, for commands that run beside a server:
+    /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
+    /// The store must exist already; this never creates it.
+    pub fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        if !path.try_exists().unwrap_or(true) {
+            return Err(StoreError::Missing { path });
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        Ok(StoreReader::new(conn, path))
+    }
+
+    /// The store file, for messages that point the operator at it.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.reader.path()
     }
 
     /// Stores a callback and returns once it is durable (fsynced), or found to be a repeat.
     pub async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Op::InsertEvent(event, tx))?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(write_error)
+        self.writer.insert_event(event).await
     }
 
     /// Queues a send's outcome without waiting. The writer commits it with the next group and
     /// before any later write, so a callback for the same sid never overtakes it; a sid that an
     /// early callback already created is completed rather than duplicated.
     pub fn record_send(&self, record: SendRecord) {
-        if self.send(Op::RecordSend(record)).is_err() {
+        if self.writer.record_send(record).is_err() {
             tracing::error!("the store is closed; a send was not recorded");
         }
     }
@@ -338,80 +301,93 @@ impl Store {
     /// Records a dispatch outcome without waiting: losing it in a crash only means the event
     /// is dispatched again on restart, which at-least-once delivery allows.
     pub fn finish_dispatch(&self, id: i64, attempts: u32, result: DispatchResult) {
-        let _ = self.send(Op::Finish {
-            id,
-            attempts,
-            result,
-            reply: None,
-        });
+        let _ = self.writer.finish_dispatch(id, attempts, result);
     }
 
-    /// Records a dispatch outcome and waits until it is committed.
-    pub async fn finish_dispatch_durably(
-        &self,
-        id: i64,
-        attempts: u32,
-        result: DispatchResult,
-    ) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Op::Finish {
-            id,
-            attempts,
-            result,
-            reply: Some(tx),
-        })?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(write_error)
-    }
-
-    /// Waits until every write queued so far, including fire-and-forget ones, is committed.
+    /// Waits until every write queued so far, including fire-and-forget ones, is committed
+    /// and synced.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Op::Barrier(tx))?;
-        rx.await.map_err(|_| StoreError::Closed)
+        self.writer.flush().await
     }
 
     /// Commits what is queued, checkpoints the WAL and stops the writer. Later writes fail.
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Op::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.thread.lock().expect("store thread lock").take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-    }
-
-    fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.writer.send(op).map_err(|_| StoreError::Closed)
-    }
-
-    /// Runs a read on the blocking pool so the async runtime never waits on SQLite.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().expect("store reader lock");
-            f(&conn).map_err(StoreError::from)
-        })
-        .await
-        .expect("store read panicked")
+        self.writer.close().await;
     }
 
     /// Whether a write can be committed right now, for `/healthz`: the writer takes the write
     /// lock for an empty transaction and answers within a second.
     pub async fn is_writable(&self) -> bool {
         matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await,
+            tokio::time::timeout(Duration::from_secs(1), self.flush()).await,
             Ok(Ok(()))
         )
     }
 
+    /// One event by id, for `replay` and the dashboard.
+    pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
+        self.reader.event(id).await
+    }
+
+    /// Every event that still has to run: pending, or failed and waiting for a retry.
+    pub async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.reader.undispatched_events().await
+    }
+
+    /// Newest first.
+    pub async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
+        self.reader.events(filter).await
+    }
+
+    /// Newest first.
+    pub async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
+        self.reader.messages(filter).await
+    }
+
+    /// A message and the events recorded for it, oldest event first.
+    pub async fn message(&self, sid: &str) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+        self.reader.message(sid).await
+    }
+}
+
+/// The read side of the store. [`Store`] reads through one; [`Store::open_read_only`] returns
+/// one alone, which has no way to write. Cloning is cheap; clones share the connection.
+#[derive(Clone)]
+pub struct StoreReader {
+    /// A std mutex: reads run in `spawn_blocking` and never hold it across an await.
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    fn new(conn: Connection, path: PathBuf) -> StoreReader {
+        StoreReader {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        }
+    }
+
+    /// The store file, for messages that point the operator at it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a read on the blocking pool so the async runtime never waits on SQLite.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().expect("store reader lock");
+            f(&conn).map_err(StoreError::Query)
+        })
+        .await
+        .expect("store read panicked")
+    }
+
+    /// One event by id.
     pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
         self.read(move |c| {
             c.query_row(
@@ -527,16 +503,6 @@ impl Store {
         })
         .await
     }
-
-    /// Counts of events by dispatch state.
-    pub async fn event_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare("SELECT state, count(*) FROM events GROUP BY state")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-        .await
-    }
 }
 
 /// Builds a filtered, newest-first listing query with numbered parameters.
@@ -568,15 +534,14 @@ impl Where {
     }
 }
 
-fn write_error(message: String) -> StoreError {
-    StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(message.into()))
-}
+/// How long a connection waits for another's lock before it reports the store busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// WAL with `synchronous = FULL`. The writer connection then lowers it to NORMAL and syncs
-/// the log itself before answering (see `writer_loop`): an acknowledged event still survives
-/// `kill -9` and a power cut, and one sync covers every group committed before it.
+/// the log itself before answering (see `writer::writer_loop`): an acknowledged event still
+/// survives `kill -9` and a power cut, and one sync covers every group committed before it.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -670,252 +635,6 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
     })
-}
-
-/// The writer thread: take one op, then what arrives right behind it (see [`GATHER_MAX`]),
-/// apply them in one transaction and commit. The commit writes the log without syncing it; the
-/// group's answers go to the [`sync_loop`] thread, which answers only after the log is synced.
-/// So the next group is applied while the previous one is being synced, and one sync covers
-/// every group committed before it started.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
-    let mut wal = path.clone().into_os_string();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    let commits = Arc::new(AtomicU64::new(0));
-    let (stop_checkpoints, stop_rx) = mpsc::channel::<()>();
-    let checkpointer = {
-        let commits = commits.clone();
-        std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || checkpoint_loop(&path, &commits, stop_rx))
-            .expect("spawning the store checkpoint thread")
-    };
-    let (synced_tx, synced_rx) = mpsc::channel::<Vec<Reply>>();
-    let failed = Arc::new(AtomicBool::new(false));
-    let syncer = {
-        let failed = failed.clone();
-        std::thread::Builder::new()
-            .name("store-sync".into())
-            .spawn(move || sync_loop(&wal, synced_rx, &failed))
-            .expect("spawning the store sync thread")
-    };
-    let mut batch = Vec::with_capacity(MAX_GROUP);
-    let mut closing = None;
-    while let Ok(first) = rx.recv() {
-        // Until an op someone waits for arrives, the group may gather for much longer.
-        let mut awaited = first.is_awaited();
-        let mut until = Instant::now()
-            + if awaited {
-                GATHER_MAX
-            } else {
-                UNAWAITED_GATHER
-            };
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
-            let left = until.saturating_duration_since(Instant::now());
-            let wait = if awaited { GATHER_GAP.min(left) } else { left };
-            match rx.recv_timeout(wait) {
-                Ok(op) => {
-                    if !awaited && op.is_awaited() {
-                        awaited = true;
-                        until = until.min(Instant::now() + GATHER_MAX);
-                    }
-                    batch.push(op);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        let committed = if failed.load(Ordering::Acquire) {
-            // After a failed sync nothing more is acknowledged: what the log holds is unknown.
-            for op in batch.drain(..) {
-                match op {
-                    Op::Close(reply) => closing = Some(reply),
-                    op => replies.extend(Reply::unapplied(op)),
-                }
-            }
-            Err(SYNC_FAILED.to_string())
-        } else {
-            (|| -> rusqlite::Result<()> {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                for op in batch.drain(..) {
-                    match op {
-                        Op::InsertEvent(ev, reply) => {
-                            replies.push(Reply::Event(reply, insert_event(&tx, &ev)))
-                        }
-                        Op::RecordSend(rec) => {
-                            if let Err(e) = record_send(&tx, &rec) {
-                                tracing::error!(error = %e, "failed to record a send");
-                            }
-                        }
-                        Op::Finish {
-                            id,
-                            attempts,
-                            result,
-                            reply,
-                        } => replies.push(Reply::Finish(reply, finish(&tx, id, attempts, &result))),
-                        Op::Barrier(reply) => replies.push(Reply::Barrier(reply)),
-                        Op::Close(reply) => closing = Some(reply),
-                    }
-                }
-                tx.commit()
-            })()
-            .map_err(|e| {
-                tracing::error!(error = %e, "store commit failed; the writes in this group were not acknowledged");
-                e.to_string()
-            })
-        };
-        match committed {
-            Ok(()) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                // Nobody waits on a group of sends and dispatch outcomes: the next sync, or
-                // checkpoint, makes it durable.
-                if !replies.is_empty() {
-                    let _ = synced_tx.send(replies);
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    reply.send(Some(&e));
-                }
-            }
-        }
-        if closing.is_some() {
-            break;
-        }
-    }
-    // Every answer is out, and the checkpoint thread stopped, before the log is checkpointed
-    // and the connection closed.
-    drop(synced_tx);
-    let _ = syncer.join();
-    drop(stop_checkpoints);
-    let _ = checkpointer.join();
-    if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
-        tracing::warn!(error = %e, "store checkpoint at close failed");
-    }
-    drop(conn);
-    if let Some(reply) = closing {
-        let _ = reply.send(());
-    }
-}
-
-/// The checkpoint thread: while commits keep coming, copies them from the log into the
-/// database every [`CHECKPOINT_EVERY`], on a connection of its own, so the writer never
-/// stops for a checkpoint's copying and two syncs. The connection is `synchronous = FULL`:
-/// the log is synced before copying and the database after, so once everything is copied
-/// the writer may start the log over. Ends when the writer drops `stop`.
-fn checkpoint_loop(path: &Path, commits: &AtomicU64, stop: mpsc::Receiver<()>) {
-    let conn = match Connection::open(path).and_then(|c| configure(&c).map(|()| c)) {
-        Ok(conn) => conn,
-        Err(e) => {
-            tracing::warn!(error = %e, "the store's checkpoint thread could not open the store; the writer checkpoints alone");
-            return;
-        }
-    };
-    let mut seen = 0;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let now = commits.load(Ordering::Relaxed);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "store checkpoint failed; the next one will retry");
-        }
-    }
-}
-
-const SYNC_FAILED: &str =
-    "the store's log could not be synced to disk; restart whatsapp-host once the disk is healthy";
-
-/// The sync thread: takes every committed group waiting, syncs the log once, then answers
-/// them all. A failed sync is final: its groups and every later write are answered with an
-/// error, as the kernel may have dropped the unsynced pages.
-fn sync_loop(wal: &Path, rx: mpsc::Receiver<Vec<Reply>>, failed: &AtomicBool) {
-    let mut directory_synced = false;
-    while let Ok(first) = rx.recv() {
-        let mut groups = vec![first];
-        groups.extend(rx.try_iter());
-        let error = match sync_log(wal, &mut directory_synced) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(log = %wal.display(), error = %e, "failed to sync the store's log; no further writes will be acknowledged");
-                failed.store(true, Ordering::Release);
-                Some(SYNC_FAILED)
-            }
-        };
-        for reply in groups.into_iter().flatten() {
-            reply.send(error);
-        }
-    }
-}
-
-/// `fdatasync` of the write-ahead log, through a fresh descriptor so it is always the file
-/// SQLite writes now. The first time, the directory too, so the log's entry is durable.
-fn sync_log(wal: &Path, directory_synced: &mut bool) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
-        Ok(log) => log.sync_data()?,
-        // No log yet: nothing was written, so there is nothing to sync.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if !*directory_synced {
-        if let Some(dir) = wal.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        *directory_synced = true;
-    }
-    Ok(())
-}
-
-enum Reply {
-    Event(
-        oneshot::Sender<Result<Inserted, String>>,
-        rusqlite::Result<Inserted>,
-    ),
-    Finish(
-        Option<oneshot::Sender<Result<(), String>>>,
-        rusqlite::Result<()>,
-    ),
-    Barrier(oneshot::Sender<()>),
-}
-
-impl Reply {
-    /// The answer owed for an op that was never applied; `None` for fire-and-forget ops.
-    fn unapplied(op: Op) -> Option<Reply> {
-        let not_applied = || rusqlite::Error::InvalidQuery;
-        match op {
-            Op::InsertEvent(_, reply) => Some(Reply::Event(reply, Err(not_applied()))),
-            Op::Finish { reply, .. } => Some(Reply::Finish(reply, Err(not_applied()))),
-            Op::Barrier(reply) => Some(Reply::Barrier(reply)),
-            Op::RecordSend(_) | Op::Close(_) => None,
-        }
-    }
-
-    fn send(self, commit_error: Option<&str>) {
-        fn answer<T>(r: rusqlite::Result<T>, commit_error: Option<&str>) -> Result<T, String> {
-            match commit_error {
-                Some(e) => Err(e.to_string()),
-                None => r.map_err(|e| e.to_string()),
-            }
-        }
-        match self {
-            Reply::Event(tx, r) => {
-                let _ = tx.send(answer(r, commit_error));
-            }
-            Reply::Finish(tx, r) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(answer(r, commit_error));
-                }
-            }
-            Reply::Barrier(tx) => {
-                // Dropped unanswered when the commit failed: the waiter sees an error.
-                if commit_error.is_none() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    }
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
@@ -1129,5 +848,86 @@ mod tests {
         assert_eq!(m.body.as_deref(), Some("hi"));
         assert_eq!(m.created_at, 4);
         store.close().await;
+    }
+
+    /// How many threads of this process are named `name` (Linux keeps the first 15 bytes).
+    #[cfg(target_os = "linux")]
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn read_only_open_starts_no_threads_and_reads_beside_a_running_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap();
+        // Other tests in this binary may start or stop stores meanwhile, so a count that moved
+        // is tried again; a reader that started threads would move it every time.
+        let threads = || (threads_named("store-writer"), threads_named("store-sync"));
+        let mut tries = 0;
+        let reader = loop {
+            let before = threads();
+            let reader = Store::open_read_only(dir.path()).unwrap();
+            if threads() == before {
+                break reader;
+            }
+            tries += 1;
+            assert!(
+                tries < 20,
+                "opening the store read-only started store threads"
+            );
+        };
+        let events = reader.events(EventFilter::default()).await.unwrap();
+        assert_eq!(events.len(), 1);
+        // A write committed after the reader opened is seen by its next read.
+        store
+            .insert_event(status_event("SM1", "delivered", 2))
+            .await
+            .unwrap();
+        let (message, events) = reader.message("SM1").await.unwrap().unwrap();
+        assert_eq!((message.status.as_str(), events.len()), ("delivered", 2));
+        drop(reader);
+        // The writer carries on as before.
+        store
+            .insert_event(status_event("SM1", "read", 3))
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn read_only_open_reads_a_store_no_server_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap();
+        store.close().await;
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        let events = reader.events(EventFilter::default()).await.unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_store_says_how_to_create_one_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let Err(e) = Store::open_read_only(&data_dir) else {
+            panic!("a missing store opened");
+        };
+        assert!(matches!(e, StoreError::Missing { .. }), "{e}");
+        let message = e.to_string();
+        assert!(message.contains("store.sqlite3"), "{message}");
+        assert!(message.contains("whatsapp-host serve"), "{message}");
+        assert!(!data_dir.exists());
     }
 }
