@@ -14,7 +14,7 @@ use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{ApiBase, ProcessEnv, Settings};
-use crate::store::{EventFilter, EventState, MessageFilter};
+use crate::store::{EventFilter, EventState, MessageFilter, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
 
@@ -408,9 +408,8 @@ async fn list_events(
     filter: EventFilter,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = crate::store::Store::open(&settings.server.data_dir)?;
+    let store = Store::open_read_only(&settings.server.data_dir)?;
     let events = store.events(filter).await?;
-    store.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(0);
@@ -444,11 +443,10 @@ async fn list_messages(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = crate::store::Store::open(&settings.server.data_dir)?;
+    let store = Store::open_read_only(&settings.server.data_dir)?;
     let result = match sid {
         Some(sid) => {
             let Some((message, events)) = store.message(&sid).await? else {
-                store.close().await;
                 bail!("no message with sid {sid} in {}", store.path().display());
             };
             if json {
@@ -522,7 +520,6 @@ async fn list_messages(
             0
         }
     };
-    store.close().await;
     Ok(result)
 }
 
