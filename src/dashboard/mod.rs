@@ -218,20 +218,30 @@ impl Dash {
         )
     }
 
-    /// Where to go after logging in: only somewhere inside the dashboard, so the login form
-    /// cannot be used to redirect an operator to another site.
     fn safe_next(&self, next: &str) -> String {
-        let inside = next
-            .strip_prefix(&*self.base)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
-        let plain = next.bytes().all(|b| b.is_ascii_graphic())
-            && !next.contains("//")
-            && !next.contains('\\');
-        if inside && plain && !next.contains("/auth/") {
-            next.to_string()
-        } else {
-            self.base.to_string()
-        }
+        safe_next(&self.base, next)
+    }
+}
+
+/// Where to go after logging in: only somewhere inside the dashboard at `base`, so the login
+/// form cannot be used to redirect an operator to another site; anything else goes home.
+/// `.` and `..` segments (also percent-encoded, which browsers resolve the same way) are
+/// refused, so a path that starts inside cannot climb out of it.
+fn safe_next(base: &str, next: &str) -> String {
+    let inside = next
+        .strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
+    let plain =
+        next.bytes().all(|b| b.is_ascii_graphic()) && !next.contains("//") && !next.contains('\\');
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let dot_segment = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    if inside && plain && !dot_segment && !next.contains("/auth/") {
+        next.to_string()
+    } else {
+        base.to_string()
     }
 }
 
@@ -560,4 +570,41 @@ fn short_hash(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_inside_the_dashboard_and_refuses_dot_segments() {
+        let base = "/p/whatsapp/dashboard";
+        for kept in [
+            "/p/whatsapp/dashboard",
+            "/p/whatsapp/dashboard/events?state=dead",
+            "/p/whatsapp/dashboard?q=a..b",
+            "/p/whatsapp/dashboard/messages/SM1",
+            "/p/whatsapp/dashboard/messages/..SM",
+        ] {
+            assert_eq!(safe_next(base, kept), kept);
+        }
+        for refused in [
+            "/p/whatsapp/dashboard/..",
+            "/p/whatsapp/dashboard/../../metrics",
+            "/p/whatsapp/dashboard/./events",
+            "/p/whatsapp/dashboard/events/.",
+            "/p/whatsapp/dashboard/%2e%2e/healthz",
+            "/p/whatsapp/dashboard/.%2E/healthz",
+            "/p/whatsapp/dashboard/%2E?x=1",
+            "/p/whatsapp/dashboardx",
+            "/p/whatsapp/dashboard/auth/login",
+            "/p/whatsapp/dashboard//evil.example",
+            "/p/whatsapp/dashboard/\\evil.example",
+            "/elsewhere",
+            "https://evil.example/p/whatsapp/dashboard",
+            "",
+        ] {
+            assert_eq!(safe_next(base, refused), base, "{refused:?}");
+        }
+    }
 }
