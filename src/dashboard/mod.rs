@@ -29,7 +29,7 @@ use crate::server::AppState;
 use crate::settings::DASHBOARD_PASSWORD_ENV;
 use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
 
-use auth::{Auth, Session};
+use auth::{Auth, Lockout, Login, Session};
 use pages::{EventQuery, MessageQuery, Page, View};
 
 const CSS: &str = include_str!("assets/app.css");
@@ -466,39 +466,50 @@ async fn login(
     // Without the peer address (a router served without connect info) all clients share one
     // record, which still bounds guessing.
     let ip = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
-    if let Some(wait) = d.auth.locked_out(ip) {
-        let seconds = wait.as_secs().max(1);
-        tracing::warn!(%ip, "dashboard login refused: too many wrong passwords");
-        let mut response = d.login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &form.next,
-            Some(&format!(
-                "Too many wrong passwords from your address. Try again in {seconds} seconds."
-            )),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
+    match d.auth.log_in(ip, &form.password) {
+        Login::LockedOut(lockout) => {
+            let seconds = lockout.wait().as_secs().max(1);
+            let whose = match lockout {
+                Lockout::Client(_) => {
+                    tracing::warn!(%ip, "dashboard login refused: too many wrong passwords");
+                    "from your address"
+                }
+                Lockout::Everyone(_) => {
+                    tracing::warn!(%ip, "dashboard login refused: too many wrong passwords from all addresses together");
+                    "from many addresses"
+                }
+            };
+            let mut response = d.login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &form.next,
+                Some(&format!(
+                    "Too many wrong passwords {whose}. Try again in {seconds} seconds."
+                )),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+        Login::Wrong => {
+            tracing::warn!(%ip, "dashboard login with a wrong password");
+            d.login_page(
+                StatusCode::UNAUTHORIZED,
+                &form.next,
+                Some("Wrong password."),
+            )
+        }
+        Login::Accepted => {
+            let (token, _) = d.auth.start_session();
+            tracing::info!(%ip, "operator logged in to the dashboard");
+            let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
+            let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
     }
-    if !d.auth.is_password(&form.password) {
-        d.auth.failed(ip);
-        tracing::warn!(%ip, "dashboard login with a wrong password");
-        return d.login_page(
-            StatusCode::UNAUTHORIZED,
-            &form.next,
-            Some("Wrong password."),
-        );
-    }
-    d.auth.succeeded(ip);
-    let (token, _) = d.auth.start_session();
-    tracing::info!(%ip, "operator logged in to the dashboard");
-    let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
-    let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
 }
 
 async fn logout(State(d): State<Dash>, op: Operator, Form(form): Form<CsrfForm>) -> Response {
