@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::server::AppState;
-use crate::settings::DASHBOARD_PASSWORD_ENV;
+use crate::settings::{DASHBOARD_PASSWORD_ENV, MIN_DASHBOARD_PASSWORD_CHARS};
 use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
 
 use auth::{Auth, Lockout, Login, Session};
@@ -53,6 +53,12 @@ pub fn routes(state: &AppState) -> Router {
         );
         return disabled(&base);
     };
+    if password.expose_secret().chars().count() < MIN_DASHBOARD_PASSWORD_CHARS {
+        // Settings accept a short password only in simulate mode (the committed demo settings).
+        tracing::warn!(
+            "DASHBOARD PASSWORD IS SHORT (under {MIN_DASHBOARD_PASSWORD_CHARS} characters), accepted only because twilio.api_base = \"simulate\"; anyone who can reach this port can guess it"
+        );
+    }
     let origin = &settings.server.public_url[..url::Position::BeforePath];
     tracing::info!(url = %format!("{origin}{base}"), "dashboard enabled");
     let dash = Dash {
