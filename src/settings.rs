@@ -123,6 +123,9 @@ pub struct Actions {
 pub struct Dashboard {
     /// `None` disables the dashboard.
     pub password: Option<SecretString>,
+    /// Proxies whose `X-Forwarded-For` is believed when they are the TCP peer; without them
+    /// every login is attributed to the peer address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One application and its WHATSAPP parameters.
@@ -460,8 +463,27 @@ impl Loader<'_> {
                 ),
             ));
         }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                let text = entry.trim();
+                text.parse::<ipnet::IpNet>()
+                    .map(|net| net.trunc())
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.invalid(
+                            "dashboard.trusted_proxies",
+                            format!(
+                                "{entry:?} is neither an IP address nor a CIDR range; write it as \"10.0.0.1\" or \"10.0.0.0/8\""
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Dashboard {
             password: password.map(SecretString::from),
+            trusted_proxies,
         })
     }
 
@@ -658,6 +680,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Dashboard {
         pub password: Option<String>,
+        #[serde(default)]
+        pub trusted_proxies: Vec<String>,
     }
 
     #[derive(Deserialize)]
@@ -751,6 +775,35 @@ mod tests {
         );
         let err = load(&live, &[]).unwrap_err().to_string();
         assert!(err.contains("dashboard.password"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges() {
+        let with = |list: &str| format!("{GOOD}\n[dashboard]\ntrusted_proxies = {list}\n");
+        let s = load(
+            &with(r#"["127.0.0.1", "10.1.2.3/8", "fd00::/8", "::1"]"#),
+            &[],
+        )
+        .unwrap();
+        let nets: Vec<String> = s
+            .dashboard
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8", "::1/128"]);
+        let err = load(&with(r#"["10.0.0.0/33"]"#), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dashboard.trusted_proxies"), "{err}");
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+        assert!(
+            load(GOOD, &[])
+                .unwrap()
+                .dashboard
+                .trusted_proxies
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Dashboard access: the operator password (compared in constant time), login sessions held in
 //! memory behind an HttpOnly, SameSite=Strict cookie, a CSRF token per session for every POST,
-//! and the limit on failed logins, per client and overall.
+//! the limit on failed logins (per client and overall), and which address a login comes from.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,44 @@ pub fn client_key(ip: IpAddr) -> IpNet {
         IpAddr::V6(v6) => IpNet::V6(Ipv6Net::new_assert(v6, 64).trunc()),
         v4 => IpNet::from(v4),
     }
+}
+
+/// The address a login is attributed to. The TCP peer's, unless the peer is one of the trusted
+/// proxies: then the right-most `X-Forwarded-For` address that is not itself a trusted proxy
+/// (every address left of it was written by the client and could be anything). When all are
+/// trusted, the left-most; when the chain breaks (an entry that is not an address), the last
+/// trusted hop before the break.
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    // Split the raw bytes: a value that is not all ASCII must not hide the hops a proxy
+    // appended to it.
+    let hops: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Some(ip) = forwarded_ip(hop) else { break };
+        client = ip;
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port as some proxies write.
+fn forwarded_ip(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
+    let ip = hop
+        .parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()?;
+    Some(ip.to_canonical())
 }
 
 /// The failed-login limits; [`Limits::DEFAULT`] in the server, smaller in tests.
@@ -508,6 +546,65 @@ mod tests {
         let mut left: Vec<_> = log.by_client.keys().map(|k| k.to_string()).collect();
         left.sort();
         assert_eq!(left, ["192.0.2.4/32", "192.0.2.5/32"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.append("x-forwarded-for", value.parse().unwrap());
+            headers
+        };
+        let xff = headers("198.51.100.1, 203.0.113.5, 10.1.2.3");
+        // The right-most address that is not a trusted proxy; the left-most is the client's word.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &xff, &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:10.9.9.9"), &xff, &trusted),
+            ip("203.0.113.5"),
+            "a mapped peer address counts as IPv4"
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(client_ip(ip("192.0.2.1"), &xff, &trusted), ip("192.0.2.1"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff, &[]), ip("127.0.0.1"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &http::HeaderMap::new(), &trusted),
+            ip("127.0.0.1")
+        );
+        // Every hop trusted: the left-most.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers("10.0.0.7, 10.0.0.8"), &trusted),
+            ip("10.0.0.7")
+        );
+        // Several header lines are one list; ports and IPv6 brackets are understood.
+        let mut split = headers("198.51.100.1");
+        split.append("x-forwarded-for", "[2001:db8::5]:4711".parse().unwrap());
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &split, &trusted),
+            ip("2001:db8::5")
+        );
+        // A hop that is not an address stops the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &headers("203.0.113.5, unknown"), &trusted),
+            ip("10.0.0.1")
+        );
+        let mut raw = http::HeaderMap::new();
+        raw.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.6").unwrap(),
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &raw, &trusted),
+            ip("203.0.113.6"),
+            "bytes that are not text do not hide the proxy's hop"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
+use ipnet::IpNet;
 use maud::Markup;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -72,6 +73,7 @@ pub fn routes(state: &AppState) -> Router {
             .filter_map(|app| app.whatsapp.as_ref())
             .map(|w| w.auth_key.clone())
             .collect(),
+        trusted_proxies: settings.dashboard.trusted_proxies.clone().into(),
     };
     Router::new()
         .route(&base, get(messages_page))
@@ -113,6 +115,8 @@ struct Dash {
     /// Every app's auth key, scrubbed from each page before it is sent. No page renders one;
     /// this keeps it so even if an action's error message or a callback field carried one.
     redact: Arc<[SecretString]>,
+    /// `[dashboard] trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 /// A request from a logged-in operator. Extracting it is the access check: without a live
@@ -467,11 +471,13 @@ struct LoginForm {
 async fn login(
     State(d): State<Dash>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     // Without the peer address (a router served without connect info) all clients share one
     // record, which still bounds guessing.
-    let ip = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
+    let peer = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
+    let ip = auth::client_ip(peer, &headers, &d.trusted_proxies);
     match d.auth.log_in(ip, &form.password) {
         Login::LockedOut(lockout) => {
             let seconds = lockout.wait().as_secs().max(1);
