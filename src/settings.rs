@@ -17,6 +17,9 @@ pub const DEFAULT_PATH: &str = "whatsapp-host.toml";
 pub const PATH_ENV: &str = "WHATSAPP_HOST_SETTINGS";
 /// Environment variable that holds the dashboard password, so it can stay out of the file.
 pub const DASHBOARD_PASSWORD_ENV: &str = "WHATSAPP_HOST_DASHBOARD_PASSWORD";
+/// The shortest dashboard password accepted, in characters. Simulate mode accepts shorter ones
+/// (the committed demo settings use `demo`), and the server warns at start.
+pub const MIN_DASHBOARD_PASSWORD_CHARS: usize = 12;
 /// Default country code for numbers written without an international prefix.
 pub const DEFAULT_COUNTRY_CODE: &str = "39";
 
@@ -120,6 +123,9 @@ pub struct Actions {
 pub struct Dashboard {
     /// `None` disables the dashboard.
     pub password: Option<SecretString>,
+    /// Proxies whose `X-Forwarded-For` is believed when they are the TCP peer; without them
+    /// every login is attributed to the peer address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One application and its WHATSAPP parameters.
@@ -291,12 +297,7 @@ impl Loader<'_> {
         };
         let gcs = self.gcs(raw.gcs)?;
         let actions = self.actions(raw.actions)?;
-        let password = raw
-            .dashboard
-            .password
-            .or_else(|| self.env.var(DASHBOARD_PASSWORD_ENV))
-            .filter(|p| !p.is_empty())
-            .map(SecretString::from);
+        let dashboard = self.dashboard(raw.dashboard, &twilio.api_base)?;
         let mut apps = BTreeMap::new();
         for (id, app) in raw.apps {
             self.check_app_id(&id)?;
@@ -310,7 +311,7 @@ impl Loader<'_> {
             media,
             gcs,
             actions,
-            dashboard: Dashboard { password },
+            dashboard,
             apps,
         })
     }
@@ -433,6 +434,56 @@ impl Loader<'_> {
             workers,
             loop_iteration_limit: raw.loop_iteration_limit,
             recursion_limit: raw.recursion_limit,
+        })
+    }
+
+    fn dashboard(
+        &self,
+        raw: raw::Dashboard,
+        api_base: &ApiBase,
+    ) -> Result<Dashboard, SettingsError> {
+        let from_file = raw.password.is_some();
+        let password = raw
+            .password
+            .or_else(|| self.env.var(DASHBOARD_PASSWORD_ENV))
+            .filter(|p| !p.is_empty());
+        if let Some(p) = &password
+            && p.chars().count() < MIN_DASHBOARD_PASSWORD_CHARS
+            && *api_base != ApiBase::Simulate
+        {
+            let source = if from_file {
+                "the password in the file"
+            } else {
+                DASHBOARD_PASSWORD_ENV
+            };
+            return Err(self.invalid(
+                "dashboard.password",
+                format!(
+                    "{source} is shorter than {MIN_DASHBOARD_PASSWORD_CHARS} characters: choose a longer one, in [dashboard] password or {DASHBOARD_PASSWORD_ENV}; only simulate mode (twilio.api_base = \"simulate\") accepts a short one"
+                ),
+            ));
+        }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                let text = entry.trim();
+                text.parse::<ipnet::IpNet>()
+                    .map(|net| net.trunc())
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.invalid(
+                            "dashboard.trusted_proxies",
+                            format!(
+                                "{entry:?} is neither an IP address nor a CIDR range; write it as \"10.0.0.1\" or \"10.0.0.0/8\""
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Dashboard {
+            password: password.map(SecretString::from),
+            trusted_proxies,
         })
     }
 
@@ -629,6 +680,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Dashboard {
         pub password: Option<String>,
+        #[serde(default)]
+        pub trusted_proxies: Vec<String>,
     }
 
     #[derive(Deserialize)]
@@ -691,6 +744,66 @@ mod tests {
         let s = load(GOOD, &[("WHATSAPP_CRM_AUTH_KEY", "env-secret")]).unwrap();
         let w = s.apps["crm"].whatsapp.as_ref().unwrap();
         assert_eq!(w.auth_key.expose_secret(), "env-secret");
+    }
+
+    #[test]
+    fn a_short_dashboard_password_is_refused_without_printing_it() {
+        let short = format!("{GOOD}\n[dashboard]\npassword = \"elevenchars\"\n");
+        let err = load(&short, &[]).unwrap_err().to_string();
+        assert!(err.contains("dashboard.password"), "{err}");
+        assert!(err.contains("shorter than 12 characters"), "{err}");
+        assert!(!err.contains("elevenchars"), "{err}");
+
+        let from_env = [(DASHBOARD_PASSWORD_ENV, "short-pass")];
+        let err = load(GOOD, &from_env).unwrap_err().to_string();
+        assert!(err.contains(DASHBOARD_PASSWORD_ENV), "{err}");
+        assert!(!err.contains("short-pass"), "{err}");
+
+        let twelve = format!("{GOOD}\n[dashboard]\npassword = \"twelve chars\"\n");
+        assert!(load(&twelve, &[]).unwrap().dashboard.password.is_some());
+    }
+
+    #[test]
+    fn the_committed_demo_settings_keep_their_short_password_in_simulate_mode_only() {
+        let demo = include_str!("../whatsapp-host.toml");
+        let s = load(demo, &[]).unwrap();
+        assert_eq!(s.twilio.api_base, ApiBase::Simulate);
+        assert!(s.dashboard.password.is_some());
+        let live = demo.replace(
+            "api_base = \"simulate\"",
+            "api_base = \"https://api.twilio.com\"",
+        );
+        let err = load(&live, &[]).unwrap_err().to_string();
+        assert!(err.contains("dashboard.password"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges() {
+        let with = |list: &str| format!("{GOOD}\n[dashboard]\ntrusted_proxies = {list}\n");
+        let s = load(
+            &with(r#"["127.0.0.1", "10.1.2.3/8", "fd00::/8", "::1"]"#),
+            &[],
+        )
+        .unwrap();
+        let nets: Vec<String> = s
+            .dashboard
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8", "::1/128"]);
+        let err = load(&with(r#"["10.0.0.0/33"]"#), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dashboard.trusted_proxies"), "{err}");
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+        assert!(
+            load(GOOD, &[])
+                .unwrap()
+                .dashboard
+                .trusted_proxies
+                .is_empty()
+        );
     }
 
     #[test]

@@ -491,3 +491,60 @@ async fn static_assets_are_served_from_the_binary_without_a_session() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+/// Posts a login as a proxy would forward it, with `X-Forwarded-For` when given; the status.
+async fn login_forwarded_for(app: &TestApp, forwarded: Option<&str>, password: &str) -> u16 {
+    let mut request = http()
+        .post(format!("{}/auth/login", dashboard_url(app)))
+        .form(&[("password", password)]);
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn forwarded_for_attributes_failed_logins_only_when_the_peer_is_a_trusted_proxy() {
+    // The test client connects from 127.0.0.1, named here as the proxy.
+    let mut config = with_dashboard(TestConfig::new());
+    config.extra.push_str("trusted_proxies = [\"127.0.0.1\"]\n");
+    let app = spawn_app(&config).await;
+    for attempt in 1..=5 {
+        let status = login_forwarded_for(&app, Some("203.0.113.7"), "guess").await;
+        assert_eq!(status, 401, "attempt {attempt}");
+    }
+    assert_eq!(
+        login_forwarded_for(&app, Some("203.0.113.7"), PASSWORD).await,
+        429,
+        "the forwarded address is locked out"
+    );
+    assert_eq!(
+        login_forwarded_for(&app, Some("203.0.113.9, 203.0.113.7"), PASSWORD).await,
+        429,
+        "what the client wrote left of the proxy's entry changes nothing"
+    );
+    assert_eq!(
+        login_forwarded_for(&app, Some("203.0.113.8"), PASSWORD).await,
+        303,
+        "another forwarded address is not"
+    );
+    assert_eq!(
+        login_forwarded_for(&app, None, PASSWORD).await,
+        303,
+        "nor the proxy itself"
+    );
+    app.stop().await;
+
+    // Without trusted proxies the header is ignored: every try counts against the peer.
+    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    for attempt in 1..=5 {
+        let forwarded = format!("203.0.113.{attempt}");
+        let status = login_forwarded_for(&app, Some(&forwarded), "guess").await;
+        assert_eq!(status, 401, "attempt {attempt}");
+    }
+    assert_eq!(
+        login_forwarded_for(&app, Some("203.0.113.99"), PASSWORD).await,
+        429
+    );
+    app.stop().await;
+}

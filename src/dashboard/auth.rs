@@ -1,13 +1,14 @@
 //! Dashboard access: the operator password (compared in constant time), login sessions held in
 //! memory behind an HttpOnly, SameSite=Strict cookie, a CSRF token per session for every POST,
-//! and the per-address limit on failed logins.
+//! the limit on failed logins (per client and overall), and which address a login comes from.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use ipnet::{IpNet, Ipv6Net};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -17,9 +18,17 @@ use subtle::ConstantTimeEq;
 pub const COOKIE: &str = "whatsapp_host_session";
 /// How long a login lasts. Sessions live in memory, so a restart also ends them.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Failed logins from one address allowed within [`FAILURE_WINDOW`] before it gets 429.
+/// Failed logins from one client (see [`client_key`]) allowed within [`FAILURE_WINDOW`] before
+/// it gets 429.
 pub const MAX_FAILURES: usize = 5;
+/// Failed logins from all clients together allowed within [`FAILURE_WINDOW`]. Past it every
+/// client gets 429 until the oldest of them leaves the window, so guessing from many addresses
+/// is bounded too. The cost: such an attack also locks the operator out for that long.
+pub const MAX_FAILURES_OVERALL: usize = 100;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Bounds memory: clients with a failure on record at once. Past this, records whose failures
+/// have all left the window are dropped, then the one whose last failure is oldest.
+pub const MAX_TRACKED_CLIENTS: usize = 10_000;
 /// Bounds memory: the oldest session is dropped to make room past this many.
 const MAX_SESSIONS: usize = 1024;
 
@@ -31,14 +40,42 @@ pub struct Session {
     expires: Instant,
 }
 
+/// What a login attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    Accepted,
+    /// A wrong password; it is on record.
+    Wrong,
+    /// Refused without looking at the password.
+    LockedOut(Lockout),
+}
+
+/// Why logins are refused for now, and how long until the next try may count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lockout {
+    /// This client failed [`MAX_FAILURES`] times within the window.
+    Client(Duration),
+    /// All clients together failed [`MAX_FAILURES_OVERALL`] times within the window.
+    Everyone(Duration),
+}
+
+impl Lockout {
+    pub fn wait(self) -> Duration {
+        match self {
+            Lockout::Client(wait) | Lockout::Everyone(wait) => wait,
+        }
+    }
+}
+
 /// Password, sessions and the failed-login record. One per server.
 pub struct Auth {
     /// SHA-256 of the password: comparing digests takes the same time whatever the candidate's
     /// length, and the password itself is not kept.
     password_digest: [u8; 32],
-    /// Std mutexes: each is held only for a map lookup or insert, never across an await.
+    /// Std mutexes: each is held only for a map lookup or insert (and, for `failures`, one
+    /// digest), never across an await.
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<FailureLog>,
 }
 
 impl Auth {
@@ -46,13 +83,36 @@ impl Auth {
         Self {
             password_digest: digest(password.expose_secret()),
             sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(FailureLog::new(Limits::DEFAULT)),
         }
     }
 
     /// Whether `candidate` is the operator password, in time independent of where they differ.
     pub fn is_password(&self, candidate: &str) -> bool {
         digest(candidate).ct_eq(&self.password_digest).into()
+    }
+
+    /// Checks a password sent from `ip`, unless that client or everyone is locked out; records
+    /// a wrong one and clears the client's record on the right one.
+    pub fn log_in(&self, ip: IpAddr, candidate: &str) -> Login {
+        self.log_in_at(ip, candidate, Instant::now())
+    }
+
+    fn log_in_at(&self, ip: IpAddr, candidate: &str, now: Instant) -> Login {
+        let client = client_key(ip);
+        // Check and record under one lock, so concurrent guesses cannot all pass the check
+        // before any of them is recorded.
+        let mut failures = self.failures.lock().expect("failures lock");
+        if let Some(lockout) = failures.lockout(client, now) {
+            return Login::LockedOut(lockout);
+        }
+        if self.is_password(candidate) {
+            failures.clear(client);
+            Login::Accepted
+        } else {
+            failures.record(client, now);
+            Login::Wrong
+        }
     }
 
     /// Starts a session; returns its cookie token and the session.
@@ -97,49 +157,161 @@ impl Auth {
     pub fn end_session(&self, token: &str) {
         self.sessions.lock().expect("sessions lock").remove(token);
     }
+}
 
-    /// When `ip` has failed [`MAX_FAILURES`] times within the window: how long until it may
-    /// try again.
-    pub fn locked_out(&self, ip: IpAddr) -> Option<Duration> {
-        self.locked_out_at(ip, Instant::now())
+/// The unit failed logins are counted by: an IPv4 address, or an IPv6 /64, the block one
+/// subscriber usually gets, so walking through its addresses gains nothing. An IPv4-mapped IPv6
+/// address (`::ffff:192.0.2.1`) counts as its IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpNet {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpNet::V6(Ipv6Net::new_assert(v6, 64).trunc()),
+        v4 => IpNet::from(v4),
+    }
+}
+
+/// The address a login is attributed to. The TCP peer's, unless the peer is one of the trusted
+/// proxies: then the right-most `X-Forwarded-For` address that is not itself a trusted proxy
+/// (every address left of it was written by the client and could be anything). When all are
+/// trusted, the left-most; when the chain breaks (an entry that is not an address), the last
+/// trusted hop before the break.
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    // Split the raw bytes: a value that is not all ASCII must not hide the hops a proxy
+    // appended to it.
+    let hops: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Some(ip) = forwarded_ip(hop) else { break };
+        client = ip;
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port as some proxies write.
+fn forwarded_ip(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
+    let ip = hop
+        .parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
+/// The failed-login limits; [`Limits::DEFAULT`] in the server, smaller in tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_client: usize,
+    overall: usize,
+    window: Duration,
+    max_clients: usize,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits {
+        per_client: MAX_FAILURES,
+        overall: MAX_FAILURES_OVERALL,
+        window: FAILURE_WINDOW,
+        max_clients: MAX_TRACKED_CLIENTS,
+    };
+}
+
+/// Failure times within the window, per client and overall. Each list keeps only as many
+/// entries as its limit, so memory is bounded by the limits whatever the traffic.
+struct FailureLog {
+    limits: Limits,
+    by_client: HashMap<IpNet, VecDeque<Instant>>,
+    overall: VecDeque<Instant>,
+}
+
+impl FailureLog {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            by_client: HashMap::new(),
+            overall: VecDeque::new(),
+        }
     }
 
-    fn locked_out_at(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let mut failures = self.failures.lock().expect("failures lock");
-        let times = failures.get_mut(&ip)?;
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW)
+    /// Whether a login from `client` is refused at `now`, and for how long.
+    fn lockout(&mut self, client: IpNet, now: Instant) -> Option<Lockout> {
+        let window = self.limits.window;
+        expire(&mut self.overall, now, window);
+        if self.overall.len() >= self.limits.overall {
+            return Some(Lockout::Everyone(wait(&self.overall, now, window)));
+        }
+        let times = self.by_client.get_mut(&client)?;
+        expire(times, now, window);
+        (times.len() >= self.limits.per_client).then(|| Lockout::Client(wait(times, now, window)))
+    }
+
+    fn record(&mut self, client: IpNet, now: Instant) {
+        push_bounded(&mut self.overall, now, self.limits.overall);
+        if !self.by_client.contains_key(&client) && self.by_client.len() >= self.limits.max_clients
         {
-            times.pop_front();
+            self.make_room(now);
         }
-        if times.len() < MAX_FAILURES {
-            return None;
-        }
-        let oldest = *times.front().expect("at least MAX_FAILURES entries");
-        Some(FAILURE_WINDOW.saturating_sub(now.duration_since(oldest)))
+        let times = self.by_client.entry(client).or_default();
+        push_bounded(times, now, self.limits.per_client);
     }
 
-    /// Records a wrong password from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
-        self.failed_at(ip, Instant::now());
-    }
-
-    fn failed_at(&self, ip: IpAddr, now: Instant) {
-        let mut failures = self.failures.lock().expect("failures lock");
-        // Forget addresses whose failures are all older than the window, so the map only holds
-        // addresses that failed in the last minute.
-        failures.retain(|_, times| {
+    /// Drops every record whose failures have all left the window; if none has, the record
+    /// whose last failure is oldest.
+    fn make_room(&mut self, now: Instant) {
+        let window = self.limits.window;
+        self.by_client.retain(|_, times| {
             times
                 .back()
-                .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
+                .is_some_and(|t| now.duration_since(*t) < window)
         });
-        failures.entry(ip).or_default().push_back(now);
+        if self.by_client.len() >= self.limits.max_clients
+            && let Some(oldest) = self
+                .by_client
+                .iter()
+                .min_by_key(|(_, times)| times.back().copied())
+                .map(|(client, _)| *client)
+        {
+            self.by_client.remove(&oldest);
+        }
     }
 
-    /// A correct password clears the address's record.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().expect("failures lock").remove(&ip);
+    /// A correct password clears the client's record (not the overall one).
+    fn clear(&mut self, client: IpNet) {
+        self.by_client.remove(&client);
+    }
+}
+
+/// Forgets failures that have left the window.
+fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+}
+
+/// How long until the oldest failure on a full list leaves the window.
+fn wait(times: &VecDeque<Instant>, now: Instant, window: Duration) -> Duration {
+    times.front().map_or(Duration::ZERO, |t| {
+        window.saturating_sub(now.duration_since(*t))
+    })
+}
+
+/// Appends a failure, keeping the newest `limit`: only they decide a lockout.
+fn push_bounded(times: &mut VecDeque<Instant>, now: Instant, limit: usize) {
+    times.push_back(now);
+    while times.len() > limit {
+        times.pop_front();
     }
 }
 
@@ -205,22 +377,234 @@ mod tests {
         assert!(!auth.is_password(""));
     }
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn five_failures_in_a_minute_lock_an_address_out_until_the_oldest_expires() {
         let auth = auth();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let me = ip("192.0.2.1");
         let start = Instant::now();
         for i in 0..MAX_FAILURES as u64 {
-            assert_eq!(auth.locked_out_at(ip, start), None);
-            auth.failed_at(ip, start + Duration::from_secs(i));
+            assert_eq!(auth.log_in_at(me, "guess", start + secs(i)), Login::Wrong);
         }
-        let wait = auth
-            .locked_out_at(ip, start + Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(wait, Duration::from_secs(50));
-        assert_eq!(auth.locked_out_at(other, start), None);
-        assert_eq!(auth.locked_out_at(ip, start + FAILURE_WINDOW), None);
+        // Locked out: even the right password is not checked.
+        assert_eq!(
+            auth.log_in_at(me, "correct horse", start + secs(10)),
+            Login::LockedOut(Lockout::Client(secs(50)))
+        );
+        assert_eq!(
+            auth.log_in_at(ip("192.0.2.2"), "correct horse", start + secs(10)),
+            Login::Accepted,
+            "another address is not affected"
+        );
+        // The oldest failure leaves the window: one more try counts, and fails again.
+        assert_eq!(
+            auth.log_in_at(me, "guess", start + FAILURE_WINDOW),
+            Login::Wrong
+        );
+        assert!(matches!(
+            auth.log_in_at(me, "correct horse", start + FAILURE_WINDOW),
+            Login::LockedOut(Lockout::Client(_))
+        ));
+        assert_eq!(
+            auth.log_in_at(me, "correct horse", start + FAILURE_WINDOW + secs(5)),
+            Login::Accepted
+        );
+    }
+
+    #[test]
+    fn the_right_password_clears_the_addresss_record() {
+        let auth = auth();
+        let me = ip("192.0.2.1");
+        let start = Instant::now();
+        for _ in 0..MAX_FAILURES - 1 {
+            assert_eq!(auth.log_in_at(me, "guess", start), Login::Wrong);
+        }
+        assert_eq!(auth.log_in_at(me, "correct horse", start), Login::Accepted);
+        for _ in 0..MAX_FAILURES - 1 {
+            assert_eq!(auth.log_in_at(me, "guess", start), Login::Wrong);
+        }
+        assert_eq!(auth.log_in_at(me, "correct horse", start), Login::Accepted);
+    }
+
+    #[test]
+    fn the_login_limiters_global_budget_holds_across_many_source_addresses() {
+        let auth = auth();
+        let start = Instant::now();
+        // Each address stays under its own limit; together they spend the overall budget.
+        for i in 0..MAX_FAILURES_OVERALL {
+            let source = if i % 2 == 0 {
+                IpAddr::from([198, 18, (i / 256) as u8, (i % 256) as u8])
+            } else {
+                // Each in its own /64.
+                format!("2001:db8:{i:x}::1").parse().unwrap()
+            };
+            let at = start + Duration::from_millis(i as u64 * 100);
+            assert_eq!(auth.log_in_at(source, "guess", at), Login::Wrong, "try {i}");
+        }
+        // Now every address is refused, a fresh one with the right password too.
+        let later = start + secs(20);
+        for fresh in ["203.0.113.9", "2001:db8:ffff::1", "::ffff:203.0.113.10"] {
+            assert_eq!(
+                auth.log_in_at(ip(fresh), "correct horse", later),
+                Login::LockedOut(Lockout::Everyone(secs(40))),
+                "{fresh}"
+            );
+        }
+        // Refusals are not failures: the budget frees as the first failures leave the window.
+        let after = start + FAILURE_WINDOW;
+        assert_eq!(
+            auth.log_in_at(ip("203.0.113.9"), "correct horse", after),
+            Login::Accepted
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_block_and_mapped_ipv4_as_ipv4() {
+        let auth = auth();
+        let start = Instant::now();
+        for i in 1..=MAX_FAILURES {
+            let same_block = ip(&format!("2001:db8:1:2:{i:x}::{i:x}"));
+            assert_eq!(auth.log_in_at(same_block, "guess", start), Login::Wrong);
+        }
+        assert!(matches!(
+            auth.log_in_at(
+                ip("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+                "correct horse",
+                start
+            ),
+            Login::LockedOut(Lockout::Client(_))
+        ));
+        assert_eq!(
+            auth.log_in_at(ip("2001:db8:1:3::1"), "correct horse", start),
+            Login::Accepted,
+            "the next /64 is another client"
+        );
+
+        for i in 0..MAX_FAILURES {
+            let addr = if i % 2 == 0 {
+                "::ffff:192.0.2.7"
+            } else {
+                "192.0.2.7"
+            };
+            assert_eq!(auth.log_in_at(ip(addr), "guess", start), Login::Wrong);
+        }
+        for addr in ["192.0.2.7", "::ffff:192.0.2.7"] {
+            assert!(matches!(
+                auth.log_in_at(ip(addr), "correct horse", start),
+                Login::LockedOut(Lockout::Client(_))
+            ));
+        }
+        assert_eq!(
+            auth.log_in_at(ip("192.0.2.8"), "correct horse", start),
+            Login::Accepted,
+            "IPv4 counts by the full address"
+        );
+        assert_eq!(client_key(ip("192.0.2.7")).to_string(), "192.0.2.7/32");
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:3:4:5:6")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+    }
+
+    #[test]
+    fn the_per_client_record_never_holds_more_than_its_bound() {
+        let mut log = FailureLog::new(Limits {
+            overall: usize::MAX,
+            ..Limits::DEFAULT
+        });
+        let start = Instant::now();
+        for i in 0..MAX_TRACKED_CLIENTS as u32 + 50 {
+            log.record(client_key(IpAddr::from(i.to_be_bytes())), start);
+        }
+        assert_eq!(log.by_client.len(), MAX_TRACKED_CLIENTS);
+    }
+
+    #[test]
+    fn a_full_record_drops_expired_clients_first_then_the_stalest() {
+        let mut log = FailureLog::new(Limits {
+            max_clients: 3,
+            ..Limits::DEFAULT
+        });
+        let key = |text: &str| client_key(ip(text));
+        let start = Instant::now();
+        log.record(key("192.0.2.1"), start);
+        log.record(key("192.0.2.2"), start + secs(30));
+        log.record(key("192.0.2.3"), start + secs(40));
+        // Full, none expired: the one whose last failure is oldest goes.
+        log.record(key("192.0.2.4"), start + secs(50));
+        assert!(!log.by_client.contains_key(&key("192.0.2.1")));
+        assert_eq!(log.by_client.len(), 3);
+        // Full, two expired (.2 at 30 s and .3 at 40 s, with the window at 60 s): both go.
+        log.record(key("192.0.2.5"), start + secs(101));
+        let mut left: Vec<_> = log.by_client.keys().map(|k| k.to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["192.0.2.4/32", "192.0.2.5/32"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.append("x-forwarded-for", value.parse().unwrap());
+            headers
+        };
+        let xff = headers("198.51.100.1, 203.0.113.5, 10.1.2.3");
+        // The right-most address that is not a trusted proxy; the left-most is the client's word.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &xff, &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:10.9.9.9"), &xff, &trusted),
+            ip("203.0.113.5"),
+            "a mapped peer address counts as IPv4"
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(client_ip(ip("192.0.2.1"), &xff, &trusted), ip("192.0.2.1"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff, &[]), ip("127.0.0.1"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &http::HeaderMap::new(), &trusted),
+            ip("127.0.0.1")
+        );
+        // Every hop trusted: the left-most.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers("10.0.0.7, 10.0.0.8"), &trusted),
+            ip("10.0.0.7")
+        );
+        // Several header lines are one list; ports and IPv6 brackets are understood.
+        let mut split = headers("198.51.100.1");
+        split.append("x-forwarded-for", "[2001:db8::5]:4711".parse().unwrap());
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &split, &trusted),
+            ip("2001:db8::5")
+        );
+        // A hop that is not an address stops the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &headers("203.0.113.5, unknown"), &trusted),
+            ip("10.0.0.1")
+        );
+        let mut raw = http::HeaderMap::new();
+        raw.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.6").unwrap(),
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &raw, &trusted),
+            ip("203.0.113.6"),
+            "bytes that are not text do not hide the proxy's hop"
+        );
     }
 
     #[test]

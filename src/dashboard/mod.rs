@@ -21,15 +21,16 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
+use ipnet::IpNet;
 use maud::Markup;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::server::AppState;
-use crate::settings::DASHBOARD_PASSWORD_ENV;
+use crate::settings::{DASHBOARD_PASSWORD_ENV, MIN_DASHBOARD_PASSWORD_CHARS};
 use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
 
-use auth::{Auth, Session};
+use auth::{Auth, Lockout, Login, Session};
 use pages::{EventQuery, MessageQuery, Page, View};
 
 const CSS: &str = include_str!("assets/app.css");
@@ -53,6 +54,12 @@ pub fn routes(state: &AppState) -> Router {
         );
         return disabled(&base);
     };
+    if password.expose_secret().chars().count() < MIN_DASHBOARD_PASSWORD_CHARS {
+        // Settings accept a short password only in simulate mode (the committed demo settings).
+        tracing::warn!(
+            "DASHBOARD PASSWORD IS SHORT (under {MIN_DASHBOARD_PASSWORD_CHARS} characters), accepted only because twilio.api_base = \"simulate\"; anyone who can reach this port can guess it"
+        );
+    }
     let origin = &settings.server.public_url[..url::Position::BeforePath];
     tracing::info!(url = %format!("{origin}{base}"), "dashboard enabled");
     let dash = Dash {
@@ -66,6 +73,7 @@ pub fn routes(state: &AppState) -> Router {
             .filter_map(|app| app.whatsapp.as_ref())
             .map(|w| w.auth_key.clone())
             .collect(),
+        trusted_proxies: settings.dashboard.trusted_proxies.clone().into(),
     };
     Router::new()
         .route(&base, get(messages_page))
@@ -107,6 +115,8 @@ struct Dash {
     /// Every app's auth key, scrubbed from each page before it is sent. No page renders one;
     /// this keeps it so even if an action's error message or a callback field carried one.
     redact: Arc<[SecretString]>,
+    /// `[dashboard] trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 /// A request from a logged-in operator. Extracting it is the access check: without a live
@@ -218,20 +228,30 @@ impl Dash {
         )
     }
 
-    /// Where to go after logging in: only somewhere inside the dashboard, so the login form
-    /// cannot be used to redirect an operator to another site.
     fn safe_next(&self, next: &str) -> String {
-        let inside = next
-            .strip_prefix(&*self.base)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
-        let plain = next.bytes().all(|b| b.is_ascii_graphic())
-            && !next.contains("//")
-            && !next.contains('\\');
-        if inside && plain && !next.contains("/auth/") {
-            next.to_string()
-        } else {
-            self.base.to_string()
-        }
+        safe_next(&self.base, next)
+    }
+}
+
+/// Where to go after logging in: only somewhere inside the dashboard at `base`, so the login
+/// form cannot be used to redirect an operator to another site; anything else goes home.
+/// `.` and `..` segments (also percent-encoded, which browsers resolve the same way) are
+/// refused, so a path that starts inside cannot climb out of it.
+fn safe_next(base: &str, next: &str) -> String {
+    let inside = next
+        .strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
+    let plain =
+        next.bytes().all(|b| b.is_ascii_graphic()) && !next.contains("//") && !next.contains('\\');
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let dot_segment = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    if inside && plain && !dot_segment && !next.contains("/auth/") {
+        next.to_string()
+    } else {
+        base.to_string()
     }
 }
 
@@ -451,44 +471,57 @@ struct LoginForm {
 async fn login(
     State(d): State<Dash>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     // Without the peer address (a router served without connect info) all clients share one
     // record, which still bounds guessing.
-    let ip = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
-    if let Some(wait) = d.auth.locked_out(ip) {
-        let seconds = wait.as_secs().max(1);
-        tracing::warn!(%ip, "dashboard login refused: too many wrong passwords");
-        let mut response = d.login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &form.next,
-            Some(&format!(
-                "Too many wrong passwords from your address. Try again in {seconds} seconds."
-            )),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
+    let peer = connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0.ip());
+    let ip = auth::client_ip(peer, &headers, &d.trusted_proxies);
+    match d.auth.log_in(ip, &form.password) {
+        Login::LockedOut(lockout) => {
+            let seconds = lockout.wait().as_secs().max(1);
+            let whose = match lockout {
+                Lockout::Client(_) => {
+                    tracing::warn!(%ip, "dashboard login refused: too many wrong passwords");
+                    "from your address"
+                }
+                Lockout::Everyone(_) => {
+                    tracing::warn!(%ip, "dashboard login refused: too many wrong passwords from all addresses together");
+                    "from many addresses"
+                }
+            };
+            let mut response = d.login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &form.next,
+                Some(&format!(
+                    "Too many wrong passwords {whose}. Try again in {seconds} seconds."
+                )),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+        Login::Wrong => {
+            tracing::warn!(%ip, "dashboard login with a wrong password");
+            d.login_page(
+                StatusCode::UNAUTHORIZED,
+                &form.next,
+                Some("Wrong password."),
+            )
+        }
+        Login::Accepted => {
+            let (token, _) = d.auth.start_session();
+            tracing::info!(%ip, "operator logged in to the dashboard");
+            let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
+            let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
     }
-    if !d.auth.is_password(&form.password) {
-        d.auth.failed(ip);
-        tracing::warn!(%ip, "dashboard login with a wrong password");
-        return d.login_page(
-            StatusCode::UNAUTHORIZED,
-            &form.next,
-            Some("Wrong password."),
-        );
-    }
-    d.auth.succeeded(ip);
-    let (token, _) = d.auth.start_session();
-    tracing::info!(%ip, "operator logged in to the dashboard");
-    let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
-    let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
 }
 
 async fn logout(State(d): State<Dash>, op: Operator, Form(form): Form<CsrfForm>) -> Response {
@@ -560,4 +593,41 @@ fn short_hash(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_inside_the_dashboard_and_refuses_dot_segments() {
+        let base = "/p/whatsapp/dashboard";
+        for kept in [
+            "/p/whatsapp/dashboard",
+            "/p/whatsapp/dashboard/events?state=dead",
+            "/p/whatsapp/dashboard?q=a..b",
+            "/p/whatsapp/dashboard/messages/SM1",
+            "/p/whatsapp/dashboard/messages/..SM",
+        ] {
+            assert_eq!(safe_next(base, kept), kept);
+        }
+        for refused in [
+            "/p/whatsapp/dashboard/..",
+            "/p/whatsapp/dashboard/../../metrics",
+            "/p/whatsapp/dashboard/./events",
+            "/p/whatsapp/dashboard/events/.",
+            "/p/whatsapp/dashboard/%2e%2e/healthz",
+            "/p/whatsapp/dashboard/.%2E/healthz",
+            "/p/whatsapp/dashboard/%2E?x=1",
+            "/p/whatsapp/dashboardx",
+            "/p/whatsapp/dashboard/auth/login",
+            "/p/whatsapp/dashboard//evil.example",
+            "/p/whatsapp/dashboard/\\evil.example",
+            "/elsewhere",
+            "https://evil.example/p/whatsapp/dashboard",
+            "",
+        ] {
+            assert_eq!(safe_next(base, refused), base, "{refused:?}");
+        }
+    }
 }
