@@ -317,10 +317,7 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
             ApiBase::Url(u) => u.to_string(),
         }
     );
-    println!(
-        "callbacks  {}",
-        settings.server.callback_url("{appId}", "{companyId}")
-    );
+    println!("callbacks  {}", settings.server.callback_url_pattern());
     println!(
         "gcs        {}",
         match &settings.gcs {

@@ -20,7 +20,7 @@ use crate::dispatch::{Dispatcher, Work};
 use crate::services::Services;
 use crate::settings::{ApiBase, Settings};
 use crate::store::{Inserted, NewEvent, now_ms};
-use crate::{telemetry, twilio};
+use crate::{routes, telemetry, twilio};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -149,18 +149,12 @@ fn warn_about_unsafe_settings(settings: &Settings) {
 
 /// Every route, under the web context taken from `public_url`.
 pub fn router(state: AppState) -> Router {
-    let context = state.settings().server.context();
+    let context = routes::context(&state.settings().server.public_url).to_string();
     Router::new()
-        .route(
-            &format!("{context}/whatsapp/callback/{{app_id}}/{{company_id}}"),
-            post(callback),
-        )
-        .route(
-            &format!("{context}/whatsapp/{{app_id}}/{{company_id}}"),
-            post(callback),
-        )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(&routes::callback_route(&context), post(callback))
+        .route(&routes::short_callback_route(&context), post(callback))
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::METRICS, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
         .with_state(state.clone())
         .merge(crate::dashboard::routes(&state))

@@ -11,6 +11,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::routes;
+
 /// Where settings are read from when neither `--settings` nor the environment names a file.
 pub const DEFAULT_PATH: &str = "whatsapp-host.toml";
 /// Environment variable that names the settings file.
@@ -50,23 +52,17 @@ pub struct Server {
 impl Server {
     /// The path prefix every route lives under: `/platform` for `https://host/platform`, or `""`.
     pub fn context(&self) -> String {
-        self.public_url.path().trim_end_matches('/').to_string()
+        routes::context(&self.public_url).to_string()
     }
 
     /// The callback URL with `{appId}` and `{companyId}` placeholders, for logs and `check`.
     pub fn callback_url_pattern(&self) -> String {
-        let base = self.public_url.as_str().trim_end_matches('/');
-        format!("{base}/whatsapp/callback/{{appId}}/{{companyId}}")
+        routes::callback_url_pattern(&self.public_url)
     }
 
     /// The URL Twilio should call for an app and company: the documented callback route.
     pub fn callback_url(&self, app_id: &str, company_id: &str) -> String {
-        let mut url = self.public_url.clone();
-        url.path_segments_mut()
-            .expect("public_url is checked to be a base URL at load time")
-            .pop_if_empty()
-            .extend(["whatsapp", "callback", app_id, company_id]);
-        url.to_string()
+        routes::callback_url(&self.public_url, app_id, company_id)
     }
 }
 
@@ -323,10 +319,13 @@ impl Loader<'_> {
                 "an app id may use only letters, digits, '_' and '-'",
             ));
         }
-        if RESERVED_APP_IDS.contains(&id) {
+        if routes::RESERVED_APP_IDS.contains(&id) {
             return Err(self.invalid(
                 format!("apps.{id}"),
-                format!("{id:?} is reserved: /whatsapp/{id}/… is one of the host's own paths; choose another app id"),
+                format!(
+                    "{id:?} is reserved: {} is one of the host's own paths; choose another app id",
+                    routes::app_segment(id)
+                ),
             ));
         }
         Ok(())
@@ -489,9 +488,6 @@ impl Loader<'_> {
         })
     }
 }
-
-/// Path segments under `/whatsapp/` that the host uses itself, so no app may take them.
-const RESERVED_APP_IDS: &[&str] = &["callback", "dashboard"];
 
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
 pub fn is_account_sid(s: &str) -> bool {

@@ -25,6 +25,7 @@ use maud::Markup;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::routes;
 use crate::server::AppState;
 use crate::settings::DASHBOARD_PASSWORD_ENV;
 use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
@@ -45,7 +46,7 @@ pub const DISABLED: &str = "the dashboard is disabled: set `password` under [das
 /// The dashboard's routes, ready to merge into the server's router. Logs whether it is on.
 pub fn routes(state: &AppState) -> Router {
     let settings = state.settings();
-    let base = format!("{}/whatsapp/dashboard", settings.server.context());
+    let base = routes::dashboard_base(routes::context(&settings.server.public_url));
     let Some(password) = &settings.dashboard.password else {
         tracing::info!(
             "dashboard disabled: no [dashboard] password in {} and no {DASHBOARD_PASSWORD_ENV}",
