@@ -313,7 +313,7 @@ impl Loader<'_> {
 
     /// App ids appear in callback URLs and environment variable names.
     fn check_app_id(&self, id: &str) -> Result<(), SettingsError> {
-        if !crate::js::is_valid_action_id(id) {
+        if !is_valid_id(id) {
             return Err(self.invalid(
                 format!("apps.{id}"),
                 "an app id may use only letters, digits, '_' and '-'",
@@ -470,7 +470,7 @@ impl Loader<'_> {
         let from_number = crate::phone::normalize(&raw.from_number, &default_country_code)
             .map_err(|e| self.invalid(key("from_number"), e.to_string()))?;
         if let Some(cb) = &raw.callback
-            && !crate::js::is_valid_action_id(cb)
+            && !is_valid_id(cb)
         {
             return Err(self.invalid(
                 key("callback"),
@@ -487,6 +487,16 @@ impl Loader<'_> {
             validate_signatures: raw.validate_signatures,
         })
     }
+}
+
+/// The id rule shared by apps and actions. Action ids name files in `actions/` and app ids appear
+/// in callback URLs and environment variable names, so both are restricted to safe characters.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
