@@ -382,12 +382,21 @@ impl Loader<'_> {
                 })?;
             ApiBase::Url(url)
         };
-        if raw.timeout_seconds == 0.0 || !raw.timeout_seconds.is_finite() {
-            return Err(self.invalid("twilio.timeout_seconds", "must be a positive number"));
-        }
+        let timeout = Some(raw.timeout_seconds)
+            .filter(|&s| s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| {
+                self.invalid(
+                    "twilio.timeout_seconds",
+                    format!(
+                        "{} is not a positive number of seconds; write it as 15",
+                        raw.timeout_seconds
+                    ),
+                )
+            })?;
         Ok(Twilio {
             api_base,
-            timeout: Duration::from_secs_f64(raw.timeout_seconds.abs()),
+            timeout,
             simulate_step: Duration::from_millis(raw.simulate_step_ms),
         })
     }
@@ -732,6 +741,16 @@ mod tests {
             .to_string();
         assert!(err.contains("apps.dashboard"), "{err}");
         assert!(err.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn a_timeout_that_is_not_positive_names_the_key() {
+        for bad in ["-5", "0", "nan", "inf"] {
+            let err = load(&format!("[twilio]\ntimeout_seconds = {bad}\n{GOOD}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("twilio.timeout_seconds"), "{bad}: {err}");
+        }
     }
 
     #[test]
