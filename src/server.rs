@@ -149,6 +149,11 @@ fn warn_about_unsafe_settings(settings: &Settings) {
 
 /// Every route, under the web context taken from `public_url`.
 pub fn router(state: AppState) -> Router {
+    let dashboard = crate::dashboard::routes(
+        state.services.settings.clone(),
+        state.services.store.clone(),
+        state.dispatcher.clone(),
+    );
     let context = routes::context(&state.settings().server.public_url).to_string();
     Router::new()
         .route(&routes::callback_route(&context), post(callback))
@@ -156,8 +161,8 @@ pub fn router(state: AppState) -> Router {
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
-        .with_state(state.clone())
-        .merge(crate::dashboard::routes(&state))
+        .with_state(state)
+        .merge(dashboard)
 }
 
 /// Why a callback was refused; the one mapping from failures to statuses.
