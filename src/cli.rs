@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::dispatch::Dispatcher;
 use crate::js::{self, Program};
 use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
@@ -534,10 +533,11 @@ async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
         services.store.close().await;
         bail!("no event {event_id} in {}", services.store.path().display());
     };
-    let (dispatcher, task) =
-        Dispatcher::start(settings, services.store.clone(), services.engine.clone());
-    let result = dispatcher.replay_once(event).await;
-    task.abort();
+    let result = services.dispatcher.replay_once(event).await;
+    services
+        .dispatcher
+        .shutdown(settings.server.shutdown_grace)
+        .await;
     services.store.close().await;
     match result {
         Ok(()) => {
