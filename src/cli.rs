@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::dispatch::Dispatcher;
 use crate::js::{self, Program};
 use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
@@ -317,10 +316,7 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
             ApiBase::Url(u) => u.to_string(),
         }
     );
-    println!(
-        "callbacks  {}",
-        settings.server.callback_url("{appId}", "{companyId}")
-    );
+    println!("callbacks  {}", settings.server.callback_url_pattern());
     println!(
         "gcs        {}",
         match &settings.gcs {
@@ -534,10 +530,11 @@ async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
         services.store.close().await;
         bail!("no event {event_id} in {}", services.store.path().display());
     };
-    let (dispatcher, task) =
-        Dispatcher::start(settings, services.store.clone(), services.engine.clone());
-    let result = dispatcher.replay_once(event).await;
-    task.abort();
+    let result = services.dispatcher.replay_once(event).await;
+    services
+        .dispatcher
+        .shutdown(settings.server.shutdown_grace)
+        .await;
     services.store.close().await;
     match result {
         Ok(()) => {

@@ -2,11 +2,14 @@
 //! retries failures with backoff up to `max_attempts`, then marks them dead. Delivery is at
 //! least once: whatever was stored but not finished is dispatched again on start.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::js::{Engine, Program, RunError};
@@ -37,7 +40,52 @@ impl From<Event> for Work {
     }
 }
 
+/// Why an event's dispatch failed: what is recorded as its `last_error` and what `replay`
+/// reports.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DispatchError {
+    /// The event names an app that has left the settings file since the callback was stored.
+    #[error(
+        "app {app:?} is no longer in the settings file {}: add its [apps.{app}] section back and replay the event",
+        settings.display()
+    )]
+    UnknownApp { app: String, settings: PathBuf },
+    /// The app's callback action did not complete.
+    #[error(transparent)]
+    Action(#[from] RunError),
+}
+
+impl DispatchError {
+    /// The message and, when the action threw, its stack: what operators need to fix it.
+    pub fn detail(&self) -> String {
+        match self {
+            DispatchError::Action(e) => e.detail(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What one attempt came to. The outcome is already recorded in the store when this is returned.
+enum Attempt {
+    /// The action ran (or the app has no callback action).
+    Done,
+    /// Failed with attempts left: run `work` again `after` this long.
+    Retry {
+        work: Work,
+        after: Duration,
+        error: DispatchError,
+    },
+    /// Failed for the last time: the event is dead.
+    Dead(DispatchError),
+}
+
 /// Handle for submitting events. Cheap to clone.
+///
+/// Shutdown follows mini-redis: [`Dispatcher::shutdown`] cancels a token that the loop and every
+/// retry waiting for its delay watch, so the loop stops taking work and returns by itself, and
+/// the waiting retries end (their events stay `failed` in the store with their due time and run
+/// on the next start). Runs in flight get the grace period, then the loop's task is awaited.
+/// The loop also ends once every handle is dropped: it and the retries hold only a weak sender.
 #[derive(Clone)]
 pub struct Dispatcher {
     tx: mpsc::UnboundedSender<Work>,
@@ -53,16 +101,20 @@ struct Inner {
     permits: u32,
     /// Events accepted and not yet done or dead, including those waiting for a retry.
     backlog: AtomicI64,
+    /// Where retries are resubmitted. Weak, so a retry waiting for its delay does not keep the
+    /// loop alive once every [`Dispatcher`] is dropped.
+    retry_tx: mpsc::WeakUnboundedSender<Work>,
+    /// Cancelled by [`Dispatcher::shutdown`]: the loop stops taking work and waiting retries end.
+    shutdown: CancellationToken,
+    /// The loop's task, taken and awaited once by [`Dispatcher::shutdown`]. A std `Mutex`: it is
+    /// held only to take the handle, never across an `.await`.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Dispatcher {
-    /// Starts the dispatch loop. Returns the handle and the loop's task, which ends when every
-    /// handle is dropped or [`Dispatcher::close`] is called.
-    pub fn start(
-        settings: Arc<Settings>,
-        store: Store,
-        engine: Engine,
-    ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
+    /// Starts the dispatch loop; [`Dispatcher::shutdown`] stops it. Must run inside a tokio
+    /// runtime.
+    pub fn start(settings: Arc<Settings>, store: Store, engine: Engine) -> Dispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = (settings.actions.workers * 4).max(4) as u32;
         let inner = Arc::new(Inner {
@@ -72,10 +124,13 @@ impl Dispatcher {
             in_flight: Arc::new(Semaphore::new(permits as usize)),
             permits,
             backlog: AtomicI64::new(0),
+            retry_tx: tx.downgrade(),
+            shutdown: CancellationToken::new(),
+            task: Mutex::new(None),
         });
-        let dispatcher = Dispatcher { tx, inner };
-        let task = tokio::spawn(dispatcher.clone().run(rx));
-        (dispatcher, task)
+        let task = tokio::spawn(inner.clone().run(rx));
+        *inner.task.lock().expect("dispatcher task lock") = Some(task);
+        Dispatcher { tx, inner }
     }
 
     /// Submits a newly stored event.
@@ -99,7 +154,7 @@ impl Dispatcher {
             if delay == 0 {
                 let _ = self.tx.send(work);
             } else {
-                self.schedule(work, Duration::from_millis(delay));
+                self.inner.schedule(work, Duration::from_millis(delay));
             }
         }
         crate::telemetry::backlog(self.backlog());
@@ -113,60 +168,82 @@ impl Dispatcher {
         self.submit(work);
     }
 
+    /// Runs an event now, once, with a fresh set of attempts, and records the outcome; for
+    /// `whatsapp-host replay`. A failure is left for the next start to retry.
+    pub async fn replay_once(&self, event: Event) -> Result<(), DispatchError> {
+        let mut work = Work::from(event);
+        work.attempts = 0;
+        self.inner.backlog.fetch_add(1, Ordering::Relaxed);
+        match self.inner.attempt(work).await {
+            Attempt::Done => Ok(()),
+            Attempt::Retry { error, .. } | Attempt::Dead(error) => Err(error),
+        }
+    }
+
     pub fn backlog(&self) -> i64 {
         self.inner.backlog.load(Ordering::Relaxed)
     }
 
-    /// Waits up to `grace` for runs in flight to finish. Events not finished stay pending in
-    /// the store and run on the next start.
-    pub async fn drain(&self, grace: Duration) -> bool {
+    /// Stops dispatching: the loop takes no more work, retries waiting for their delay end, runs
+    /// in flight get up to `grace` to finish, then the loop's task is awaited. Returns whether
+    /// every run finished in time; events not finished stay pending in the store and run on the
+    /// next start.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.shutdown.cancel();
+        let drained = self.drain(grace).await;
+        let task = self.inner.task.lock().expect("dispatcher task lock").take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the dispatch loop ended with an error");
+        }
+        drained
+    }
+
+    /// Waits up to `grace` for runs in flight to finish.
+    async fn drain(&self, grace: Duration) -> bool {
         let all = self.inner.in_flight.clone();
         let permits = self.inner.permits;
         tokio::time::timeout(grace, all.acquire_many_owned(permits))
             .await
             .is_ok()
     }
+}
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Work>) {
-        while let Some(work) = rx.recv().await {
-            let Ok(permit) = self.inner.in_flight.clone().acquire_owned().await else {
-                break;
+impl Inner {
+    /// The loop: takes each submitted event and runs it under a permit. Ends when shutdown is
+    /// signalled or every sender is gone.
+    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Work>) {
+        loop {
+            let work = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                work = rx.recv() => match work {
+                    Some(work) => work,
+                    None => break,
+                },
+            };
+            let permit = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                permit = self.in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
             };
             let this = self.clone();
             tokio::spawn(async move {
-                this.dispatch(work).await;
+                if let Attempt::Retry { work, after, .. } = this.attempt(work).await {
+                    this.schedule(work, after);
+                }
                 drop(permit);
             });
         }
+        tracing::debug!("dispatch loop stopped");
     }
 
-    async fn dispatch(&self, work: Work) {
-        if let Err(Some((work, delay))) = self.attempt(work).await {
-            self.schedule(work, delay);
-        }
-    }
-
-    /// Runs an event now, once, with a fresh set of attempts, and records the outcome; for
-    /// `whatsapp-host replay`. A failure is left for the next start to retry.
-    pub async fn replay_once(&self, event: Event) -> Result<(), RunError> {
-        let mut work = Work::from(event);
-        work.attempts = 0;
-        self.inner.backlog.fetch_add(1, Ordering::Relaxed);
-        let mut error = None;
-        let _ = self.attempt_with(work, &mut error).await;
-        error.map_or(Ok(()), Err)
-    }
-
-    /// One attempt: run and record the outcome. `Err(Some(..))` says when to retry.
-    async fn attempt(&self, work: Work) -> Result<(), Option<(Work, Duration)>> {
-        self.attempt_with(work, &mut None).await
-    }
-
-    async fn attempt_with(
-        &self,
-        mut work: Work,
-        error_out: &mut Option<RunError>,
-    ) -> Result<(), Option<(Work, Duration)>> {
+    /// One attempt: run the event's action and record the outcome.
+    async fn attempt(&self, mut work: Work) -> Attempt {
         let span = tracing::info_span!(
             "dispatch",
             event = work.event_id,
@@ -179,33 +256,30 @@ impl Dispatcher {
             work.attempts += 1;
             let result = self.run_action(&work).await;
             crate::telemetry::dispatch_latency(started.elapsed());
-            let max = self.inner.settings.actions.max_attempts;
-            let store = &self.inner.store;
+            let max = self.settings.actions.max_attempts;
             match result {
                 Ok(()) => {
-                    store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Done);
+                    self.store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Done);
                     self.finished("done");
-                    Ok(())
+                    Attempt::Done
                 }
                 Err(e) if work.attempts >= max => {
                     tracing::error!(attempts = work.attempts, error = %e, "action failed for the last time; event is dead");
                     let error = e.detail();
-                    store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Dead { error });
+                    self.store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Dead { error });
                     self.finished("dead");
-                    *error_out = Some(e);
-                    Err(None)
+                    Attempt::Dead(e)
                 }
                 Err(e) => {
-                    let delay = self.retry_delay(work.attempts);
-                    tracing::warn!(attempts = work.attempts, ?delay, error = %e, "action failed; will retry");
+                    let after = self.retry_delay(work.attempts);
+                    tracing::warn!(attempts = work.attempts, delay = ?after, error = %e, "action failed; will retry");
                     let result = DispatchResult::Failed {
                         error: e.detail(),
-                        next_attempt_at: now_ms() + delay.as_millis() as i64,
+                        next_attempt_at: now_ms() + after.as_millis() as i64,
                     };
-                    store.finish_dispatch(work.event_id, work.attempts, result);
+                    self.store.finish_dispatch(work.event_id, work.attempts, result);
                     crate::telemetry::action("failed");
-                    *error_out = Some(e);
-                    Err(Some((work, delay)))
+                    Attempt::Retry { work, after, error: e }
                 }
             }
         }
@@ -214,16 +288,16 @@ impl Dispatcher {
     }
 
     fn finished(&self, outcome: &'static str) {
-        self.inner.backlog.fetch_sub(1, Ordering::Relaxed);
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
         crate::telemetry::action(outcome);
-        crate::telemetry::backlog(self.backlog());
+        crate::telemetry::backlog(self.backlog.load(Ordering::Relaxed));
     }
 
-    async fn run_action(&self, work: &Work) -> Result<(), RunError> {
-        let Some(app) = self.inner.settings.apps.get(&work.app) else {
-            return Err(RunError::Threw {
-                message: format!("app {:?} is no longer in the settings file", work.app),
-                stack: None,
+    async fn run_action(&self, work: &Work) -> Result<(), DispatchError> {
+        let Some(app) = self.settings.apps.get(&work.app) else {
+            return Err(DispatchError::UnknownApp {
+                app: work.app.clone(),
+                settings: self.settings.source.clone(),
             });
         };
         let Some(action) = app.whatsapp.as_ref().and_then(|w| w.callback.clone()) else {
@@ -237,26 +311,170 @@ impl Dispatcher {
             app: app.clone(),
             company: work.company.clone(),
         };
-        self.inner
-            .engine
+        self.engine
             .run(caller, Program::Action { id: action, vo })
             .await
             .map(|_| ())
+            .map_err(DispatchError::from)
     }
 
     /// Exponential: base, 2×base, 4×base… capped at `retry_max`.
     fn retry_delay(&self, attempts: u32) -> Duration {
-        let a = &self.inner.settings.actions;
+        let a = &self.settings.actions;
         a.retry_base
             .saturating_mul(1 << attempts.saturating_sub(1).min(20))
             .min(a.retry_max)
     }
 
+    /// Resubmits `work` after `delay`, unless shutdown comes first or every sender is gone; the
+    /// event then stays `failed` in the store with its due time and runs on the next start.
     fn schedule(&self, work: Work, delay: Duration) {
-        let tx = self.tx.clone();
+        let tx = self.retry_tx.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(work);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(delay) => {
+                    if let Some(tx) = tx.upgrade() {
+                        let _ = tx.send(work);
+                    }
+                }
+            }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::services::Services;
+    use crate::store::{EventState, Inserted, NewEvent};
+
+    /// Services whose `crm` app runs an action that always throws, with a first retry a minute
+    /// away: long enough that nothing here may wait for it.
+    fn services(dir: &Path) -> Services {
+        std::fs::create_dir_all(dir.join("actions")).unwrap();
+        std::fs::write(dir.join("actions/fails.js"), "throw new Error('boom');").unwrap();
+        let text = r#"
+            [twilio]
+            api_base = "http://127.0.0.1:9"
+            [actions]
+            workers = 1
+            retry_base_ms = 60000
+            retry_max_ms = 60000
+            [apps.crm.WHATSAPP]
+            account_id = "AC0123456789abcdef0123456789abcdef"
+            auth_key = "test-auth-key"
+            from_number = "+14155238886"
+            callback = "fails"
+        "#;
+        let path = dir.join("whatsapp-host.toml");
+        let settings = Settings::from_toml(text, &path, &[]).unwrap();
+        Services::start(Arc::new(settings)).unwrap()
+    }
+
+    async fn stored(services: &Services, app: &str) -> Event {
+        let event = NewEvent {
+            app: app.into(),
+            company: "ACME".into(),
+            fields: vec![("MessageSid".into(), "SM1".into())],
+            idempotency_token: None,
+            received_at: now_ms(),
+        };
+        let Ok(Inserted::New(id)) = services.store.insert_event(event).await else {
+            panic!("event not stored");
+        };
+        services.store.event(id).await.unwrap().unwrap()
+    }
+
+    /// Polls the store until the event has failed once; outcomes are written in the background.
+    async fn failed(services: &Services, id: i64) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = services.store.event(id).await.unwrap().unwrap();
+            if event.state == EventState::Failed && event.last_error.is_some() {
+                return event;
+            }
+            assert!(Instant::now() < deadline, "event {id} never failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_the_loop_without_waiting_for_a_scheduled_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path());
+        let event = stored(&services, "crm").await;
+        services.dispatcher.replay(event.clone());
+        let event = failed(&services, event.id).await;
+        assert!(event.next_attempt_at.is_some(), "a retry is due later");
+        let stopping = services.dispatcher.shutdown(Duration::from_secs(5));
+        let drained = tokio::time::timeout(Duration::from_secs(2), stopping)
+            .await
+            .expect("shutdown returns without waiting for the retry");
+        assert!(drained, "nothing was in flight");
+        services.store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_ends_by_itself_once_every_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path());
+        let dispatcher = Dispatcher::start(
+            services.settings.clone(),
+            services.store.clone(),
+            services.engine.clone(),
+        );
+        let task = dispatcher.inner.task.lock().unwrap().take().unwrap();
+        let event = stored(&services, "crm").await;
+        dispatcher.replay(event.clone());
+        failed(&services, event.id).await;
+        drop(dispatcher);
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("a pending retry does not keep the loop alive")
+            .unwrap();
+        services.store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_for_an_app_no_longer_in_the_settings_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path());
+        let event = stored(&services, "gone").await;
+        let error = services.dispatcher.replay_once(event.clone()).await;
+        assert!(
+            matches!(&error, Err(DispatchError::UnknownApp { app, .. }) if app == "gone"),
+            "{error:?}"
+        );
+        let event = failed(&services, event.id).await;
+        let last_error = event.last_error.unwrap();
+        assert!(
+            last_error.contains("app \"gone\" is no longer in the settings file"),
+            "{last_error}"
+        );
+        assert!(last_error.contains("[apps.gone]"), "{last_error}");
+        services.dispatcher.shutdown(Duration::from_secs(1)).await;
+        services.store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_failed_attempt_is_dead_with_the_actions_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path());
+        let event = stored(&services, "crm").await;
+        let mut work = Work::from(event);
+        work.attempts = services.settings.actions.max_attempts - 1;
+        match services.dispatcher.inner.attempt(work).await {
+            Attempt::Dead(DispatchError::Action(RunError::Threw { message, .. })) => {
+                assert!(message.contains("boom"), "{message}")
+            }
+            _ => panic!("the last attempt should be dead with the action's error"),
+        }
+        services.dispatcher.shutdown(Duration::from_secs(1)).await;
+        services.store.close().await;
     }
 }

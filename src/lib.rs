@@ -10,7 +10,8 @@
 //! - [`outbound`]: the one send path behind every form of `utils.sendWhatsappMessage`.
 //! - [`js`]: the boa engine on worker threads, and the `utils` table scripts see.
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
-//! - [`server`]: the axum routes, the callback endpoint and shutdown.
+//! - [`routes`]: every path the host serves and the callback URL, written once.
+//! - [`server`]: the axum router, the callback endpoint and shutdown.
 //! - [`dashboard`]: the operator's web pages (messages, timelines, events, replay), behind a password.
 //! - [`services`]: wiring of the above, shared by the server and the CLI.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -23,6 +24,7 @@ pub mod js;
 pub mod media;
 pub mod outbound;
 pub mod phone;
+pub mod routes;
 pub mod server;
 pub mod services;
 pub mod settings;

@@ -16,11 +16,11 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::dispatch::{Dispatcher, Work};
+use crate::dispatch::Work;
 use crate::services::Services;
 use crate::settings::{ApiBase, Settings};
 use crate::store::{Inserted, NewEvent, now_ms};
-use crate::{telemetry, twilio};
+use crate::{routes, telemetry, twilio};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -29,7 +29,6 @@ pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
-    pub dispatcher: Dispatcher,
     /// `scheme://host[:port]` of `public_url`: what Twilio signs, joined with the request path.
     origin: Arc<str>,
 }
@@ -45,11 +44,10 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    dispatcher_task: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
-    /// Starts every service, recovers undispatched events and binds `server.listen`.
+    /// Recovers undispatched events and binds `server.listen`.
     pub async fn build(services: Services) -> anyhow::Result<Application> {
         // Install the recorder first: counts recorded before it exists are lost.
         telemetry::prometheus();
@@ -57,12 +55,7 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.server.listen))?;
-        let (dispatcher, dispatcher_task) = Dispatcher::start(
-            settings.clone(),
-            services.store.clone(),
-            services.engine.clone(),
-        );
-        let recovered = dispatcher.recover().await?;
+        let recovered = services.dispatcher.recover().await?;
         if recovered > 0 {
             tracing::info!(
                 events = recovered,
@@ -76,10 +69,8 @@ impl Application {
             listener,
             state: AppState {
                 services,
-                dispatcher,
                 origin: origin.into(),
             },
-            dispatcher_task,
         })
     }
 
@@ -93,17 +84,14 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets dispatches in flight
-    /// finish (bounded by `shutdown_grace_seconds`) and closes the store.
+    /// Serves until `shutdown` completes, then stops accepting, stops the dispatcher (runs in
+    /// flight get `shutdown_grace_seconds` to finish; its loop ends and is awaited) and closes
+    /// the store.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Application {
-            listener,
-            state,
-            dispatcher_task,
-        } = self;
+        let Application { listener, state } = self;
         tracing::info!(
             listen = %listener.local_addr()?,
             callback = %state.settings().server.callback_url_pattern(),
@@ -116,13 +104,12 @@ impl Application {
             .await?;
         tracing::info!("shutting down: finishing dispatches in flight");
         let grace = state.settings().server.shutdown_grace;
-        if !state.dispatcher.drain(grace).await {
+        if !state.services.dispatcher.shutdown(grace).await {
             tracing::warn!(
                 ?grace,
                 "some dispatches did not finish; they will run on the next start"
             );
         }
-        dispatcher_task.abort();
         state.services.store.close().await;
         tracing::info!("store closed");
         Ok(())
@@ -149,21 +136,21 @@ fn warn_about_unsafe_settings(settings: &Settings) {
 
 /// Every route, under the web context taken from `public_url`.
 pub fn router(state: AppState) -> Router {
-    let context = state.settings().server.context();
+    let services = &state.services;
+    let dashboard = crate::dashboard::routes(
+        services.settings.clone(),
+        services.store.clone(),
+        services.dispatcher.clone(),
+    );
+    let context = routes::context(&services.settings.server.public_url);
     Router::new()
-        .route(
-            &format!("{context}/whatsapp/callback/{{app_id}}/{{company_id}}"),
-            post(callback),
-        )
-        .route(
-            &format!("{context}/whatsapp/{{app_id}}/{{company_id}}"),
-            post(callback),
-        )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(&routes::callback_route(context), post(callback))
+        .route(&routes::short_callback_route(context), post(callback))
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::METRICS, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
-        .with_state(state.clone())
-        .merge(crate::dashboard::routes(&state))
+        .with_state(state)
+        .merge(dashboard)
 }
 
 /// Why a callback was refused; the one mapping from failures to statuses.
@@ -283,7 +270,7 @@ async fn callback(
         match state.services.store.insert_event(event).await {
             Ok(Inserted::New(id)) => {
                 telemetry::callback_stored(false);
-                state.dispatcher.submit(Work {
+                state.services.dispatcher.submit(Work {
                     event_id: id,
                     app: app_id,
                     company: company_id,
@@ -362,7 +349,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "status": if healthy { "ok" } else { "unhealthy" },
         "store_writable": writable,
         "action_errors": errors,
-        "backlog": state.dispatcher.backlog(),
+        "backlog": state.services.dispatcher.backlog(),
     });
     let status = if healthy {
         StatusCode::OK

@@ -1,10 +1,12 @@
-//! Wiring: builds, once per process, the store, the Twilio and media clients, the outbound path
-//! and the JS engine from validated settings. The server and every CLI command start here.
+//! Wiring: builds, once per process, the store, the Twilio and media clients, the outbound path,
+//! the JS engine and the dispatcher from validated settings. The server and every CLI command
+//! start here.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::dispatch::Dispatcher;
 use crate::js::{Engine, Limits};
 use crate::media::{Probe, UrlSigner};
 use crate::outbound::Outbound;
@@ -19,11 +21,14 @@ pub struct Services {
     pub store: Store,
     pub outbound: Arc<Outbound>,
     pub engine: Engine,
+    /// Runs stored events through their actions. Started here so the server and `replay` share
+    /// one; its loop idles until something submits, and stops on [`Dispatcher::shutdown`].
+    pub dispatcher: Dispatcher,
 }
 
 impl Services {
-    /// Opens the store, loads the signing key, compiles the actions and starts the JS workers.
-    /// Must run inside a tokio runtime.
+    /// Opens the store, loads the signing key, compiles the actions, starts the JS workers and
+    /// the dispatch loop. Must run inside a tokio runtime.
     pub fn start(settings: Arc<Settings>) -> anyhow::Result<Services> {
         Self::start_with(settings, twilio::RetryPolicy::default())
     }
@@ -67,11 +72,13 @@ impl Services {
                 settings.server.actions_dir.display()
             )
         })?;
+        let dispatcher = Dispatcher::start(settings.clone(), store.clone(), engine.clone());
         Ok(Services {
             settings,
             store,
             outbound,
             engine,
+            dispatcher,
         })
     }
 }

@@ -11,6 +11,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::routes;
+
 /// Where settings are read from when neither `--settings` nor the environment names a file.
 pub const DEFAULT_PATH: &str = "whatsapp-host.toml";
 /// Environment variable that names the settings file.
@@ -53,23 +55,17 @@ pub struct Server {
 impl Server {
     /// The path prefix every route lives under: `/platform` for `https://host/platform`, or `""`.
     pub fn context(&self) -> String {
-        self.public_url.path().trim_end_matches('/').to_string()
+        routes::context(&self.public_url).to_string()
     }
 
     /// The callback URL with `{appId}` and `{companyId}` placeholders, for logs and `check`.
     pub fn callback_url_pattern(&self) -> String {
-        let base = self.public_url.as_str().trim_end_matches('/');
-        format!("{base}/whatsapp/callback/{{appId}}/{{companyId}}")
+        routes::callback_url_pattern(&self.public_url)
     }
 
     /// The URL Twilio should call for an app and company: the documented callback route.
     pub fn callback_url(&self, app_id: &str, company_id: &str) -> String {
-        let mut url = self.public_url.clone();
-        url.path_segments_mut()
-            .expect("public_url is checked to be a base URL at load time")
-            .pop_if_empty()
-            .extend(["whatsapp", "callback", app_id, company_id]);
-        url.to_string()
+        routes::callback_url(&self.public_url, app_id, company_id)
     }
 }
 
@@ -318,16 +314,19 @@ impl Loader<'_> {
 
     /// App ids appear in callback URLs and environment variable names.
     fn check_app_id(&self, id: &str) -> Result<(), SettingsError> {
-        if !crate::js::is_valid_action_id(id) {
+        if !is_valid_id(id) {
             return Err(self.invalid(
                 format!("apps.{id}"),
                 "an app id may use only letters, digits, '_' and '-'",
             ));
         }
-        if RESERVED_APP_IDS.contains(&id) {
+        if routes::RESERVED_APP_IDS.contains(&id) {
             return Err(self.invalid(
                 format!("apps.{id}"),
-                format!("{id:?} is reserved: /whatsapp/{id}/… is one of the host's own paths; choose another app id"),
+                format!(
+                    "{id:?} is reserved: {} is one of the host's own paths; choose another app id",
+                    routes::app_segment(id)
+                ),
             ));
         }
         Ok(())
@@ -384,12 +383,21 @@ impl Loader<'_> {
                 })?;
             ApiBase::Url(url)
         };
-        if raw.timeout_seconds == 0.0 || !raw.timeout_seconds.is_finite() {
-            return Err(self.invalid("twilio.timeout_seconds", "must be a positive number"));
-        }
+        let timeout = Some(raw.timeout_seconds)
+            .filter(|&s| s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| {
+                self.invalid(
+                    "twilio.timeout_seconds",
+                    format!(
+                        "{} is not a positive number of seconds; write it as 15",
+                        raw.timeout_seconds
+                    ),
+                )
+            })?;
         Ok(Twilio {
             api_base,
-            timeout: Duration::from_secs_f64(raw.timeout_seconds.abs()),
+            timeout,
             simulate_step: Duration::from_millis(raw.simulate_step_ms),
         })
     }
@@ -522,7 +530,7 @@ impl Loader<'_> {
         let from_number = crate::phone::normalize(&raw.from_number, &default_country_code)
             .map_err(|e| self.invalid(key("from_number"), e.to_string()))?;
         if let Some(cb) = &raw.callback
-            && !crate::js::is_valid_action_id(cb)
+            && !is_valid_id(cb)
         {
             return Err(self.invalid(
                 key("callback"),
@@ -541,8 +549,15 @@ impl Loader<'_> {
     }
 }
 
-/// Path segments under `/whatsapp/` that the host uses itself, so no app may take them.
-const RESERVED_APP_IDS: &[&str] = &["callback", "dashboard"];
+/// The id rule shared by apps and actions. Action ids name files in `actions/` and app ids appear
+/// in callback URLs and environment variable names, so both are restricted to safe characters.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
 pub fn is_account_sid(s: &str) -> bool {
@@ -839,6 +854,16 @@ mod tests {
             .to_string();
         assert!(err.contains("apps.dashboard"), "{err}");
         assert!(err.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn a_timeout_that_is_not_positive_names_the_key() {
+        for bad in ["-5", "0", "nan", "inf"] {
+            let err = load(&format!("[twilio]\ntimeout_seconds = {bad}\n{GOOD}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("twilio.timeout_seconds"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -26,9 +26,10 @@ use maud::Markup;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::server::AppState;
-use crate::settings::{DASHBOARD_PASSWORD_ENV, MIN_DASHBOARD_PASSWORD_CHARS};
-use crate::store::{EventFilter, EventState, Message, MessageFilter, StoreError};
+use crate::dispatch::Dispatcher;
+use crate::routes;
+use crate::settings::{DASHBOARD_PASSWORD_ENV, MIN_DASHBOARD_PASSWORD_CHARS, Settings};
+use crate::store::{EventFilter, EventState, Message, MessageFilter, Store, StoreError};
 
 use auth::{Auth, Lockout, Login, Session};
 use pages::{EventQuery, MessageQuery, Page, View};
@@ -44,9 +45,10 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub const DISABLED: &str = "the dashboard is disabled: set `password` under [dashboard] in the settings file, or the WHATSAPP_HOST_DASHBOARD_PASSWORD environment variable, then restart whatsapp-host\n";
 
 /// The dashboard's routes, ready to merge into the server's router. Logs whether it is on.
-pub fn routes(state: &AppState) -> Router {
-    let settings = state.settings();
-    let base = format!("{}/whatsapp/dashboard", settings.server.context());
+/// Takes only what the pages need: the settings, the store they read and the dispatcher that
+/// replays.
+pub fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatcher) -> Router {
+    let base = routes::dashboard_base(routes::context(&settings.server.public_url));
     let Some(password) = &settings.dashboard.password else {
         tracing::info!(
             "dashboard disabled: no [dashboard] password in {} and no {DASHBOARD_PASSWORD_ENV}",
@@ -63,7 +65,6 @@ pub fn routes(state: &AppState) -> Router {
     let origin = &settings.server.public_url[..url::Position::BeforePath];
     tracing::info!(url = %format!("{origin}{base}"), "dashboard enabled");
     let dash = Dash {
-        app: state.clone(),
         auth: Arc::new(Auth::new(password)),
         base: base.as_str().into(),
         secure_cookie: settings.server.public_url.scheme() == "https",
@@ -74,6 +75,9 @@ pub fn routes(state: &AppState) -> Router {
             .map(|w| w.auth_key.clone())
             .collect(),
         trusted_proxies: settings.dashboard.trusted_proxies.clone().into(),
+        settings,
+        store,
+        dispatcher,
     };
     Router::new()
         .route(&base, get(messages_page))
@@ -106,7 +110,12 @@ fn disabled(base: &str) -> Router {
 /// Shared by the dashboard's handlers.
 #[derive(Clone)]
 struct Dash {
-    app: AppState,
+    /// For the app list in the filters.
+    settings: Arc<Settings>,
+    /// Every page reads from it.
+    store: Store,
+    /// Replays failed and dead events.
+    dispatcher: Dispatcher,
     auth: Arc<Auth>,
     /// `{context}/whatsapp/dashboard`: the prefix of every link, and the cookie's path.
     base: Arc<str>,
@@ -159,13 +168,7 @@ impl Dash {
         View {
             base: &self.base,
             csrf: &op.session.csrf,
-            apps: self
-                .app
-                .settings()
-                .apps
-                .keys()
-                .map(String::as_str)
-                .collect(),
+            apps: self.settings.apps.keys().map(String::as_str).collect(),
             asset_version: asset_version(),
         }
     }
@@ -284,7 +287,7 @@ async fn messages_page(
         before_id: query.before.trim().parse().ok(),
         limit: PAGE_SIZE,
     };
-    match d.app.services.store.messages(filter).await {
+    match d.store.messages(filter).await {
         Ok(rows) => {
             let older = (rows.len() == PAGE_SIZE)
                 .then(|| rows.last().map(|m| m.id))
@@ -323,7 +326,7 @@ async fn find_message(
     d: &Dash,
     key: &str,
 ) -> Result<Option<(Message, Vec<crate::store::Event>)>, StoreError> {
-    let store = &d.app.services.store;
+    let store = &d.store;
     let Ok(id) = key.parse::<i64>() else {
         return store.message(key).await;
     };
@@ -359,7 +362,7 @@ async fn events_page(
         before_id: query.before.trim().parse().ok(),
         limit: PAGE_SIZE,
     };
-    match d.app.services.store.events(filter).await {
+    match d.store.events(filter).await {
         Ok(rows) => {
             let older = (rows.len() == PAGE_SIZE)
                 .then(|| rows.last().map(|e| e.id))
@@ -384,7 +387,7 @@ async fn event_page(
     Path(id): Path<i64>,
     Query(query): Query<EventPageQuery>,
 ) -> Response {
-    match d.app.services.store.event(id).await {
+    match d.store.event(id).await {
         Ok(Some(event)) => {
             let page = pages::event(&d.view(&op), &event, query.replayed.is_some());
             d.page(&op, &headers, page)
@@ -418,10 +421,10 @@ async fn replay(
             "the form's CSRF token is missing or not this session's: reload the page and press Replay again",
         );
     }
-    match d.app.services.store.event(id).await {
+    match d.store.event(id).await {
         Ok(Some(event)) if matches!(event.state, EventState::Failed | EventState::Dead) => {
             tracing::info!(event = id, app = %event.app, company = %event.company, state = event.state.as_str(), "replaying an event from the dashboard");
-            d.app.dispatcher.replay(event);
+            d.dispatcher.replay(event);
             Redirect::to(&format!("{}/events/{id}?replayed=1", d.base)).into_response()
         }
         Ok(Some(event)) => d.problem(

@@ -27,15 +27,6 @@ use crate::settings;
 /// Stack for worker threads: deep but bounded JS recursion must not overflow the Rust stack.
 const WORKER_STACK: usize = 16 * 1024 * 1024;
 
-/// Action ids name files in `actions/`, so they are restricted to safe file-name characters.
-pub fn is_valid_action_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// Why an action or script did not complete.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RunError {
@@ -274,7 +265,7 @@ impl Engine {
 pub fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
     let mut sources = load_sources(dir)?;
     sources.retain(|id, _| {
-        let valid = is_valid_action_id(id);
+        let valid = settings::is_valid_id(id);
         if !valid {
             tracing::warn!(dir = %dir.display(), file = %id, "skipping action: its name is not a valid action id");
         }

@@ -185,7 +185,8 @@ impl TestApp {
     }
 
     pub fn callback_url(&self, app: &str, company: &str) -> String {
-        format!("{}/whatsapp/callback/{app}/{company}", self.base_url)
+        let base = url::Url::parse(&self.base_url).expect("base_url is a URL");
+        whatsapp_host::routes::callback_url(&base, app, company)
     }
 
     /// Posts a callback signed with the test auth key over exactly `url`.
