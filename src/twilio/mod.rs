@@ -77,27 +77,15 @@ pub enum TwilioError {
     BadResponse { http_status: u16, detail: String },
 }
 
-/// Error codes the host uses where Twilio has none. Documented in the README.
-pub mod host_codes {
-    /// Twilio could not be reached.
-    pub const UNREACHABLE: i64 = 90001;
-    /// The request timed out: outcome unknown.
-    pub const TIMED_OUT: i64 = 90002;
-    /// The connection failed after the request was sent.
-    pub const TRANSPORT: i64 = 90003;
-    /// Twilio's answer could not be read.
-    pub const BAD_RESPONSE: i64 = 90004;
-}
-
 impl TwilioError {
     /// The error code reported to scripts: Twilio's own where it gave one.
     pub fn code(&self) -> Option<i64> {
         match self {
             TwilioError::Api { code, .. } => *code,
-            TwilioError::Unreachable { .. } => Some(host_codes::UNREACHABLE),
-            TwilioError::TimedOut(_) => Some(host_codes::TIMED_OUT),
-            TwilioError::Transport(_) => Some(host_codes::TRANSPORT),
-            TwilioError::BadResponse { .. } => Some(host_codes::BAD_RESPONSE),
+            TwilioError::Unreachable { .. } => Some(codes::UNREACHABLE),
+            TwilioError::TimedOut(_) => Some(codes::TIMED_OUT),
+            TwilioError::Transport(_) => Some(codes::TRANSPORT),
+            TwilioError::BadResponse { .. } => Some(codes::BAD_RESPONSE),
         }
     }
 
