@@ -172,7 +172,7 @@ impl Dispatcher {
             event = work.event_id,
             app = %work.app,
             company = %work.company,
-            sid = work.fields.iter().find(|(k, _)| k == "MessageSid").map_or("", |(_, v)| v.as_str()),
+            sid = crate::twilio::webhook::message_sid(&work.fields).unwrap_or(""),
         );
         async {
             let started = std::time::Instant::now();

@@ -17,7 +17,7 @@ use crate::phone;
 use crate::settings::{App, Settings, Whatsapp};
 use crate::store::{SendRecord, Store, now_ms};
 use crate::telemetry;
-use crate::twilio::{self, Credentials, NewMessage, TwilioError, codes};
+use crate::twilio::{self, Credentials, NewMessage, TwilioError, address, codes};
 
 /// Twilio's limit on a message body, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
@@ -333,8 +333,8 @@ impl Outbound {
             None
         };
         let message = NewMessage {
-            to: format!("whatsapp:{to}"),
-            from: format!("whatsapp:{from}"),
+            to: address::with_channel(&to),
+            from: address::with_channel(&from),
             body: req.body.clone(),
             media_url,
             status_callback: callback,

@@ -6,6 +6,8 @@ use std::ops::Deref;
 
 use phonenumber::{Mode, country};
 
+use crate::twilio::address;
+
 /// A checked number in E.164 (`+393331234567`). Only [`normalize`] makes one, so holding an
 /// `E164` means the number was validated against its country's numbering plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,10 +69,7 @@ pub fn normalize(input: &str, default_country_code: &str) -> Result<E164, PhoneE
         reason,
     };
     let trimmed = input.trim();
-    let bare = trimmed
-        .strip_prefix("whatsapp:")
-        .unwrap_or(trimmed)
-        .trim_start();
+    let bare = address::strip_channel(trimmed).trim_start();
     if bare.is_empty() {
         return Err(error("it is empty"));
     }
