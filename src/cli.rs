@@ -302,7 +302,7 @@ async fn send(
     services.outbound.settle().await;
     services.store.close().await;
     let outcome = result?;
-    println!("{}", serde_json::to_string_pretty(&outcome.0)?);
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.is_failed() { 1 } else { 0 })
 }
 

@@ -249,7 +249,7 @@ impl Inner {
             event = work.event_id,
             app = %work.app,
             company = %work.company,
-            sid = work.fields.iter().find(|(k, _)| k == "MessageSid").map_or("", |(_, v)| v.as_str()),
+            sid = crate::twilio::webhook::message_sid(&work.fields).unwrap_or(""),
         );
         async {
             let started = std::time::Instant::now();
@@ -380,6 +380,11 @@ mod tests {
         let event = NewEvent {
             app: app.into(),
             company: "ACME".into(),
+            message_sid: Some("SM1".into()),
+            message_status: None,
+            error_code: None,
+            to: None,
+            from: None,
             fields: vec![("MessageSid".into(), "SM1".into())],
             idempotency_token: None,
             received_at: now_ms(),

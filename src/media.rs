@@ -9,6 +9,14 @@ use reqwest::header;
 
 use crate::settings;
 
+/// No Cloud Storage key is configured, so no URL can be signed: a settings problem, which a
+/// script sees as a thrown error rather than a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot sign cloud storage urls: no service account key is configured; set [gcs] service_account_key in the settings file or GOOGLE_APPLICATION_CREDENTIALS"
+)]
+pub struct NoSigner;
+
 /// Why media was refused before any Twilio call.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MediaError {
@@ -20,28 +28,14 @@ pub enum MediaError {
     UnsupportedType { url: String, content_type: String },
     #[error("media at {url} could not be read: {detail}")]
     Unreadable { url: String, detail: String },
-    #[error(
-        "cannot sign cloud storage urls: no service account key is configured; set [gcs] service_account_key in the settings file or GOOGLE_APPLICATION_CREDENTIALS"
-    )]
-    NoSigner,
+    #[error(transparent)]
+    NoSigner(#[from] NoSigner),
     #[error("failed to sign a url for gs://{bucket}/{object}: {detail}")]
     Signing {
         bucket: String,
         object: String,
         detail: String,
     },
-}
-
-/// Twilio's error code for each refusal, so scripts see the code Twilio would have given.
-impl MediaError {
-    pub fn code(&self) -> i64 {
-        match self {
-            MediaError::TooLarge { .. } => 11751,
-            MediaError::UnsupportedType { .. } => 12300,
-            MediaError::Unreadable { .. } => 21620,
-            MediaError::NoSigner | MediaError::Signing { .. } => 21620,
-        }
-    }
 }
 
 /// What a probe learned about a media URL.
@@ -234,7 +228,7 @@ impl UrlSigner {
 
     /// A GET URL for `gs://bucket/object` valid for the configured time.
     pub async fn signed_get_url(&self, bucket: &str, object: &str) -> Result<String, MediaError> {
-        let signer = self.signer.as_ref().ok_or(MediaError::NoSigner)?;
+        let signer = self.signer.as_ref().ok_or(NoSigner)?;
         let mut builder =
             SignedUrlBuilder::for_object(format!("projects/_/buckets/{bucket}"), object)
                 .with_method(http::Method::GET)

@@ -7,15 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::media::{self, MediaError};
+use crate::media::{self, MediaError, NoSigner};
+use crate::phone;
 use crate::settings::{App, Settings, Whatsapp};
 use crate::store::{SendRecord, Store, now_ms};
-use crate::twilio::{self, Credentials, NewMessage, TwilioError};
-use crate::{phone, telemetry};
+use crate::telemetry;
+use crate::twilio::{self, Credentials, NewMessage, TwilioError, address, codes};
 
 /// Twilio's limit on a message body, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
@@ -71,59 +73,116 @@ pub enum UsageError {
     Missing(&'static str),
     #[error("accountId {0:?} is not a Twilio account sid (\"AC\" followed by 32 hex digits)")]
     BadAccountSid(String),
-    #[error("{0}")]
-    NoSigner(String),
+    #[error(transparent)]
+    NoSigner(#[from] NoSigner),
 }
 
-/// The JSON value a send returns: Twilio's resource, or a failed outcome with `sid: null`.
-#[derive(Debug, Clone)]
-pub struct Outcome(pub Value);
+/// What a send came to. Serializes to the JSON scripts see: Twilio's resource as sent, or
+/// Twilio's error shape with `sid: null`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Twilio created the message: its resource, exactly as Twilio sent it.
+    Accepted(Value),
+    /// No message was created, or whether one was is unknown (see the code).
+    Failed(Failure),
+}
 
-impl Outcome {
-    pub fn sid(&self) -> Option<&str> {
-        self.0.get("sid").and_then(Value::as_str)
+/// Why a send failed, in the shape of Twilio's error resource, whichever step refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Twilio's code, or the host's own 9000x code (`twilio::codes`); `None` only when Twilio
+    /// answered an error without one.
+    pub code: Option<i64>,
+    pub message: String,
+    /// Twilio's link to the code's documentation, when Twilio gave one.
+    pub more_info: Option<String>,
+    /// Twilio's HTTP status, when Twilio answered.
+    pub http_status: Option<u16>,
+}
+
+impl Failure {
+    /// A refusal before Twilio was called, with the code Twilio would have given.
+    pub fn refused(code: i64, message: impl Into<String>) -> Self {
+        Failure {
+            code: Some(code),
+            message: message.into(),
+            more_info: None,
+            http_status: None,
+        }
     }
 
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "sid": null,
+            "status": "failed",
+            "error_code": self.code,
+            "error_message": self.message,
+        });
+        if let Some(more) = &self.more_info {
+            v["more_info"] = more.as_str().into();
+        }
+        if let Some(status) = self.http_status {
+            v["http_status"] = status.into();
+        }
+        v
+    }
+}
+
+impl From<&TwilioError> for Failure {
+    fn from(e: &TwilioError) -> Self {
+        Failure {
+            code: e.code(),
+            message: e.script_message(),
+            more_info: e.more_info().map(str::to_string),
+            http_status: e.http_status(),
+        }
+    }
+}
+
+impl From<&MediaError> for Failure {
+    fn from(e: &MediaError) -> Self {
+        let code = match e {
+            MediaError::TooLarge { .. } => codes::MEDIA_TOO_LARGE,
+            MediaError::UnsupportedType { .. } => codes::UNSUPPORTED_MEDIA_TYPE,
+            MediaError::Unreadable { .. }
+            | MediaError::NoSigner(_)
+            | MediaError::Signing { .. } => codes::INVALID_MEDIA_URL,
+        };
+        Failure::refused(code, e.to_string())
+    }
+}
+
+impl SendOutcome {
+    /// The created message's sid.
+    pub fn sid(&self) -> Option<&str> {
+        match self {
+            SendOutcome::Accepted(resource) => resource.get("sid").and_then(Value::as_str),
+            SendOutcome::Failed(_) => None,
+        }
+    }
+
+    /// No message sid came back: the send failed (a `send` command exits 1).
     pub fn is_failed(&self) -> bool {
         self.sid().is_none()
     }
 
-    fn failed(
-        code: Option<i64>,
-        message: String,
-        more_info: Option<&str>,
-        http_status: Option<u16>,
-    ) -> Self {
-        let mut v = json!({
-            "sid": null,
-            "status": "failed",
-            "error_code": code,
-            "error_message": message,
-        });
-        if let Some(more) = more_info {
-            v["more_info"] = more.into();
+    /// The JSON scripts see.
+    pub fn to_json(&self) -> Value {
+        match self {
+            SendOutcome::Accepted(resource) => resource.clone(),
+            SendOutcome::Failed(failure) => failure.to_json(),
         }
-        if let Some(status) = http_status {
-            v["http_status"] = status.into();
-        }
-        Outcome(v)
-    }
-
-    fn from_twilio_error(e: &TwilioError) -> Self {
-        Self::failed(e.code(), e.script_message(), e.more_info(), e.http_status())
-    }
-
-    fn from_media_error(e: &MediaError) -> Self {
-        Self::failed(Some(e.code()), e.to_string(), None, None)
     }
 }
 
-/// Twilio's code for an invalid `To`.
-const INVALID_TO: i64 = 21211;
-/// Twilio's code for an invalid `From`.
-const INVALID_FROM: i64 = 21212;
-/// Twilio's code for a body over 1600 characters.
-const BODY_TOO_LONG: i64 = 21617;
+impl Serialize for SendOutcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SendOutcome::Accepted(resource) => resource.serialize(serializer),
+            SendOutcome::Failed(failure) => failure.to_json().serialize(serializer),
+        }
+    }
+}
 
 /// Everything a send needs, built once per process and shared by every script and action.
 pub struct Outbound {
@@ -168,7 +227,7 @@ impl Outbound {
 
     /// Sends one message. `Err` only for programming errors; failures of the send itself are an
     /// `Ok` outcome with `status: "failed"`, recorded like any other send.
-    pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<Outcome, UsageError> {
+    pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<SendOutcome, UsageError> {
         let span = tracing::info_span!("send", app = %caller.app.id, company = %caller.company, sid = tracing::field::Empty);
         let outcome = self
             .send_inner(caller, req)
@@ -180,7 +239,11 @@ impl Outbound {
         Ok(outcome)
     }
 
-    async fn send_inner(&self, caller: &Caller, req: SendRequest) -> Result<Outcome, UsageError> {
+    async fn send_inner(
+        &self,
+        caller: &Caller,
+        req: SendRequest,
+    ) -> Result<SendOutcome, UsageError> {
         let app_params = caller.app.whatsapp.as_ref();
         let country = app_params.map_or(crate::settings::DEFAULT_COUNTRY_CODE, |w| {
             &w.default_country_code
@@ -219,33 +282,30 @@ impl Outbound {
                 let from = match phone::normalize(from, country) {
                     Ok(from) => from,
                     Err(e) => {
-                        return Ok(self.fail(caller, &req, account_sid, from, {
-                            Outcome::failed(Some(INVALID_FROM), e.to_string(), None, None)
-                        }));
+                        let failure = Failure::refused(codes::INVALID_FROM, e.to_string());
+                        return Ok(self.fail(caller, &req, account_sid, from, failure));
                     }
                 };
-                let sandbox = from == SANDBOX_NUMBER;
+                let sandbox = from.as_str() == SANDBOX_NUMBER;
                 (account_sid.as_str(), auth_token, from, sandbox, None)
             }
         };
         let to = match phone::normalize(&req.to, country) {
             Ok(to) => to,
             Err(e) => {
-                let outcome = Outcome::failed(Some(INVALID_TO), e.to_string(), None, None);
-                return Ok(self.fail(caller, &req, account_sid, &from, outcome));
+                let failure = Failure::refused(codes::INVALID_TO, e.to_string());
+                return Ok(self.fail(caller, &req, account_sid, &from, failure));
             }
         };
         let chars = req.body.chars().count();
         if chars > MAX_BODY_CHARS {
-            let outcome = Outcome::failed(
-                Some(BODY_TOO_LONG),
+            let failure = Failure::refused(
+                codes::BODY_TOO_LONG,
                 format!(
                     "the message body is {chars} characters, over Twilio's limit of {MAX_BODY_CHARS}"
                 ),
-                None,
-                None,
             );
-            return Ok(self.fail(caller, &req, account_sid, &from, outcome));
+            return Ok(self.fail(caller, &req, account_sid, &from, failure));
         }
         let media_url = match &req.media {
             Media::None => None,
@@ -253,12 +313,10 @@ impl Outbound {
             Media::Object { bucket, file } => {
                 match self.signer.signed_get_url(bucket, file).await {
                     Ok(url) => Some(url),
-                    Err(e @ MediaError::NoSigner) => {
-                        return Err(UsageError::NoSigner(e.to_string()));
-                    }
+                    Err(MediaError::NoSigner(e)) => return Err(UsageError::NoSigner(e)),
                     Err(e) => {
-                        let outcome = Outcome::from_media_error(&e);
-                        return Ok(self.fail(caller, &req, account_sid, &from, outcome));
+                        let failure = Failure::from(&e);
+                        return Ok(self.fail(caller, &req, account_sid, &from, failure));
                     }
                 }
             }
@@ -267,8 +325,7 @@ impl Outbound {
             && self.settings.media.check
             && let Err(e) = self.probe.check(url).await
         {
-            let outcome = Outcome::from_media_error(&e);
-            return Ok(self.fail(caller, &req, account_sid, &from, outcome));
+            return Ok(self.fail(caller, &req, account_sid, &from, Failure::from(&e)));
         }
         let sandbox_turn = if sandbox {
             Some(self.sandbox_turn(&from).await)
@@ -276,8 +333,8 @@ impl Outbound {
             None
         };
         let message = NewMessage {
-            to: format!("whatsapp:{to}"),
-            from: format!("whatsapp:{from}"),
+            to: address::with_channel(&to),
+            from: address::with_channel(&from),
             body: req.body.clone(),
             media_url,
             status_callback: callback,
@@ -293,16 +350,16 @@ impl Outbound {
         let outcome = match created {
             Ok(resource) => {
                 telemetry::send("sent", None);
-                Outcome(resource)
+                SendOutcome::Accepted(resource)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "twilio create failed");
                 telemetry::send("failed", e.code());
-                Outcome::from_twilio_error(&e)
+                SendOutcome::Failed(Failure::from(&e))
             }
         };
         let mut record = self.record(caller, &req, account_sid, &from, &outcome);
-        record.to = to;
+        record.to = to.into_string();
         self.store.record_send(record);
         Ok(outcome)
     }
@@ -313,10 +370,11 @@ impl Outbound {
         req: &SendRequest,
         account_sid: &str,
         from: &str,
-        outcome: Outcome,
-    ) -> Outcome {
-        tracing::warn!(error = %outcome.0["error_message"], "send refused before twilio");
-        telemetry::send("refused", outcome.0["error_code"].as_i64());
+        failure: Failure,
+    ) -> SendOutcome {
+        tracing::warn!(error = %failure.message, "send refused before twilio");
+        telemetry::send("refused", failure.code);
+        let outcome = SendOutcome::Failed(failure);
         self.store
             .record_send(self.record(caller, req, account_sid, from, &outcome));
         outcome
@@ -328,9 +386,18 @@ impl Outbound {
         req: &SendRequest,
         account_sid: &str,
         from: &str,
-        outcome: &Outcome,
+        outcome: &SendOutcome,
     ) -> SendRecord {
-        let v = &outcome.0;
+        let (status, error_code, error_message) = match outcome {
+            SendOutcome::Accepted(resource) => (
+                resource["status"].as_str().unwrap_or("failed"),
+                resource["error_code"].as_i64(),
+                resource["error_message"].as_str(),
+            ),
+            SendOutcome::Failed(failure) => {
+                ("failed", failure.code, Some(failure.message.as_str()))
+            }
+        };
         SendRecord {
             sid: outcome.sid().map(str::to_string),
             app: caller.app.id.clone(),
@@ -344,9 +411,9 @@ impl Outbound {
                 Media::Url(url) => Some(media::redact_query(url)),
                 Media::Object { bucket, file } => Some(format!("gs://{bucket}/{file}")),
             },
-            status: v["status"].as_str().unwrap_or("failed").to_string(),
-            error_code: v["error_code"].as_i64(),
-            error_message: v["error_message"].as_str().map(str::to_string),
+            status: status.to_string(),
+            error_code,
+            error_message: error_message.map(str::to_string),
             at: now_ms(),
         }
     }
@@ -375,5 +442,77 @@ struct SandboxTurn(tokio::sync::OwnedMutexGuard<Option<Instant>>);
 impl Drop for SandboxTurn {
     fn drop(&mut self) {
         *self.0 = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scripts parse this JSON; its bytes (keys in serde_json's sorted order) must not change.
+    #[test]
+    fn a_failure_serializes_exactly_as_before() {
+        let refused = SendOutcome::Failed(Failure::refused(codes::INVALID_TO, "bad"));
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"error_code":21211,"error_message":"bad","sid":null,"status":"failed"}"#
+        );
+        assert_eq!(
+            refused.to_json().to_string(),
+            serde_json::to_string(&refused).unwrap()
+        );
+        let api = TwilioError::Api {
+            http_status: 400,
+            code: None,
+            message: "nope".into(),
+            more_info: Some("https://www.twilio.com/docs/errors/21211".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&SendOutcome::Failed(Failure::from(&api))).unwrap(),
+            r#"{"error_code":null,"error_message":"nope","http_status":400,"more_info":"https://www.twilio.com/docs/errors/21211","sid":null,"status":"failed"}"#
+        );
+        assert!(refused.is_failed());
+        assert_eq!(refused.sid(), None);
+    }
+
+    #[test]
+    fn an_accepted_send_is_twilios_resource_as_sent() {
+        let resource = json!({"sid": "SM1", "status": "queued", "body": "hi"});
+        let accepted = SendOutcome::Accepted(resource.clone());
+        assert_eq!(serde_json::to_value(&accepted).unwrap(), resource);
+        assert_eq!(accepted.sid(), Some("SM1"));
+        assert!(!accepted.is_failed());
+    }
+
+    #[test]
+    fn media_refusals_carry_the_code_twilio_would_give() {
+        let url = "https://example.com/x".to_string();
+        let cases = [
+            (
+                MediaError::TooLarge {
+                    url: url.clone(),
+                    size: 2,
+                    limit: 1,
+                },
+                codes::MEDIA_TOO_LARGE,
+            ),
+            (
+                MediaError::UnsupportedType {
+                    url: url.clone(),
+                    content_type: "text/html".into(),
+                },
+                codes::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                MediaError::Unreadable {
+                    url,
+                    detail: "404".into(),
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Failure::from(&error).code, Some(code), "{error}");
+        }
     }
 }

@@ -1,7 +1,53 @@
 //! Phone numbers: turns what people type (`+39 333…`, `0039…`, `333…`, `whatsapp:+…`) into
 //! checked E.164, the only form the rest of the host handles.
 
+use std::fmt;
+use std::ops::Deref;
+
 use phonenumber::{Mode, country};
+
+use crate::twilio::address;
+
+/// A checked number in E.164 (`+393331234567`). Only [`normalize`] makes one, so holding an
+/// `E164` means the number was validated against its country's numbering plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(String);
+
+impl E164 {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Deref for E164 {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for E164 {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<E164> for String {
+    fn from(number: E164) -> String {
+        number.0
+    }
+}
 
 /// Why a number was refused. The message quotes the input so the script author can find it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,16 +61,15 @@ pub struct PhoneError {
 ///
 /// Numbers without an international prefix are read as national numbers of the country with
 /// `default_country_code`, so a trunk `0` (as in UK `07911…`) is dropped the way locals expect.
-pub fn normalize(input: &str, default_country_code: &str) -> Result<String, PhoneError> {
+///
+/// A WhatsApp address as Twilio writes it (`whatsapp:+…`) is read as its number.
+pub fn normalize(input: &str, default_country_code: &str) -> Result<E164, PhoneError> {
     let error = |reason| PhoneError {
         input: input.to_string(),
         reason,
     };
     let trimmed = input.trim();
-    let bare = trimmed
-        .strip_prefix("whatsapp:")
-        .unwrap_or(trimmed)
-        .trim_start();
+    let bare = address::strip_channel(trimmed).trim_start();
     if bare.is_empty() {
         return Err(error("it is empty"));
     }
@@ -52,7 +97,7 @@ pub fn normalize(input: &str, default_country_code: &str) -> Result<String, Phon
             "no such number exists in its country's numbering plan",
         ));
     }
-    Ok(parsed.format().mode(Mode::E164).to_string())
+    Ok(E164(parsed.format().mode(Mode::E164).to_string()))
 }
 
 /// The main region for a calling code (`39` → Italy), so national formats parse correctly.
@@ -64,7 +109,7 @@ fn region_of(country_code: &str) -> Option<country::Id> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{E164, normalize};
 
     #[test]
     fn accepts_the_documented_spellings_and_rejects_the_rest() {
@@ -94,7 +139,7 @@ mod tests {
             ("whatsapp:+39;333", "39", None),
         ];
         for (input, cc, expected) in table {
-            let got = normalize(input, cc).ok();
+            let got = normalize(input, cc).ok().map(E164::into_string);
             assert_eq!(
                 got.as_deref(),
                 *expected,

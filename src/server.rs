@@ -12,7 +12,6 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -20,7 +19,8 @@ use crate::dispatch::Work;
 use crate::services::Services;
 use crate::settings::{ApiBase, Settings};
 use crate::store::{Inserted, NewEvent, now_ms};
-use crate::{routes, telemetry, twilio};
+use crate::twilio::webhook::{self, StatusCallback};
+use crate::{routes, telemetry};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -200,9 +200,6 @@ impl IntoResponse for CallbackError {
     }
 }
 
-/// The empty TwiML answer: valid for status callbacks and for incoming-message webhooks.
-const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
-
 async fn callback(
     State(state): State<AppState>,
     Path((app_id, company_id)): Path<(String, String)>,
@@ -234,24 +231,17 @@ async fn callback(
             .whatsapp
             .as_ref()
             .ok_or_else(|| CallbackError::NoWhatsapp(app_id.clone()))?;
-        let fields = parse_form(&body).map_err(CallbackError::Malformed)?;
+        let callback =
+            StatusCallback::parse(&body).map_err(|e| CallbackError::Malformed(e.to_string()))?;
         // Recorded before the signature check, so a rejected callback's log names its sid too.
-        if let Some((_, sid)) = fields.iter().rev().find(|(k, _)| k == "MessageSid") {
+        if let Some(sid) = &callback.sid {
             tracing::Span::current().record("sid", sid.as_str());
         }
         if whatsapp.validate_signatures {
-            let url = format!(
-                "{}{}",
-                state.origin,
-                uri.path_and_query().map_or("", |p| p.as_str())
-            );
-            let signature = headers
-                .get(twilio::signature::HEADER)
-                .and_then(|v| v.to_str().ok());
-            let valid = signature.is_some_and(|sig| {
-                twilio::signature::is_valid(whatsapp.auth_key.expose_secret(), &url, &fields, sig)
-            });
-            if !valid {
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            let url = webhook::signed_url(&state.origin, path);
+            let signature = webhook::signature(&headers);
+            if !webhook::is_signed(&whatsapp.auth_key, &url, &callback.fields, signature) {
                 tracing::warn!(url = %url, has_signature = signature.is_some(), "rejected a callback with a missing or invalid signature");
                 return Err(CallbackError::Signature);
             }
@@ -259,11 +249,13 @@ async fn callback(
         let event = NewEvent {
             app: app_id.clone(),
             company: company_id.clone(),
-            idempotency_token: headers
-                .get("i-twilio-idempotency-token")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            fields,
+            idempotency_token: webhook::idempotency_token(&headers).map(str::to_string),
+            message_sid: callback.sid,
+            message_status: callback.status,
+            error_code: callback.error_code,
+            to: callback.to,
+            from: callback.from,
+            fields: callback.fields,
             received_at: now_ms(),
         };
         let work_fields = event.fields.clone();
@@ -287,52 +279,10 @@ async fn callback(
                 return Err(CallbackError::Store);
             }
         }
-        Ok(([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response())
+        Ok(([(header::CONTENT_TYPE, "text/xml")], webhook::EMPTY_TWIML).into_response())
     }
     .instrument(span)
     .await
-}
-
-/// Decodes `application/x-www-form-urlencoded` strictly: invalid percent escapes or UTF-8 are
-/// errors, not replacement characters, so what is stored is exactly what Twilio signed.
-pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "it is not UTF-8".to_string())?;
-    let decode = |s: &str| -> Result<String, String> {
-        let plus = s.replace('+', " ");
-        let bytes = plus.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("bad percent escape near {:?}", truncate(s, 40)))?;
-                out.push(hex);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out)
-            .map_err(|_| format!("{:?} decodes to invalid UTF-8", truncate(s, 40)))
-    };
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -365,24 +315,4 @@ async fn metrics() -> Response {
         telemetry::prometheus().render(),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_form;
-
-    #[test]
-    fn form_decoding_is_strict() {
-        assert_eq!(
-            parse_form(b"A=1&B=a+b%21&C=").unwrap(),
-            vec![
-                ("A".into(), "1".into()),
-                ("B".into(), "a b!".into()),
-                ("C".into(), "".into())
-            ]
-        );
-        assert!(parse_form(b"A=%zz").is_err());
-        assert!(parse_form(b"A=%ff").is_err());
-        assert!(parse_form(&[0x41, 0x3d, 0xff]).is_err());
-    }
 }

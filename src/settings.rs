@@ -137,7 +137,7 @@ pub struct Whatsapp {
     pub account_id: String,
     pub auth_key: SecretString,
     /// E.164, with the leading `+`.
-    pub from_number: String,
+    pub from_number: crate::phone::E164,
     /// Action id run for each callback; `None` stores events without running anything.
     pub callback: Option<String>,
     pub sandbox: bool,
@@ -151,7 +151,7 @@ impl Whatsapp {
         use serde_json::Value;
         Some(match name {
             "account_id" => Value::from(self.account_id.clone()),
-            "from_number" => Value::from(self.from_number.clone()),
+            "from_number" => Value::from(self.from_number.as_str()),
             "callback" => self.callback.clone().map_or(Value::Null, Value::from),
             "sandbox" => Value::from(self.sandbox),
             "default_country_code" => Value::from(self.default_country_code.clone()),

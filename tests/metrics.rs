@@ -114,7 +114,7 @@ async fn counters_move_by_exactly_what_a_known_sequence_of_requests_did() {
     // One send Twilio accepts, and one refused before Twilio for its number.
     assert!(send(&app, TO, "hello").await.sid().is_some());
     let refused = send(&app, "12", "hello").await;
-    assert_eq!(refused.0["error_code"], 21211);
+    assert_eq!(refused.to_json()["error_code"], 21211);
 
     let store = app.store().clone();
     app.wait_for("three events done", Duration::from_secs(10), || {

@@ -189,7 +189,7 @@ fn send_whatsapp_message(
                 .with_message(format!("utils.sendWhatsappMessage: {e}"))
                 .into(),
         })?;
-    Ok(JsString::from(outcome.0.to_string()).into())
+    Ok(JsString::from(outcome.to_json().to_string()).into())
 }
 
 fn get_parameter(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {

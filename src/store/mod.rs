@@ -13,24 +13,11 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::twilio::webhook::status_rank;
+
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
-}
-
-/// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
-/// final. Twilio does not promise callback order, so a late `sent` after `read` changes nothing.
-pub fn status_rank(status: &str) -> i64 {
-    match status {
-        "accepted" | "scheduled" => 1,
-        "queued" => 2,
-        "sending" => 3,
-        "sent" => 4,
-        "delivered" => 5,
-        "read" => 6,
-        "failed" | "undelivered" | "canceled" => 10,
-        _ => 0,
-    }
 }
 
 /// Why a store operation failed.
@@ -62,36 +49,32 @@ pub enum StoreError {
     Closed,
 }
 
-/// A status callback as received, before it has an id.
+/// A status callback as received, before it has an id. The message values are read by
+/// `twilio::webhook`; the store keeps them in columns and `fields` as they came.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub app: String,
     pub company: String,
+    pub message_sid: Option<String>,
+    pub message_status: Option<String>,
+    pub error_code: Option<String>,
+    /// The recipient's number, without a channel prefix.
+    pub to: Option<String>,
+    /// The sender's number, without a channel prefix.
+    pub from: Option<String>,
     pub fields: Vec<(String, String)>,
     pub idempotency_token: Option<String>,
     pub received_at: i64,
 }
 
 impl NewEvent {
-    pub fn field(&self, name: &str) -> Option<&str> {
-        field(&self.fields, name)
-    }
-
     /// Same sid, status and error code: the same event delivered twice.
     fn dedup_key(&self) -> Option<String> {
-        let sid = self.field("MessageSid")?;
-        let status = self.field("MessageStatus").unwrap_or("");
-        let code = self.field("ErrorCode").unwrap_or("");
+        let sid = self.message_sid.as_deref()?;
+        let status = self.message_status.as_deref().unwrap_or("");
+        let code = self.error_code.as_deref().unwrap_or("");
         Some(format!("{sid}|{status}|{code}"))
     }
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// The result of storing a callback.
@@ -149,12 +132,6 @@ pub struct Event {
     pub next_attempt_at: Option<i64>,
     pub last_error: Option<String>,
     pub updated_at: i64,
-}
-
-impl Event {
-    pub fn field(&self, name: &str) -> Option<&str> {
-        field(&self.fields, name)
-    }
 }
 
 /// One send as the outbound path saw it. Holds no secret.
@@ -638,9 +615,9 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
-    let sid = ev.field("MessageSid");
-    let status = ev.field("MessageStatus");
-    let error_code = ev.field("ErrorCode");
+    let sid = ev.message_sid.as_deref();
+    let status = ev.message_status.as_deref();
+    let error_code = ev.error_code.as_deref();
     let fields = serde_json::to_string(&ev.fields).expect("string pairs serialize");
     let inserted = tx
         .prepare_cached(
@@ -681,16 +658,12 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
             status,
             status_rank(status),
             error_code,
-            ev.field("To").map(strip_channel),
-            ev.field("From").map(strip_channel),
+            ev.to,
+            ev.from,
             ev.received_at
         ])?;
     }
     Ok(Inserted::New(id))
-}
-
-fn strip_channel(address: &str) -> &str {
-    address.strip_prefix("whatsapp:").unwrap_or(address)
 }
 
 fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Result<()> {
@@ -755,10 +728,12 @@ mod tests {
         NewEvent {
             app: "crm".into(),
             company: "ACME".into(),
-            fields: vec![
-                ("MessageSid".into(), sid.into()),
-                ("MessageStatus".into(), status.into()),
-            ],
+            message_sid: Some(sid.into()),
+            message_status: Some(status.into()),
+            error_code: None,
+            to: None,
+            from: None,
+            fields: Vec::new(),
             idempotency_token: None,
             received_at: at,
         }
@@ -812,7 +787,7 @@ mod tests {
             store.insert_event(with_token.clone()).await.unwrap(),
             Inserted::New(_)
         ));
-        with_token.fields[1].1 = "read".into();
+        with_token.message_status = Some("read".into());
         assert_eq!(
             store.insert_event(with_token).await.unwrap(),
             Inserted::Duplicate

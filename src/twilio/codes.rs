@@ -1,20 +1,44 @@
-//! What Twilio's common WhatsApp error codes mean, and this host's own 9000x codes, in words an
-//! operator can act on. Twilio's console explains every code; these are the ones seen most.
+//! Every error code the host reports, in one table: the Twilio codes it emits itself (for
+//! refusals caught before Twilio, so scripts see the code Twilio would have given), its own 9000x
+//! codes, and what Twilio's common WhatsApp codes mean, in words an operator can act on.
 
-use super::host_codes;
+/// Twilio's code for media over the size limit (16 MB for WhatsApp).
+pub const MEDIA_TOO_LARGE: i64 = 11751;
+/// Twilio's code for media of a content type WhatsApp does not accept.
+pub const UNSUPPORTED_MEDIA_TYPE: i64 = 12300;
+/// Twilio's code for an invalid `To` number.
+pub const INVALID_TO: i64 = 21211;
+/// Twilio's code for an invalid `From` number.
+pub const INVALID_FROM: i64 = 21212;
+/// Twilio's code for a body over 1600 characters.
+pub const BODY_TOO_LONG: i64 = 21617;
+/// Twilio's code for a media URL that cannot be read (or, here, signed).
+pub const INVALID_MEDIA_URL: i64 = 21620;
+/// Twilio's code for a free-form message outside the 24-hour window; the simulator's failures
+/// carry it.
+pub const OUTSIDE_SESSION_WINDOW: i64 = 63016;
+
+/// This host's code: Twilio could not be reached; nothing was sent.
+pub const UNREACHABLE: i64 = 90001;
+/// This host's code: the request timed out; the outcome is unknown.
+pub const TIMED_OUT: i64 = 90002;
+/// This host's code: the connection failed after the request was sent.
+pub const TRANSPORT: i64 = 90003;
+/// This host's code: Twilio's answer could not be read.
+pub const BAD_RESPONSE: i64 = 90004;
 
 /// Twilio's error codes seen most with WhatsApp, and this host's own, with their meaning.
 const MEANINGS: &[(i64, &str)] = &[
     (
-        11751,
+        MEDIA_TOO_LARGE,
         "media exceeds the size limit the messaging provider accepts (16 MB for WhatsApp)",
     ),
     (
-        12300,
+        UNSUPPORTED_MEDIA_TYPE,
         "invalid Content-Type: the media URL serves a type WhatsApp does not accept",
     ),
-    (21211, "invalid 'To' phone number"),
-    (21212, "invalid 'From' phone number"),
+    (INVALID_TO, "invalid 'To' phone number"),
+    (INVALID_FROM, "invalid 'From' phone number"),
     (
         21408,
         "permission to send to the region of the 'To' number is not enabled on the account (geo permissions)",
@@ -24,9 +48,12 @@ const MEANINGS: &[(i64, &str)] = &[
         "the recipient has unsubscribed (replied STOP); no message can be sent until they opt in again",
     ),
     (21614, "'To' number is not a valid mobile number"),
-    (21617, "the message body exceeds the 1600 character limit"),
     (
-        21620,
+        BODY_TOO_LONG,
+        "the message body exceeds the 1600 character limit",
+    ),
+    (
+        INVALID_MEDIA_URL,
         "invalid media URL: it could not be read, or a Cloud Storage URL could not be signed",
     ),
     (
@@ -51,7 +78,7 @@ const MEANINGS: &[(i64, &str)] = &[
         "WhatsApp could not find the 'To' address: the number has no WhatsApp account",
     ),
     (
-        63016,
+        OUTSIDE_SESSION_WINDOW,
         "outside the 24-hour customer service window: a free-form message needs a reply from the user first; send an approved template instead",
     ),
     (
@@ -71,19 +98,19 @@ const MEANINGS: &[(i64, &str)] = &[
         "Meta chose not to deliver this WhatsApp marketing message, to keep user engagement healthy",
     ),
     (
-        host_codes::UNREACHABLE,
+        UNREACHABLE,
         "this host could not reach Twilio (after retries); nothing was sent",
     ),
     (
-        host_codes::TIMED_OUT,
+        TIMED_OUT,
         "Twilio did not answer in time; the message may still have been sent",
     ),
     (
-        host_codes::TRANSPORT,
+        TRANSPORT,
         "the connection to Twilio broke after the request was sent; the outcome is unknown",
     ),
     (
-        host_codes::BAD_RESPONSE,
+        BAD_RESPONSE,
         "Twilio answered success with a body this host could not read",
     ),
 ];
@@ -104,6 +131,25 @@ pub fn meaning_of(code: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_the_host_emits_has_a_meaning() {
+        for code in [
+            MEDIA_TOO_LARGE,
+            UNSUPPORTED_MEDIA_TYPE,
+            INVALID_TO,
+            INVALID_FROM,
+            BODY_TOO_LONG,
+            INVALID_MEDIA_URL,
+            OUTSIDE_SESSION_WINDOW,
+            UNREACHABLE,
+            TIMED_OUT,
+            TRANSPORT,
+            BAD_RESPONSE,
+        ] {
+            assert!(meaning(code).is_some(), "{code} has no meaning");
+        }
+    }
 
     #[test]
     fn common_whatsapp_and_host_codes_have_a_meaning() {

@@ -1,10 +1,12 @@
-//! Twilio: the only module that knows Twilio's URLs, authentication, wire format and error
-//! shapes. It creates messages (with the retry rules that never send twice), checks webhook
-//! signatures, and in `simulate` mode stands in for Twilio entirely.
+//! Twilio: the only module that knows Twilio's URLs, authentication, wire format, field names
+//! and error codes. It creates messages (with the retry rules that never send twice), reads and
+//! checks incoming webhooks (`webhook`), and in `simulate` mode stands in for Twilio entirely.
 
+pub mod address;
 pub mod codes;
 pub mod signature;
 pub mod simulate;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -77,27 +79,15 @@ pub enum TwilioError {
     BadResponse { http_status: u16, detail: String },
 }
 
-/// Error codes the host uses where Twilio has none. Documented in the README.
-pub mod host_codes {
-    /// Twilio could not be reached.
-    pub const UNREACHABLE: i64 = 90001;
-    /// The request timed out: outcome unknown.
-    pub const TIMED_OUT: i64 = 90002;
-    /// The connection failed after the request was sent.
-    pub const TRANSPORT: i64 = 90003;
-    /// Twilio's answer could not be read.
-    pub const BAD_RESPONSE: i64 = 90004;
-}
-
 impl TwilioError {
     /// The error code reported to scripts: Twilio's own where it gave one.
     pub fn code(&self) -> Option<i64> {
         match self {
             TwilioError::Api { code, .. } => *code,
-            TwilioError::Unreachable { .. } => Some(host_codes::UNREACHABLE),
-            TwilioError::TimedOut(_) => Some(host_codes::TIMED_OUT),
-            TwilioError::Transport(_) => Some(host_codes::TRANSPORT),
-            TwilioError::BadResponse { .. } => Some(host_codes::BAD_RESPONSE),
+            TwilioError::Unreachable { .. } => Some(codes::UNREACHABLE),
+            TwilioError::TimedOut(_) => Some(codes::TIMED_OUT),
+            TwilioError::Transport(_) => Some(codes::TRANSPORT),
+            TwilioError::BadResponse { .. } => Some(codes::BAD_RESPONSE),
         }
     }
 
@@ -349,6 +339,47 @@ mod tests {
         assert_eq!(
             messages_url(&base, "AC1").as_str(),
             "http://127.0.0.1:4010/2010-04-01/Accounts/AC1/Messages.json"
+        );
+    }
+
+    /// ARCHITECTURE.md's invariant "only `twilio` names Twilio fields": no program code outside
+    /// `src/twilio/` spells a status-callback field or the `whatsapp:` channel prefix. Unit-test
+    /// modules (`#[cfg(test)] mod tests`, at the end of a file) may, as `tests/` does.
+    #[test]
+    fn only_twilio_names_twilio_fields() {
+        const TWILIO_NAMES: [&str; 4] = ["MessageSid", "MessageStatus", "ErrorCode", "\"whatsapp:"];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let twilio = src.join("twilio");
+        let mut dirs = vec![src];
+        let mut checked = 0;
+        let mut offences = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path == twilio {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let program = text
+                        .find("\n#[cfg(test)]\nmod tests")
+                        .map_or(text.as_str(), |end| &text[..end]);
+                    for (n, line) in program.lines().enumerate() {
+                        if let Some(name) = TWILIO_NAMES.iter().find(|name| line.contains(*name)) {
+                            offences.push(format!("{}:{}: {name}", path.display(), n + 1));
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10, "only {checked} files found under src/");
+        assert!(
+            offences.is_empty(),
+            "Twilio names outside src/twilio/; read them through twilio::webhook or twilio::address:\n{}",
+            offences.join("\n")
         );
     }
 

@@ -11,7 +11,7 @@ use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use super::{Credentials, NewMessage, signature};
+use super::{Credentials, NewMessage, address, codes, signature, webhook};
 
 /// The statuses a delivered and read WhatsApp message goes through after `queued`.
 const PROGRESSION: [&str; 3] = ["sent", "delivered", "read"];
@@ -79,8 +79,8 @@ impl Simulator {
                 status_callback_fields(
                     &sid,
                     creds.account_sid,
-                    bare(&message.from),
-                    bare(&message.to),
+                    address::strip_channel(&message.from),
+                    address::strip_channel(&message.to),
                     status,
                 )
             };
@@ -104,10 +104,6 @@ impl Simulator {
     }
 }
 
-fn bare(address: &str) -> &str {
-    address.strip_prefix("whatsapp:").unwrap_or(address)
-}
-
 /// The fields Twilio posts to a status callback for a WhatsApp message; numbers are E.164.
 pub fn status_callback_fields(
     sid: &str,
@@ -123,14 +119,14 @@ pub fn status_callback_fields(
         ("SmsSid", sid.to_string()),
         ("SmsStatus", status.to_string()),
         ("ChannelInstallSid", "XE".to_string() + &sid[2..]),
-        ("To", format!("whatsapp:{to}")),
-        ("From", format!("whatsapp:{from}")),
+        ("To", address::with_channel(to)),
+        ("From", address::with_channel(from)),
         ("MessageSid", sid.to_string()),
         ("StructuredMessage", "false".to_string()),
         ("AccountSid", account_sid.to_string()),
     ];
     if matches!(status, "failed" | "undelivered") {
-        fields.push(("ErrorCode", "63016".to_string()));
+        fields.push(("ErrorCode", codes::OUTSIDE_SESSION_WINDOW.to_string()));
     }
     fields
         .into_iter()
@@ -148,7 +144,7 @@ pub async fn post_signed(
     let response = http
         .post(url)
         .header(signature::HEADER, signature::sign(auth_token, url, params))
-        .header("i-twilio-idempotency-token", new_sid("ID"))
+        .header(webhook::IDEMPOTENCY_HEADER, new_sid("ID"))
         .form(params)
         .send()
         .await

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use whatsapp_host::outbound::{Account, Caller, Media, Outcome, SendRequest};
+use whatsapp_host::outbound::{Account, Caller, Media, SendOutcome, SendRequest};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -101,7 +101,7 @@ pub async fn twilio_answers(server: &MockServer, template: ResponseTemplate) {
 }
 
 /// Sends one message through the real outbound path, as a script would.
-pub async fn send(app: &TestApp, to: &str, body: &str) -> Outcome {
+pub async fn send(app: &TestApp, to: &str, body: &str) -> SendOutcome {
     let caller = Caller {
         app: Arc::clone(&app.services.settings.apps[APP]),
         company: COMPANY.to_string(),

@@ -1,0 +1,254 @@
+//! Twilio's incoming webhooks: decoding the form, the URL Twilio signs and the signature check,
+//! the headers Twilio sends, the empty TwiML answer, status ranks, and the typed
+//! [`StatusCallback`]. Everything else reads callbacks through this module, never by field name.
+
+use http::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{address, signature};
+
+/// The header Twilio sets to the same value on every retry of one webhook request.
+pub const IDEMPOTENCY_HEADER: &str = "i-twilio-idempotency-token";
+
+/// The empty TwiML answer: valid for status callbacks and for incoming-message webhooks.
+pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+const MESSAGE_SID: &str = "MessageSid";
+const MESSAGE_STATUS: &str = "MessageStatus";
+const ERROR_CODE: &str = "ErrorCode";
+const TO: &str = "To";
+const FROM: &str = "From";
+
+/// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
+/// final. Twilio does not promise callback order, so a late `sent` after `read` changes nothing.
+pub fn status_rank(status: &str) -> i64 {
+    match status {
+        "accepted" | "scheduled" => 1,
+        "queued" => 2,
+        "sending" => 3,
+        "sent" => 4,
+        "delivered" => 5,
+        "read" => 6,
+        "failed" | "undelivered" | "canceled" => 10,
+        _ => 0,
+    }
+}
+
+/// A status callback as Twilio posted it: the values the host acts on, read once here, and
+/// every field as sent, for the action's `vo`.
+///
+/// When a name is repeated, its first value wins, as in Twilio's own helper libraries and most
+/// form parsers; [`message_sid`] reads the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCallback {
+    /// `MessageSid`: the message the event is about.
+    pub sid: Option<String>,
+    /// `MessageStatus`, as Twilio spells it (`sent`, `delivered`, …).
+    pub status: Option<String>,
+    /// `ErrorCode`, as text, as Twilio sends it.
+    pub error_code: Option<String>,
+    /// `To`, without the `whatsapp:` channel prefix.
+    pub to: Option<String>,
+    /// `From`, without the `whatsapp:` channel prefix.
+    pub from: Option<String>,
+    /// Every field in the order received.
+    pub fields: Vec<(String, String)>,
+}
+
+impl StatusCallback {
+    /// Reads the typed values from decoded form fields; missing ones are `None`.
+    pub fn from_fields(fields: Vec<(String, String)>) -> Self {
+        let value = |name| first(&fields, name).map(str::to_string);
+        let number = |name| first(&fields, name).map(|v| address::strip_channel(v).to_string());
+        StatusCallback {
+            sid: value(MESSAGE_SID),
+            status: value(MESSAGE_STATUS),
+            error_code: value(ERROR_CODE),
+            to: number(TO),
+            from: number(FROM),
+            fields,
+        }
+    }
+
+    /// Decodes a callback body strictly (see [`parse_form`]) and reads it.
+    pub fn parse(body: &[u8]) -> Result<Self, FormError> {
+        parse_form(body).map(Self::from_fields)
+    }
+}
+
+/// The message sid of stored callback fields, read as [`StatusCallback`] reads it.
+pub fn message_sid(fields: &[(String, String)]) -> Option<&str> {
+    first(fields, MESSAGE_SID)
+}
+
+fn first<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The URL Twilio signed: the public origin (`scheme://host[:port]` of `public_url`) joined with
+/// the path and query the request arrived on, byte for byte.
+pub fn signed_url(origin: &str, path_and_query: &str) -> String {
+    format!("{origin}{path_and_query}")
+}
+
+/// The `X-Twilio-Signature` header, when present and readable.
+pub fn signature(headers: &HeaderMap) -> Option<&str> {
+    header(headers, signature::HEADER)
+}
+
+/// The `I-Twilio-Idempotency-Token` header, when present and readable.
+pub fn idempotency_token(headers: &HeaderMap) -> Option<&str> {
+    header(headers, IDEMPOTENCY_HEADER)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether `signature` is Twilio's signature of `url` and `fields` under the account's auth
+/// token. A missing signature is never valid.
+pub fn is_signed(
+    auth_token: &SecretString,
+    url: &str,
+    fields: &[(String, String)],
+    signature: Option<&str>,
+) -> bool {
+    signature.is_some_and(|sig| signature::is_valid(auth_token.expose_secret(), url, fields, sig))
+}
+
+/// Why a webhook body is not a form Twilio could have sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormError(String);
+
+/// Decodes `application/x-www-form-urlencoded` strictly: invalid percent escapes or UTF-8 are
+/// errors, not replacement characters, so what is stored is exactly what Twilio signed.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
+    let text = std::str::from_utf8(body).map_err(|_| FormError("it is not UTF-8".to_string()))?;
+    let decode = |s: &str| -> Result<String, FormError> {
+        let plus = s.replace('+', " ");
+        let bytes = plus.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        FormError(format!("bad percent escape near {:?}", truncate(s, 40)))
+                    })?;
+                out.push(hex);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out)
+            .map_err(|_| FormError(format!("{:?} decodes to invalid UTF-8", truncate(s, 40))))
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_is_strict() {
+        assert_eq!(
+            parse_form(b"A=1&B=a+b%21&C=").unwrap(),
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "a b!".into()),
+                ("C".into(), "".into())
+            ]
+        );
+        assert!(parse_form(b"A=%zz").is_err());
+        assert!(parse_form(b"A=%ff").is_err());
+        assert!(parse_form(&[0x41, 0x3d, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_status_callback_reads_its_values_and_keeps_every_field() {
+        let body = b"MessageStatus=undelivered&To=whatsapp%3A%2B393331234567\
+            &From=whatsapp%3A%2B14155238886&MessageSid=SM1&ErrorCode=63016&AccountSid=AC1";
+        let callback = StatusCallback::parse(body).unwrap();
+        assert_eq!(callback.sid.as_deref(), Some("SM1"));
+        assert_eq!(callback.status.as_deref(), Some("undelivered"));
+        assert_eq!(callback.error_code.as_deref(), Some("63016"));
+        assert_eq!(callback.to.as_deref(), Some("+393331234567"));
+        assert_eq!(callback.from.as_deref(), Some("+14155238886"));
+        assert_eq!(callback.fields.len(), 6);
+        assert_eq!(
+            callback.fields[1].1, "whatsapp:+393331234567",
+            "raw as sent"
+        );
+
+        let bare = StatusCallback::parse(b"AccountSid=AC1").unwrap();
+        assert_eq!((bare.sid, bare.status, bare.error_code), (None, None, None));
+    }
+
+    #[test]
+    fn a_repeated_message_sid_reads_as_its_first_value_everywhere() {
+        let callback =
+            StatusCallback::parse(b"MessageSid=SM1&MessageStatus=sent&MessageSid=SM2").unwrap();
+        assert_eq!(callback.sid.as_deref(), Some("SM1"));
+        assert_eq!(message_sid(&callback.fields), Some("SM1"));
+    }
+
+    #[test]
+    fn a_signature_is_checked_against_the_public_origin_and_the_path_as_received() {
+        let token = SecretString::from("secret");
+        let url = signed_url(
+            "https://hooks.example.com",
+            "/whatsapp/callback/crm/ACME?x=1",
+        );
+        assert_eq!(
+            url,
+            "https://hooks.example.com/whatsapp/callback/crm/ACME?x=1"
+        );
+        let fields = vec![("MessageSid".to_string(), "SM1".to_string())];
+        let sig = signature::sign("secret", &url, &fields);
+        assert!(is_signed(&token, &url, &fields, Some(&sig)));
+        assert!(!is_signed(&token, &url, &fields, None));
+        assert!(!is_signed(&token, &url, &fields, Some("forged")));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(signature::HEADER, sig.parse().unwrap());
+        let as_twilio_spells_it = http::HeaderName::from_bytes(b"I-Twilio-Idempotency-Token");
+        headers.insert(as_twilio_spells_it.unwrap(), "tok".parse().unwrap());
+        assert_eq!(signature(&headers), Some(sig.as_str()));
+        assert_eq!(idempotency_token(&headers), Some("tok"));
+    }
+
+    #[test]
+    fn statuses_rank_forward_and_failures_are_final() {
+        let order = ["queued", "sending", "sent", "delivered", "read", "failed"];
+        assert!(
+            order
+                .windows(2)
+                .all(|w| status_rank(w[0]) < status_rank(w[1]))
+        );
+        assert_eq!(status_rank("undelivered"), status_rank("failed"));
+        assert_eq!(status_rank("something new"), 0);
+    }
+}
