@@ -2,13 +2,10 @@
 //! CSRF on replay, what the pages show, search, the live poll's 304, and that no page ever
 //! carries an auth key.
 
-mod common;
-mod dashboard_support;
-
 use std::time::Duration;
 
-use common::*;
-use dashboard_support::*;
+use crate::helpers::dashboard::*;
+use crate::helpers::*;
 use whatsapp_host::store::{EventFilter, EventState};
 use wiremock::MockServer;
 

@@ -2,17 +2,14 @@
 //! `../shared/twilio/twilio_api_v2010_messages.json` on 127.0.0.1 and validates every request
 //! the real client makes, in every form of `utils.sendWhatsappMessage`.
 
-mod common;
-mod stand_ins;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::stand_ins::*;
+use crate::helpers::*;
 use serde_json::Value;
-use stand_ins::*;
 use tokio::process::{Child, Command};
 use whatsapp_host::js::Program;
 use whatsapp_host::outbound::Caller;

@@ -1,7 +1,6 @@
 //! Stand-ins the outbound tests share: a Twilio that records each request and when it arrived,
 //! a media server that answers range probes, and a Cloud Storage service-account key made at
 //! run time. Everything listens on 127.0.0.1; nothing reaches the internet.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

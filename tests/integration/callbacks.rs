@@ -3,12 +3,10 @@
 //! What an action did is observed from outside: the actions here send a WhatsApp message whose
 //! body reports what they saw, and a `wiremock` Twilio records what was sent.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use whatsapp_host::store::{EventFilter, EventState};
 use whatsapp_host::twilio::signature;

@@ -1,8 +1,6 @@
 //! Crash safety of the real binary: a callback acknowledged with 200 survives `kill -9` of the
 //! server mid-load and is dispatched after the restart; SIGTERM then stops it cleanly.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::net::SocketAddr;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use tokio::process::{Child, Command};
 use whatsapp_host::store::{EventFilter, EventState, Store};
 use whatsapp_host::twilio::signature;

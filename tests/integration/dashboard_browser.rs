@@ -4,17 +4,14 @@
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test.sh and CI install them). Set
 //! `UPDATE_DOCS_SCREENSHOT=1` to also refresh `docs/dashboard-timeline.png`.
 
-mod common;
-mod dashboard_support;
-
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
-use dashboard_support::*;
+use crate::helpers::dashboard::*;
+use crate::helpers::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use whatsapp_host::store::{EventFilter, EventState};

@@ -1,11 +1,9 @@
 //! The `whatsapp-host` binary as users run it: `check`, `run`, `send`, `messages` and the
 //! settings errors they see.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::helpers::*;
 
 fn whatsapp_host(config: &TestConfig, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_whatsapp-host"))

@@ -1,15 +1,12 @@
 //! `/metrics` over real HTTP: after a known sequence of callbacks and sends, every counter moved
-//! by exactly what that sequence did. The recorder is process-wide, so this binary holds one
-//! test and compares before/after deltas.
-
-mod common;
-mod dashboard_support;
+//! by exactly what that sequence did. The recorder is process-wide and the other tests move it
+//! too, so the test runs alone in a process of its own and compares before/after deltas.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
-use dashboard_support::{COMPANY, TO, created, send, twilio_answers};
+use crate::helpers::dashboard::{COMPANY, TO, created, send, twilio_answers};
+use crate::helpers::*;
 use whatsapp_host::store::{EventFilter, EventState};
 use wiremock::MockServer;
 
@@ -55,6 +52,11 @@ fn delta(before: &Samples, after: &Samples, series: &str) -> f64 {
 
 #[tokio::test]
 async fn counters_move_by_exactly_what_a_known_sequence_of_requests_did() {
+    if !alone_in_a_process(
+        "metrics::counters_move_by_exactly_what_a_known_sequence_of_requests_did",
+    ) {
+        return;
+    }
     let twilio = MockServer::start().await;
     twilio_answers(&twilio, created("SM11111111111111111111111111111111", TO)).await;
     let config = TestConfig::new()

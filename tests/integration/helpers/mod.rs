@@ -1,6 +1,5 @@
 //! Test helpers shared by the integration tests: settings in a temporary folder, a server on
 //! port 0, and typed requests that talk to it over HTTP as Twilio and users do.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +14,9 @@ use whatsapp_host::services::Services;
 use whatsapp_host::settings::Settings;
 use whatsapp_host::store::Store;
 use whatsapp_host::twilio::{self, signature};
+
+pub mod dashboard;
+pub mod stand_ins;
 
 /// The app every test uses unless it says otherwise.
 pub const APP: &str = "crm";
@@ -145,7 +147,6 @@ pub fn fast_retry() -> twilio::RetryPolicy {
 
 /// A server running on port 0 in this process.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base_url: String,
     pub services: Services,
     pub http: reqwest::Client,
@@ -170,7 +171,6 @@ pub async fn spawn_app(config: &TestConfig) -> TestApp {
         let _ = rx.await;
     }));
     TestApp {
-        addr,
         base_url: format!("http://{addr}"),
         services,
         http: reqwest::Client::new(),
@@ -258,4 +258,29 @@ pub fn owned(fields: &[(&str, &str)]) -> Vec<(String, String)> {
 /// The repository root, for reading `../shared` and committed files.
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Set in the process [`alone_in_a_process`] starts, to the name of the test it runs.
+const ALONE: &str = "INTEGRATION_TEST_ALONE";
+
+/// For a test that reads process-wide state (the metrics recorder), which the other tests in
+/// this binary move while they run: reruns `test` (its path, e.g. `metrics::name`) alone in a
+/// fresh process of this binary and fails if it fails there. Returns true only in that process,
+/// where the test's body runs; elsewhere the test returns once the rerun has passed.
+pub fn alone_in_a_process(test: &str) -> bool {
+    if std::env::var(ALONE).is_ok_and(|name| name == test) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .expect("the test binary reruns");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} alone in its own process:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
 }

@@ -2,15 +2,12 @@
 //! engine against a local Twilio stand-in and media server, with its outcomes, throws, retries,
 //! media checks, sandbox spacing and store records.
 
-mod common;
-mod stand_ins;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::stand_ins::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
-use stand_ins::*;
 use whatsapp_host::js::{Program, RunError};
 use whatsapp_host::outbound::{Account, Caller, Media, SendRequest};
 use whatsapp_host::services::Services;

@@ -1,6 +1,5 @@
 //! Helpers for the dashboard tests: a config with the operator password, a logged-in HTTP
 //! client, a Twilio stand-in that accepts or refuses creates, and sends through the real path.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -9,7 +8,7 @@ use whatsapp_host::outbound::{Account, Caller, Media, Outcome, SendRequest};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::common::{ACCOUNT_SID, APP, FROM, TestApp, TestConfig};
+use crate::helpers::{ACCOUNT_SID, APP, FROM, TestApp, TestConfig};
 
 pub const PASSWORD: &str = "operator-password-for-tests";
 pub const COMPANY: &str = "ACME";
