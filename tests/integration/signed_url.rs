@@ -3,13 +3,14 @@
 
 use std::path::Path;
 
-use crate::helpers::stand_ins::{CLIENT_EMAIL, ServiceAccount};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::sha2::{Digest, Sha256};
 use rsa::signature::Verifier;
 use url::Url;
 use whatsapp_host::media::UrlSigner;
 use whatsapp_host::settings::Settings;
+
+use crate::helpers::stand_ins::{CLIENT_EMAIL, ServiceAccount};
 
 /// Loads `[gcs]` the way the host does, from a settings file in `dir`.
 fn signer(dir: &Path, gcs_toml: &str) -> UrlSigner {

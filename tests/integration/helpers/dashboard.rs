@@ -1,29 +1,66 @@
 //! Helpers for the dashboard tests: a config with the operator password, a logged-in HTTP
-//! client, a Twilio stand-in that accepts or refuses creates, and sends through the real path.
+//! client, and sends through the real path.
 
 use std::sync::Arc;
 
-use serde_json::json;
 use whatsapp_host::outbound::{Account, Caller, Media, Outcome, SendRequest};
-use wiremock::matchers::{method, path_regex};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{ACCOUNT_SID, APP, FROM, TestApp, TestConfig};
+use crate::helpers::{APP, TestApp, TestConfig};
 
 pub const PASSWORD: &str = "operator-password-for-tests";
 pub const COMPANY: &str = "ACME";
 pub const TO: &str = "+393331234567";
 
-/// Turns the dashboard on for a test config.
-pub fn with_dashboard(mut config: TestConfig) -> TestConfig {
-    config
-        .extra
-        .push_str(&format!("\n[dashboard]\npassword = \"{PASSWORD}\"\n"));
-    config
+impl TestConfig {
+    /// Turns the dashboard on, with the operator password `PASSWORD`.
+    pub fn with_dashboard(mut self) -> Self {
+        self.extra
+            .push_str(&format!("\n[dashboard]\npassword = \"{PASSWORD}\"\n"));
+        self
+    }
 }
 
-pub fn dashboard_url(app: &TestApp) -> String {
-    format!("{}/whatsapp/dashboard", app.base_url)
+impl TestApp {
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/whatsapp/dashboard", self.base_url)
+    }
+
+    /// Logs in with the operator password; returns the `Cookie` header value for the session.
+    pub async fn login(&self) -> String {
+        let response = http()
+            .post(format!("{}/auth/login", self.dashboard_url()))
+            .form(&[("password", PASSWORD), ("next", "")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "login with the right password");
+        let set_cookie = response
+            .headers()
+            .get("set-cookie")
+            .expect("login sets a cookie")
+            .to_str()
+            .unwrap();
+        set_cookie.split(';').next().unwrap().to_string()
+    }
+
+    /// Sends one message through the real outbound path, as a script would.
+    pub async fn send(&self, to: &str, body: &str) -> Outcome {
+        let caller = Caller {
+            app: Arc::clone(&self.services.settings.apps[APP]),
+            company: COMPANY.to_string(),
+        };
+        let request = SendRequest {
+            account: Account::App,
+            to: to.to_string(),
+            body: body.to_string(),
+            media: Media::None,
+        };
+        self.services
+            .outbound
+            .send(&caller, request)
+            .await
+            .expect("a well-formed send")
+    }
 }
 
 /// A client that does not follow redirects, so tests see the 303s and cookies themselves.
@@ -32,24 +69,6 @@ pub fn http() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-/// Logs in with the operator password; returns the `Cookie` header value for the session.
-pub async fn login(app: &TestApp) -> String {
-    let response = http()
-        .post(format!("{}/auth/login", dashboard_url(app)))
-        .form(&[("password", PASSWORD), ("next", "")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "login with the right password");
-    let set_cookie = response
-        .headers()
-        .get("set-cookie")
-        .expect("login sets a cookie")
-        .to_str()
-        .unwrap();
-    set_cookie.split(';').next().unwrap().to_string()
 }
 
 /// GETs a dashboard page with a session cookie; returns status and body.
@@ -63,6 +82,18 @@ pub async fn get_page(url: &str, cookie: Option<&str>) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
+/// POSTs a dashboard form holding only the CSRF token `csrf`, with a session cookie, as the
+/// page's buttons do.
+pub async fn post_with_csrf(url: &str, cookie: &str, csrf: &str) -> reqwest::Response {
+    http()
+        .post(url)
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The CSRF token a page embeds in its forms.
 pub fn csrf_in(page: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
@@ -72,48 +103,4 @@ pub fn csrf_in(page: &str) -> String {
         .next()
         .expect("csrf value")
         .to_string()
-}
-
-/// What Twilio answers to a successful create.
-pub fn created(sid: &str, to: &str) -> ResponseTemplate {
-    ResponseTemplate::new(201).set_body_json(json!({
-        "sid": sid,
-        "account_sid": ACCOUNT_SID,
-        "status": "queued",
-        "to": format!("whatsapp:{to}"),
-        "from": format!("whatsapp:{FROM}"),
-        "body": "",
-        "error_code": null,
-        "error_message": null,
-    }))
-}
-
-/// Makes the Twilio stand-in answer every create with `template`.
-pub async fn twilio_answers(server: &MockServer, template: ResponseTemplate) {
-    Mock::given(method("POST"))
-        .and(path_regex(
-            r"^/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$",
-        ))
-        .respond_with(template)
-        .mount(server)
-        .await;
-}
-
-/// Sends one message through the real outbound path, as a script would.
-pub async fn send(app: &TestApp, to: &str, body: &str) -> Outcome {
-    let caller = Caller {
-        app: Arc::clone(&app.services.settings.apps[APP]),
-        company: COMPANY.to_string(),
-    };
-    let request = SendRequest {
-        account: Account::App,
-        to: to.to_string(),
-        body: body.to_string(),
-        media: Media::None,
-    };
-    app.services
-        .outbound
-        .send(&caller, request)
-        .await
-        .expect("a well-formed send")
 }

@@ -4,19 +4,27 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use whatsapp_host::server::Application;
 use whatsapp_host::services::Services;
 use whatsapp_host::settings::Settings;
-use whatsapp_host::store::Store;
+use whatsapp_host::store::{Event, EventFilter, EventState, Store};
 use whatsapp_host::twilio::{self, signature};
+use wiremock::MockServer;
 
 pub mod dashboard;
+pub mod host;
 pub mod stand_ins;
+
+/// How long a test waits for the server to reach a state; long enough for a slow CI machine,
+/// and every wait ends as soon as its condition holds.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The app every test uses unless it says otherwise.
 pub const APP: &str = "crm";
@@ -56,6 +64,20 @@ impl TestConfig {
     pub fn api_base(mut self, url: impl Into<String>) -> Self {
         self.api_base = url.into();
         self
+    }
+
+    /// Settings whose app runs `source` for each status callback, as its action `onStatus`.
+    pub fn on_status(source: &str) -> Self {
+        Self::new().action("onStatus", source)
+    }
+
+    /// Settings in simulate mode, written: sends are answered locally, nothing leaves the
+    /// machine. For running the binary, which reads the file itself.
+    pub fn simulated() -> Self {
+        let config =
+            Self::on_status("utils.info('status ' + vo.MessageStatus);").api_base("simulate");
+        config.write("127.0.0.1:9".parse().unwrap());
+        config
     }
 
     /// Sets the app's callback action and writes its source to `actions/{id}.js`.
@@ -134,6 +156,28 @@ from_number = "{FROM}"
         let path = self.write(listen);
         Arc::new(Settings::load(&path, &[]).expect("test settings load"))
     }
+
+    /// The `whatsapp-host` binary on these settings, run in their folder, with no environment
+    /// variable that could point it at other settings or override them.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_whatsapp-host"));
+        command
+            .arg("--settings")
+            .arg(self.path())
+            .current_dir(self.dir.path())
+            .env_remove("WHATSAPP_HOST_SETTINGS")
+            .env_remove("WHATSAPP_CRM_AUTH_KEY");
+        command
+    }
+
+    /// Runs the binary with `args` as a user would and waits for it to exit.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("the binary runs")
+    }
 }
 
 /// Short retry delays so retry tests take milliseconds.
@@ -143,6 +187,28 @@ pub fn fast_retry() -> twilio::RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(200),
     }
+}
+
+/// A free port on 127.0.0.1, found by binding port 0 and letting go of it.
+pub fn free_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// Where Twilio posts status callbacks for `app` and `company` on the server at `base_url`.
+pub fn callback_url(base_url: &str, app: &str, company: &str) -> String {
+    format!("{base_url}/whatsapp/callback/{app}/{company}")
+}
+
+/// A callback request to `url`, signed with the test auth key over exactly `url`.
+pub fn signed_callback(
+    http: &reqwest::Client,
+    url: &str,
+    fields: &[(String, String)],
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, fields))
+        .form(fields)
 }
 
 /// A server running on port 0 in this process.
@@ -157,10 +223,7 @@ pub struct TestApp {
 /// Starts the server for a config, on a free port.
 pub async fn spawn_app(config: &TestConfig) -> TestApp {
     // Reserve a port first so public_url (what Twilio signs) can name it.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
-    let settings = config.settings(addr);
+    let settings = config.settings(free_addr());
     let services = Services::start_with(settings, fast_retry()).expect("services start");
     let app = Application::build(services.clone())
         .await
@@ -179,37 +242,109 @@ pub async fn spawn_app(config: &TestConfig) -> TestApp {
     }
 }
 
+/// Starts a server whose app runs `source` for each status callback and sends through a Twilio
+/// stand-in that accepts every create ([`stand_ins::mock_twilio`]); returns both.
+pub async fn spawn_app_with_twilio(source: &str) -> (TestApp, MockServer) {
+    let twilio = stand_ins::mock_twilio().await;
+    let app = spawn_app(&TestConfig::on_status(source).api_base(twilio.uri())).await;
+    (app, twilio)
+}
+
 impl TestApp {
     pub fn store(&self) -> &Store {
         &self.services.store
     }
 
     pub fn callback_url(&self, app: &str, company: &str) -> String {
-        format!("{}/whatsapp/callback/{app}/{company}", self.base_url)
+        callback_url(&self.base_url, app, company)
+    }
+
+    /// GETs `path` on the server.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Posts `fields` as a form with whatever signature and idempotency token the test chooses.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        fields: &[(String, String)],
+        signature: Option<&str>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(url).form(fields);
+        if let Some(sig) = signature {
+            request = request.header("X-Twilio-Signature", sig);
+        }
+        if let Some(token) = token {
+            request = request.header("I-Twilio-Idempotency-Token", token);
+        }
+        request.send().await.expect("callback request")
     }
 
     /// Posts a callback signed with the test auth key over exactly `url`.
-    pub async fn post_signed(&self, url: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-        let fields = owned(fields);
-        let sig = signature::sign(AUTH_KEY, url, &fields);
-        self.http
-            .post(url)
-            .header("X-Twilio-Signature", sig)
-            .form(&fields)
+    pub async fn post_signed<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        url: &str,
+        fields: &[(K, V)],
+    ) -> reqwest::Response {
+        signed_callback(&self.http, url, &owned(fields))
             .send()
             .await
             .expect("callback request")
     }
 
+    /// Posts `fields` to `url`, signed as Twilio would sign `signed_url`.
+    pub async fn post_signed_as(
+        &self,
+        url: &str,
+        signed_url: &str,
+        fields: &[(String, String)],
+    ) -> reqwest::Response {
+        let sig = signature::sign(AUTH_KEY, signed_url, fields);
+        self.post_form(url, fields, Some(&sig), None).await
+    }
+
+    /// Posts a raw body with a content type and a signature over it as an empty form.
+    pub async fn post_raw(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        self.http
+            .post(url)
+            .header("Content-Type", content_type)
+            .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, &[]))
+            .body(body)
+            .send()
+            .await
+            .expect("raw request")
+    }
+
     /// Posts a signed status callback for `sid` with `status` to the documented route.
     pub async fn post_status(&self, company: &str, sid: &str, status: &str) -> reqwest::Response {
         let url = self.callback_url(APP, company);
-        let fields = status_fields(sid, status);
-        let fields: Vec<(&str, &str)> = fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.post_signed(&url, &fields).await
+        self.post_signed(&url, &status_fields(sid, status)).await
+    }
+
+    /// `/healthz`: its status code and JSON body.
+    pub async fn healthz(&self) -> (u16, Value) {
+        let response = self.get("/healthz").await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("healthz answers JSON"))
+    }
+
+    /// Every stored event, newest first.
+    pub async fn all_events(&self) -> Vec<Event> {
+        self.store()
+            .events(EventFilter::default())
+            .await
+            .expect("events query")
     }
 
     /// Waits until `check` is true, polling the store; panics with `what` after `timeout`.
@@ -230,6 +365,27 @@ impl TestApp {
         }
     }
 
+    /// Waits until exactly `n` events are stored and every one of them is in `state`.
+    pub async fn wait_for_events(&self, n: usize, state: EventState) {
+        self.wait_for(
+            &format!("{n} event(s) in state {}", state.as_str()),
+            WAIT,
+            || async move {
+                let events = self.all_events().await;
+                events.len() == n && events.iter().all(|e| e.state == state)
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the dispatcher has nothing accepted and unfinished, so counts are final.
+    pub async fn wait_for_idle(&self) {
+        self.wait_for("the dispatch backlog to empty", WAIT, || async {
+            self.healthz().await.1["backlog"] == 0
+        })
+        .await;
+    }
+
     /// Stops the server the way SIGTERM does and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -248,10 +404,11 @@ pub fn status_fields(sid: &str, status: &str) -> Vec<(String, String)> {
     twilio::simulate::status_callback_fields(sid, ACCOUNT_SID, FROM, "+393331234567", status)
 }
 
-pub fn owned(fields: &[(&str, &str)]) -> Vec<(String, String)> {
+/// Form fields as owned pairs, whatever string type the test wrote them in.
+pub fn owned<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> Vec<(String, String)> {
     fields
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
         .collect()
 }
 
@@ -271,7 +428,7 @@ pub fn alone_in_a_process(test: &str) -> bool {
     if std::env::var(ALONE).is_ok_and(|name| name == test) {
         return true;
     }
-    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
         .args([test, "--exact", "--test-threads=1"])
         .env(ALONE, test)
         .output()
