@@ -1,10 +1,10 @@
 //! `X-Twilio-Signature` against the examples from Twilio's own helper libraries, kept in
 //! `../shared/twilio/signature_examples.json`: what those libraries accept, we accept.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use whatsapp_host::twilio::signature::{is_valid, sign};
+
+use crate::helpers::repo_root;
 
 struct Example {
     id: String,
@@ -16,8 +16,7 @@ struct Example {
 
 /// Reads one list of examples; an array value becomes the same name repeated, as in a form.
 fn examples(list: &str) -> Vec<Example> {
-    let file =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/twilio/signature_examples.json");
+    let file = repo_root().join("../shared/twilio/signature_examples.json");
     let text = std::fs::read_to_string(&file)
         .unwrap_or_else(|e| panic!("failed to read {}: {e}", file.display()));
     let json: Value = serde_json::from_str(&text).expect("examples file is JSON");

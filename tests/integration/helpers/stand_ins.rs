@@ -1,7 +1,7 @@
-//! Stand-ins the outbound tests share: a Twilio that records each request and when it arrived,
-//! a media server that answers range probes, and a Cloud Storage service-account key made at
-//! run time. Everything listens on 127.0.0.1; nothing reaches the internet.
-#![allow(dead_code)]
+//! Stand-ins the tests share: Twilios that accept or refuse creates, one that records each
+//! request and when it arrived, a media server that answers range probes, and a Cloud Storage
+//! service-account key made at run time. Everything listens on 127.0.0.1; nothing reaches the
+//! internet.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,10 @@ use base64::Engine as _;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde_json::{Value, json};
-use wiremock::matchers::{any, header, method};
+use wiremock::matchers::{any, header, method, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::{ACCOUNT_SID, FROM};
 
 /// A tenant's own Twilio account, passed by scripts in the 5–7 argument forms.
 pub const TENANT_SID: &str = "ACfedcba9876543210fedcba9876543210";
@@ -25,6 +27,46 @@ pub const CLIENT_EMAIL: &str = "media-signer@whatsapp-host-test.iam.gserviceacco
 /// What the media stand-in reports for an accepted file: a small JPEG.
 pub const MEDIA_TYPE: &str = "image/jpeg";
 pub const MEDIA_SIZE: u64 = 48_213;
+
+/// The sid [`mock_twilio`] gives every message it accepts; no test posts callbacks for it.
+pub const SENT_SID: &str = "SMffffffffffffffffffffffffffffffff";
+
+/// What Twilio answers to a successful create.
+pub fn created(sid: &str, to: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "sid": sid,
+        "account_sid": ACCOUNT_SID,
+        "status": "queued",
+        "to": format!("whatsapp:{to}"),
+        "from": format!("whatsapp:{FROM}"),
+        "body": "",
+        "error_code": null,
+        "error_message": null,
+    }))
+}
+
+/// Makes the Twilio stand-in answer every create with `template`.
+pub async fn twilio_answers(server: &MockServer, template: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path_regex(
+            r"^/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$",
+        ))
+        .respond_with(template)
+        .mount(server)
+        .await;
+}
+
+/// A Twilio stand-in that answers every create with `template`.
+pub async fn twilio_answering(template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    twilio_answers(&server, template).await;
+    server
+}
+
+/// A Twilio stand-in that accepts every message create, always as [`SENT_SID`].
+pub async fn mock_twilio() -> MockServer {
+    twilio_answering(created(SENT_SID, "+393331234567")).await
+}
 
 /// How the Twilio stand-in answers one request.
 #[derive(Debug, Clone)]

@@ -1,17 +1,16 @@
 //! Cloud Storage V4 signed URLs: made with a key generated at run time, then checked against
 //! Google's documented V4 algorithm rebuilt here independently, down to the RSA signature.
 
-mod stand_ins;
-
 use std::path::Path;
 
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::sha2::{Digest, Sha256};
 use rsa::signature::Verifier;
-use stand_ins::{CLIENT_EMAIL, ServiceAccount};
 use url::Url;
 use whatsapp_host::media::UrlSigner;
 use whatsapp_host::settings::Settings;
+
+use crate::helpers::stand_ins::{CLIENT_EMAIL, ServiceAccount};
 
 /// Loads `[gcs]` the way the host does, from a settings file in `dir`.
 fn signer(dir: &Path, gcs_toml: &str) -> UrlSigner {

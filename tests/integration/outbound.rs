@@ -2,161 +2,21 @@
 //! engine against a local Twilio stand-in and media server, with its outcomes, throws, retries,
 //! media checks, sandbox spacing and store records.
 
-mod common;
-mod stand_ins;
-
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
-use stand_ins::*;
-use whatsapp_host::js::{Program, RunError};
-use whatsapp_host::outbound::{Account, Caller, Media, SendRequest};
-use whatsapp_host::services::Services;
+use whatsapp_host::outbound::{Account, Media, SendRequest};
 use whatsapp_host::store::MessageFilter;
 use whatsapp_host::twilio::RetryPolicy;
 use wiremock::{MockServer, Request};
 
-/// The company every send is made for.
-const COMPANY: &str = "ACME";
-/// Sends run without an HTTP server; the listen address only shapes the callback URL.
-const LISTEN: &str = "127.0.0.1:0";
+use crate::helpers::host::{COMPANY, Host, Setup};
+use crate::helpers::stand_ins::*;
+use crate::helpers::*;
 /// Where app sends ask Twilio to post status callbacks: the documented route under `public_url`.
 const CALLBACK: &str = "http://127.0.0.1:0/whatsapp/callback/crm/ACME";
 /// The recipient every valid spelling in these tests stands for.
 const TO: &str = "whatsapp:+393331234567";
-
-/// How a test wants its host set up; `Setup::default()` is the usual one.
-struct Setup {
-    /// The media server; `None` starts one serving an accepted JPEG.
-    media: Option<MockServer>,
-    /// Whether `[gcs]` names a service-account key (signed URLs point at the media server).
-    gcs: bool,
-    media_check: bool,
-    app_toml: String,
-    extra: String,
-    retry: RetryPolicy,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            media: None,
-            gcs: true,
-            media_check: true,
-            app_toml: String::new(),
-            extra: String::new(),
-            retry: fast_retry(),
-        }
-    }
-}
-
-/// The outbound services wired to the stand-ins, plus what the test needs to inspect them.
-struct Host {
-    services: Services,
-    media: MockServer,
-    key: ServiceAccount,
-    /// Owns the temporary folder holding the settings, key and store.
-    config: TestConfig,
-}
-
-impl Host {
-    async fn start(api_base: &str, setup: Setup) -> Host {
-        let media = match setup.media {
-            Some(media) => media,
-            None => media_server(MEDIA_TYPE, MEDIA_SIZE).await,
-        };
-        let mut config = TestConfig::new().api_base(api_base);
-        let key = ServiceAccount::create(config.dir.path());
-        config.media_check = setup.media_check;
-        config.app_toml = setup.app_toml;
-        config.extra = setup.extra;
-        if setup.gcs {
-            config.extra += &key.gcs_toml(600, Some(&media.uri()));
-        }
-        let listen: SocketAddr = LISTEN.parse().unwrap();
-        let services = Services::start_with(config.settings(listen), setup.retry)
-            .expect("services start on the test settings");
-        Host {
-            services,
-            media,
-            key,
-            config,
-        }
-    }
-
-    async fn with_twilio(twilio: &TwilioStandIn) -> Host {
-        Host::start(&twilio.uri(), Setup::default()).await
-    }
-
-    fn caller(&self, app: &str) -> Caller {
-        Caller {
-            app: self.services.settings.apps[app].clone(),
-            company: COMPANY.to_string(),
-        }
-    }
-
-    async fn run(&self, app: &str, source: &str) -> Result<Option<Value>, RunError> {
-        self.services
-            .engine
-            .run(
-                self.caller(app),
-                Program::Script {
-                    name: "test.js".into(),
-                    source: source.into(),
-                },
-            )
-            .await
-    }
-
-    /// Runs `call` as the `crm` app; checks it returned a string and parses it as JSON.
-    async fn send(&self, call: &str) -> Value {
-        self.send_as("crm", call).await
-    }
-
-    async fn send_as(&self, app: &str, call: &str) -> Value {
-        let source = format!(
-            "const outcome = {call};\n\
-             if (typeof outcome !== 'string') throw new Error('returned a ' + typeof outcome);\n\
-             outcome"
-        );
-        match self.run(app, &source).await {
-            Ok(Some(Value::String(text))) => {
-                serde_json::from_str(&text).expect("the outcome is a JSON string")
-            }
-            other => panic!("{call} did not return a string: {other:?}"),
-        }
-    }
-
-    /// Runs `call` as `app` and returns the class name and message of what it threw.
-    async fn throws(&self, app: &str, call: &str) -> (String, String) {
-        let source = format!(
-            "let thrown = null;\n\
-             try {{ {call}; }} catch (e) {{ thrown = JSON.stringify({{ name: e.name, message: e.message }}); }}\n\
-             thrown"
-        );
-        match self.run(app, &source).await {
-            Ok(Some(Value::String(text))) => {
-                let v: Value = serde_json::from_str(&text).unwrap();
-                (
-                    v["name"].as_str().unwrap().to_string(),
-                    v["message"].as_str().unwrap().to_string(),
-                )
-            }
-            other => panic!("{call} did not throw: {other:?}"),
-        }
-    }
-
-    fn media_url(&self, path: &str) -> String {
-        format!("{}{path}", self.media.uri())
-    }
-
-    /// Every probe the media server received.
-    async fn probes(&self) -> Vec<Request> {
-        self.media.received_requests().await.unwrap()
-    }
-}
 
 /// A JS string literal.
 fn js(s: &str) -> String {
@@ -727,10 +587,7 @@ async fn hung_twilio_gives_a_timed_out_outcome_within_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_gives_an_unreachable_outcome_quickly() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = free_addr();
     let host = Host::start(&format!("http://{closed}"), Setup::default()).await;
     let started = Instant::now();
     let outcome = host.send(&call(&[js("+39 333 123 4567"), js("hi")])).await;

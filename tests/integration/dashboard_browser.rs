@@ -4,21 +4,19 @@
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test.sh and CI install them). Set
 //! `UPDATE_DOCS_SCREENSHOT=1` to also refresh `docs/dashboard-timeline.png`.
 
-mod common;
-mod dashboard_support;
-
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
-use dashboard_support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-use whatsapp_host::store::{EventFilter, EventState};
-use wiremock::{MockServer, ResponseTemplate};
+use whatsapp_host::store::EventState;
+use wiremock::ResponseTemplate;
+
+use crate::helpers::dashboard::*;
+use crate::helpers::stand_ins::{created, twilio_answering, twilio_answers};
+use crate::helpers::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -40,11 +38,7 @@ impl Browser {
                 "{binary} is missing: install Debian's chromium and chromium-driver (scripts/test.sh does)"
             );
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_addr().port();
         // A process group of its own, shared by the Chromium it starts, so that dropping the
         // browser ends Chromium too, even when a failing test never closed the session.
         let driver = Command::new(CHROMEDRIVER)
@@ -136,6 +130,16 @@ impl Browser {
         texts
     }
 
+    /// What `script` returns when the page runs it, as a number.
+    async fn number(&self, script: &str) -> f64 {
+        self.client()
+            .execute(script, vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    }
+
     /// Waits until `check` passes on what the page shows; the page updates by itself.
     async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
     where
@@ -207,27 +211,24 @@ fn screenshot_paths(name: &str) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn message_page_shows_the_send_then_sent_delivered_and_read_as_they_arrive() {
-    let twilio = MockServer::start().await;
     let sid = "SM5f2c9a41d7e04b6f8a3c1e2d9b7a6c50";
-    twilio_answers(&twilio, created(sid, TO)).await;
-    let config = with_dashboard(
-        TestConfig::new()
-            .api_base(twilio.uri())
-            .action("onStatus", "utils.info('status ' + vo.MessageStatus);"),
-    );
+    let twilio = twilio_answering(created(sid, TO)).await;
+    let config = TestConfig::on_status("utils.info('status ' + vo.MessageStatus);")
+        .api_base(twilio.uri())
+        .with_dashboard();
     let app = spawn_app(&config).await;
-    let outcome = send(
-        &app,
-        "+39 333 123 4567",
-        "Your order #1042 has shipped. Track it at https://example.com/t/1042",
-    )
-    .await;
+    let outcome = app
+        .send(
+            "+39 333 123 4567",
+            "Your order #1042 has shipped. Track it at https://example.com/t/1042",
+        )
+        .await;
     assert_eq!(outcome.sid(), Some(sid));
     app.store().flush().await.unwrap();
 
     let browser = Browser::start().await;
     let b = &browser;
-    let page = format!("{}/messages/{sid}", dashboard_url(&app));
+    let page = format!("{}/messages/{sid}", app.dashboard_url());
     browser.goto(&page).await;
     browser.log_in(PASSWORD).await;
     browser
@@ -283,7 +284,7 @@ async fn message_page_shows_the_send_then_sent_delivered_and_read_as_they_arrive
     for path in screenshot_paths("dashboard-timeline.png") {
         browser.screenshot(&path).await;
     }
-    browser.goto(&dashboard_url(&app)).await;
+    browser.goto(&app.dashboard_url()).await;
     assert!(browser.text("#messages").await.contains(sid));
     browser
         .screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-messages.png"))
@@ -292,20 +293,10 @@ async fn message_page_shows_the_send_then_sent_delivered_and_read_as_they_arrive
     // The same page on a phone-sized screen: still one column, nothing cut off.
     browser.client().set_window_size(390, 844).await.unwrap();
     browser.goto(&page).await;
-    let width: f64 = browser
-        .client()
-        .execute("return document.documentElement.scrollWidth;", vec![])
-        .await
-        .unwrap()
-        .as_f64()
-        .unwrap();
-    let viewport: f64 = browser
-        .client()
-        .execute("return window.innerWidth;", vec![])
-        .await
-        .unwrap()
-        .as_f64()
-        .unwrap();
+    let width = browser
+        .number("return document.documentElement.scrollWidth;")
+        .await;
+    let viewport = browser.number("return window.innerWidth;").await;
     assert!(
         width <= viewport,
         "the page is {width}px wide on a {viewport}px screen"
@@ -322,13 +313,9 @@ async fn message_page_shows_the_send_then_sent_delivered_and_read_as_they_arrive
 
 #[tokio::test]
 async fn replay_button_reruns_a_dead_event_and_the_page_shows_it_done() {
-    let twilio = MockServer::start().await;
-    twilio_answers(
-        &twilio,
-        ResponseTemplate::new(500).set_body_json(json!({
-            "code": 20500, "message": "Internal Server Error", "status": 500
-        })),
-    )
+    let twilio = twilio_answering(ResponseTemplate::new(500).set_body_json(json!({
+        "code": 20500, "message": "Internal Server Error", "status": 500
+    })))
     .await;
     // The action sends a follow-up and throws when that send fails, so its fate depends on
     // the Twilio stand-in, which the test can change between the first run and the replay.
@@ -338,11 +325,9 @@ async fn replay_button_reruns_a_dead_event_and_the_page_shows_it_done() {
             throw new Error('follow-up send failed with ' + out.error_code + ': ' + out.error_message);
         }
     ";
-    let mut config = with_dashboard(
-        TestConfig::new()
-            .api_base(twilio.uri())
-            .action("onStatus", action),
-    );
+    let mut config = TestConfig::on_status(action)
+        .api_base(twilio.uri())
+        .with_dashboard();
     config.actions_toml = "max_attempts = 1".into();
     let app = spawn_app(&config).await;
     let sid = "SM0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a";
@@ -350,23 +335,13 @@ async fn replay_button_reruns_a_dead_event_and_the_page_shows_it_done() {
         app.post_status(COMPANY, sid, "delivered").await.status(),
         200
     );
-    let event_id = {
-        let store = app.store().clone();
-        app.wait_for("the event to be dead", Duration::from_secs(10), || {
-            let store = store.clone();
-            async move {
-                let events = store.events(EventFilter::default()).await.unwrap();
-                events.len() == 1 && events[0].state == EventState::Dead
-            }
-        })
-        .await;
-        store.events(EventFilter::default()).await.unwrap()[0].id
-    };
+    app.wait_for_events(1, EventState::Dead).await;
+    let event_id = app.all_events().await[0].id;
 
     let browser = Browser::start().await;
     let b = &browser;
     browser
-        .goto(&format!("{}/events", dashboard_url(&app)))
+        .goto(&format!("{}/events", app.dashboard_url()))
         .await;
     browser.log_in(PASSWORD).await;
     let row = &format!("tr[data-event=\"{event_id}\"]");
@@ -423,7 +398,7 @@ async fn replay_button_reruns_a_dead_event_and_the_page_shows_it_done() {
 
 #[tokio::test]
 async fn without_the_password_the_browser_gets_the_login_page_and_no_data() {
-    let config = with_dashboard(TestConfig::new());
+    let config = TestConfig::new().with_dashboard();
     let app = spawn_app(&config).await;
     let sid = "SMa1b2c3d4e5f60718293a4b5c6d7e8f90";
     assert_eq!(
@@ -434,11 +409,11 @@ async fn without_the_password_the_browser_gets_the_login_page_and_no_data() {
 
     let browser = Browser::start().await;
     let b = &browser;
-    let page = format!("{}/messages/{sid}", dashboard_url(&app));
+    let page = format!("{}/messages/{sid}", app.dashboard_url());
     for url in [
         page.clone(),
-        dashboard_url(&app),
-        format!("{}/events", dashboard_url(&app)),
+        app.dashboard_url(),
+        format!("{}/events", app.dashboard_url()),
     ] {
         browser.goto(&url).await;
         let source = browser.client().source().await.unwrap();

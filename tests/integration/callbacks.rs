@@ -3,52 +3,18 @@
 //! What an action did is observed from outside: the actions here send a WhatsApp message whose
 //! body reports what they saw, and a `wiremock` Twilio records what was sent.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
 use whatsapp_host::store::{EventFilter, EventState};
 use whatsapp_host::twilio::signature;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
-/// Long enough for a slow CI machine; every wait ends as soon as its condition holds.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The sid the mock Twilio gives every message it accepts; no test posts callbacks for it.
-const SENT_SID: &str = "SMffffffffffffffffffffffffffffffff";
+use crate::helpers::stand_ins::mock_twilio;
+use crate::helpers::*;
 
 /// An action that reports everything it saw as the body of a message.
 const ECHO_VO: &str = "utils.sendWhatsappMessage('+393331234567', JSON.stringify(vo));";
-
-/// A Twilio stand-in that accepts every message create for the test account.
-async fn mock_twilio() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
-        )))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
-            "sid": SENT_SID,
-            "account_sid": ACCOUNT_SID,
-            "status": "queued",
-        })))
-        .mount(&server)
-        .await;
-    server
-}
-
-/// Settings whose app runs `source` for each callback and sends through `twilio`.
-fn config_with(twilio: &MockServer, source: &str) -> TestConfig {
-    let mut config = TestConfig::new()
-        .api_base(twilio.uri())
-        .action("onStatus", source);
-    config.media_check = false;
-    config
-}
 
 /// The `Body` of every message the mock Twilio received, in order.
 async fn sent_bodies(twilio: &MockServer) -> Vec<String> {
@@ -77,128 +43,38 @@ async fn sent_json(twilio: &MockServer) -> Vec<Value> {
         .collect()
 }
 
-/// Posts `fields` as a form with whatever signature and idempotency token the test chooses.
-async fn post_form(
-    app: &TestApp,
-    url: &str,
-    fields: &[(String, String)],
-    signature: Option<&str>,
-    token: Option<&str>,
-) -> reqwest::Response {
-    let mut request = app.http.post(url).form(fields);
-    if let Some(sig) = signature {
-        request = request.header("X-Twilio-Signature", sig);
-    }
-    if let Some(token) = token {
-        request = request.header("I-Twilio-Idempotency-Token", token);
-    }
-    request.send().await.expect("callback request")
-}
-
-/// Posts `fields` to `url`, signed as Twilio would sign `signed_url`.
-async fn post_signed_as(
-    app: &TestApp,
-    url: &str,
-    signed_url: &str,
-    fields: &[(String, String)],
-) -> reqwest::Response {
-    let sig = signature::sign(AUTH_KEY, signed_url, fields);
-    post_form(app, url, fields, Some(&sig), None).await
-}
-
-/// Posts a raw body with a content type and a signature over it as a form, when it is one.
-async fn post_raw(
-    app: &TestApp,
-    url: &str,
-    content_type: &str,
-    body: Vec<u8>,
-) -> reqwest::Response {
-    app.http
-        .post(url)
-        .header("Content-Type", content_type)
-        .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, &[]))
-        .body(body)
-        .send()
-        .await
-        .expect("raw request")
-}
-
-async fn all_events(app: &TestApp) -> Vec<whatsapp_host::store::Event> {
-    app.store()
-        .events(EventFilter::default())
-        .await
-        .expect("events query")
-}
-
-/// Waits until exactly `n` events are stored and every one of them is in `state`.
-async fn wait_for_events(app: &TestApp, n: usize, state: EventState) {
-    app.wait_for(
-        &format!("{n} event(s) in state {}", state.as_str()),
-        WAIT,
-        || async move {
-            let events = all_events(app).await;
-            events.len() == n && events.iter().all(|e| e.state == state)
-        },
-    )
-    .await;
-}
-
-async fn healthz(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .http
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .expect("healthz request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("healthz answers JSON"))
-}
-
-/// Waits until the dispatcher has nothing accepted and unfinished, so counts are final.
-async fn wait_for_idle(app: &TestApp) {
-    app.wait_for("the dispatch backlog to empty", WAIT, || async {
-        healthz(app).await.1["backlog"] == 0
-    })
-    .await;
-}
-
 /// After requests that must have changed nothing, a good callback still gets through: proves
 /// the server kept serving and gives asynchronous dispatch a point to be observed at.
 async fn assert_still_serving(app: &TestApp, sid: &str) {
     let response = app.post_status("ACME", sid, "delivered").await;
     assert_eq!(response.status(), 200, "a good callback after the bad ones");
-    wait_for_events(app, 1, EventState::Done).await;
-    assert_eq!(all_events(app).await[0].message_sid.as_deref(), Some(sid));
+    app.wait_for_events(1, EventState::Done).await;
+    assert_eq!(app.all_events().await[0].message_sid.as_deref(), Some(sid));
 }
 
 #[tokio::test]
 async fn signed_callback_is_stored_and_dispatched() {
-    let config = TestConfig::new().action("onStatus", "utils.info('got ' + vo.MessageStatus);");
+    let config = TestConfig::on_status("utils.info('got ' + vo.MessageStatus);");
     let app = spawn_app(&config).await;
     let response = app
         .post_status("ACME", "SM00000000000000000000000000000001", "delivered")
         .await;
     assert_eq!(response.status(), 200);
-    app.wait_for("the event to be done", Duration::from_secs(5), || async {
-        let events = app.store().events(EventFilter::default()).await.unwrap();
-        events.len() == 1 && events[0].state == EventState::Done
-    })
-    .await;
+    app.wait_for_events(1, EventState::Done).await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn action_sees_exactly_the_posted_fields_plus_app_and_company() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let sid = "SM00000000000000000000000000000002";
     let mut fields = status_fields(sid, "undelivered");
     fields.push(("Note".into(), "a b&c=d €".into()));
     // A company with a space travels percent-encoded in the path Twilio signs.
     let url = format!("{}/whatsapp/callback/{APP}/Acme%20Srl", app.base_url);
-    let response = post_signed_as(&app, &url, &url, &fields).await;
+    let response = app.post_signed_as(&url, &url, &fields).await;
     assert_eq!(response.status(), 200);
-    wait_for_events(&app, 1, EventState::Done).await;
+    app.wait_for_events(1, EventState::Done).await;
 
     let mut expected: BTreeMap<String, String> = fields.into_iter().collect();
     expected.insert("appId".into(), APP.into());
@@ -210,24 +86,25 @@ async fn action_sees_exactly_the_posted_fields_plus_app_and_company() {
 
 #[tokio::test]
 async fn callback_with_forged_signature_is_rejected_and_not_stored() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let fields = status_fields("SM00000000000000000000000000000003", "delivered");
 
     let other_key = signature::sign("not-the-auth-key", &url, &fields);
-    let response = post_form(&app, &url, &fields, Some(&other_key), None).await;
+    let response = app.post_form(&url, &fields, Some(&other_key), None).await;
     assert_eq!(response.status(), 403, "signed with another key");
-    let garbage = post_form(&app, &url, &fields, Some("bm90IGEgc2lnbmF0dXJl"), None).await;
+    let garbage = app
+        .post_form(&url, &fields, Some("bm90IGEgc2lnbmF0dXJl"), None)
+        .await;
     assert_eq!(garbage.status(), 403, "a made-up signature");
     // A valid signature for other fields: the body was tampered with after signing.
     let mut tampered = fields.clone();
     let sig = signature::sign(AUTH_KEY, &url, &fields);
     tampered[2].1 = "read".into();
-    let response = post_form(&app, &url, &tampered, Some(&sig), None).await;
+    let response = app.post_form(&url, &tampered, Some(&sig), None).await;
     assert_eq!(response.status(), 403, "fields changed after signing");
 
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000033").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -235,17 +112,16 @@ async fn callback_with_forged_signature_is_rejected_and_not_stored() {
 
 #[tokio::test]
 async fn callback_without_signature_is_rejected_and_not_stored() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let fields = status_fields("SM00000000000000000000000000000004", "delivered");
 
-    let response = post_form(&app, &url, &fields, None, None).await;
+    let response = app.post_form(&url, &fields, None, None).await;
     assert_eq!(response.status(), 403, "no signature header");
-    let response = post_form(&app, &url, &fields, Some(""), None).await;
+    let response = app.post_form(&url, &fields, Some(""), None).await;
     assert_eq!(response.status(), 403, "an empty signature header");
 
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000044").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -253,8 +129,7 @@ async fn callback_without_signature_is_rejected_and_not_stored() {
 
 #[tokio::test]
 async fn callback_signed_for_another_url_is_rejected_and_not_stored() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let fields = status_fields("SM00000000000000000000000000000005", "delivered");
     let stale = [
@@ -268,11 +143,11 @@ async fn callback_signed_for_another_url_is_rejected_and_not_stored() {
         format!("{url}?x=1"),
     ];
     for signed in &stale {
-        let response = post_signed_as(&app, &url, signed, &fields).await;
+        let response = app.post_signed_as(&url, signed, &fields).await;
         assert_eq!(response.status(), 403, "signed over {signed}");
     }
 
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000055").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -281,7 +156,7 @@ async fn callback_signed_for_another_url_is_rejected_and_not_stored() {
 #[tokio::test]
 async fn signature_over_the_default_port_variants_is_accepted() {
     // Twilio calls https://hooks.example.test/platform/...; a proxy forwards to this server.
-    let mut config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let mut config = TestConfig::on_status("utils.debug(vo.MessageSid);");
     config.public_url = Some("https://hooks.example.test/platform".into());
     let app = spawn_app(&config).await;
     let path = format!("/platform/whatsapp/callback/{APP}/ACME");
@@ -294,19 +169,19 @@ async fn signature_over_the_default_port_variants_is_accepted() {
     .enumerate()
     {
         let fields = status_fields(&format!("SM0000000000000000000000000000006{i}"), "sent");
-        let response = post_signed_as(&app, &url, signed, &fields).await;
+        let response = app.post_signed_as(&url, signed, &fields).await;
         assert_eq!(response.status(), 200, "signed over {signed}");
     }
     // The default port of the other scheme is not a variant of this URL.
     let fields = status_fields("SM00000000000000000000000000000069", "sent");
     let signed = format!("https://hooks.example.test:80{path}");
-    let response = post_signed_as(&app, &url, &signed, &fields).await;
+    let response = app.post_signed_as(&url, &signed, &fields).await;
     assert_eq!(response.status(), 403, "signed over {signed}");
-    wait_for_events(&app, 2, EventState::Done).await;
+    app.wait_for_events(2, EventState::Done).await;
     app.stop().await;
 
     // Registered with an explicit port, Twilio may sign the URL without it.
-    let mut config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let mut config = TestConfig::on_status("utils.debug(vo.MessageSid);");
     config.public_url = Some("http://hooks.example.test:8080".into());
     let app = spawn_app(&config).await;
     let path = format!("/whatsapp/{APP}/ACME");
@@ -319,32 +194,23 @@ async fn signature_over_the_default_port_variants_is_accepted() {
     .enumerate()
     {
         let fields = status_fields(&format!("SM0000000000000000000000000000007{i}"), "sent");
-        let response = post_signed_as(&app, &url, signed, &fields).await;
+        let response = app.post_signed_as(&url, signed, &fields).await;
         assert_eq!(response.status(), 200, "signed over {signed}");
     }
-    wait_for_events(&app, 2, EventState::Done).await;
+    app.wait_for_events(2, EventState::Done).await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn both_callback_routes_store_and_dispatch() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let documented = app.callback_url(APP, "ACME");
     let console = format!("{}/whatsapp/{APP}/NODEFINED", app.base_url);
     let first = status_fields("SM00000000000000000000000000000008", "sent");
     let second = status_fields("SM00000000000000000000000000000009", "sent");
-    assert_eq!(
-        app.post_signed(&documented, &borrowed(&first))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.post_signed(&console, &borrowed(&second)).await.status(),
-        200
-    );
-    wait_for_events(&app, 2, EventState::Done).await;
+    assert_eq!(app.post_signed(&documented, &first).await.status(), 200);
+    assert_eq!(app.post_signed(&console, &second).await.status(), 200);
+    app.wait_for_events(2, EventState::Done).await;
 
     let mut seen: Vec<(String, String)> = sent_json(&twilio)
         .await
@@ -370,26 +236,18 @@ async fn both_callback_routes_store_and_dispatch() {
     app.stop().await;
 }
 
-fn borrowed(fields: &[(String, String)]) -> Vec<(&str, &str)> {
-    fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
-}
-
 #[tokio::test]
 async fn callback_for_an_unknown_app_is_not_found() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     for url in [
         app.callback_url("nosuchapp", "ACME"),
         format!("{}/whatsapp/nosuchapp/ACME", app.base_url),
     ] {
         let fields = status_fields("SM00000000000000000000000000000010", "sent");
-        let response = post_signed_as(&app, &url, &url, &fields).await;
+        let response = app.post_signed_as(&url, &url, &fields).await;
         assert_eq!(response.status(), 404, "{url}");
     }
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000011").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -397,7 +255,7 @@ async fn callback_for_an_unknown_app_is_not_found() {
 
 #[tokio::test]
 async fn callback_body_over_64_kib_is_too_large() {
-    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let config = TestConfig::on_status("utils.debug(vo.MessageSid);");
     let app = spawn_app(&config).await;
     let url = app.callback_url(APP, "ACME");
     let limit = 64 * 1024;
@@ -408,25 +266,25 @@ async fn callback_body_over_64_kib_is_too_large() {
     let base = serde_urlencoded::to_string(&fields).unwrap().len();
     fields.last_mut().unwrap().1 = "a".repeat(limit - base);
     assert_eq!(serde_urlencoded::to_string(&fields).unwrap().len(), limit);
-    let response = post_signed_as(&app, &url, &url, &fields).await;
+    let response = app.post_signed_as(&url, &url, &fields).await;
     assert_eq!(response.status(), 200, "exactly 64 KiB");
 
     fields[0].1 = "SM00000000000000000000000000000013".into();
     fields.last_mut().unwrap().1.push('a');
-    let response = post_signed_as(&app, &url, &url, &fields).await;
+    let response = app.post_signed_as(&url, &url, &fields).await;
     assert_eq!(response.status(), 413, "64 KiB and one byte");
-    let huge = post_raw(
-        &app,
-        &url,
-        "application/x-www-form-urlencoded",
-        vec![b'a'; 1024 * 1024],
-    )
-    .await;
+    let huge = app
+        .post_raw(
+            &url,
+            "application/x-www-form-urlencoded",
+            vec![b'a'; 1024 * 1024],
+        )
+        .await;
     assert_eq!(huge.status(), 413, "1 MiB");
 
-    wait_for_events(&app, 1, EventState::Done).await;
+    app.wait_for_events(1, EventState::Done).await;
     assert_eq!(
-        all_events(&app).await[0].message_sid.as_deref(),
+        app.all_events().await[0].message_sid.as_deref(),
         Some("SM00000000000000000000000000000012")
     );
     app.stop().await;
@@ -434,14 +292,15 @@ async fn callback_body_over_64_kib_is_too_large() {
 
 #[tokio::test]
 async fn callback_that_is_not_a_form_is_unsupported_media_type() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let json_body =
         serde_json::to_vec(&json!({"MessageSid": "SM00000000000000000000000000000014"})).unwrap();
-    let response = post_raw(&app, &url, "application/json", json_body).await;
+    let response = app.post_raw(&url, "application/json", json_body).await;
     assert_eq!(response.status(), 415, "a JSON body");
-    let response = post_raw(&app, &url, "text/plain", b"MessageSid=SM1".to_vec()).await;
+    let response = app
+        .post_raw(&url, "text/plain", b"MessageSid=SM1".to_vec())
+        .await;
     assert_eq!(response.status(), 415, "a form sent as text/plain");
     let response = app
         .http
@@ -452,7 +311,7 @@ async fn callback_that_is_not_a_form_is_unsupported_media_type() {
         .unwrap();
     assert_eq!(response.status(), 415, "no content type");
 
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000015").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -460,8 +319,7 @@ async fn callback_that_is_not_a_form_is_unsupported_media_type() {
 
 #[tokio::test]
 async fn callback_with_an_undecodable_body_is_a_bad_request() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let form = "application/x-www-form-urlencoded";
     let bodies: [(&str, Vec<u8>); 4] = [
@@ -480,11 +338,11 @@ async fn callback_with_an_undecodable_body_is_a_bad_request() {
         ),
     ];
     for (what, body) in bodies {
-        let response = post_raw(&app, &url, form, body).await;
+        let response = app.post_raw(&url, form, body).await;
         assert_eq!(response.status(), 400, "{what}");
     }
 
-    assert!(all_events(&app).await.is_empty(), "nothing stored");
+    assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000016").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
@@ -492,17 +350,16 @@ async fn callback_with_an_undecodable_body_is_a_bad_request() {
 
 #[tokio::test]
 async fn throwing_action_ends_dead_after_max_attempts_with_its_error() {
-    let mut config = TestConfig::new().action(
-        "onStatus",
+    let mut config = TestConfig::on_status(
         "function explode(sid) { throw new Error('no handler for ' + sid); }\nexplode(vo.MessageSid);",
     );
     config.actions_toml = "max_attempts = 3".into();
     let app = spawn_app(&config).await;
     let sid = "SM00000000000000000000000000000017";
     assert_eq!(app.post_status("ACME", sid, "read").await.status(), 200);
-    wait_for_events(&app, 1, EventState::Dead).await;
+    app.wait_for_events(1, EventState::Dead).await;
 
-    let event = all_events(&app).await.remove(0);
+    let event = app.all_events().await.remove(0);
     assert_eq!(event.attempts, 3);
     let error = event.last_error.expect("the error is stored");
     assert!(
@@ -516,11 +373,11 @@ async fn throwing_action_ends_dead_after_max_attempts_with_its_error() {
 #[tokio::test]
 async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
     let twilio = mock_twilio().await;
-    let mut config = config_with(
-        &twilio,
+    let mut config = TestConfig::on_status(
         "if (vo.MessageStatus === 'sent') { while (true) {} }\n\
          utils.sendWhatsappMessage('+393331234567', vo.MessageSid);",
-    );
+    )
+    .api_base(twilio.uri());
     // The loop limit stays far above what 300 ms can run, so the wall clock is what stops it;
     // it still ends the abandoned workers' spinning once the test has its answer.
     config.actions_toml =
@@ -536,7 +393,7 @@ async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
         assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
     }
     app.wait_for("the looping events to be dead", WAIT, || async {
-        all_events(&app)
+        app.all_events()
             .await
             .iter()
             .filter(|e| e.state == EventState::Dead)
@@ -544,7 +401,7 @@ async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
             == 2
     })
     .await;
-    for event in all_events(&app).await {
+    for event in app.all_events().await {
         let error = event.last_error.unwrap_or_default();
         assert!(
             error.contains("wall-clock budget of 300ms exceeded"),
@@ -564,7 +421,7 @@ async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
         );
     }
     app.wait_for("the later events to be done", WAIT, || async {
-        all_events(&app)
+        app.all_events()
             .await
             .iter()
             .filter(|e| e.state == EventState::Done)
@@ -580,13 +437,13 @@ async fn looping_action_is_stopped_by_its_budget_and_later_events_still_run() {
 
 #[tokio::test]
 async fn out_of_order_status_events_leave_the_most_advanced_status() {
-    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageStatus);");
+    let config = TestConfig::on_status("utils.debug(vo.MessageStatus);");
     let app = spawn_app(&config).await;
     let sid = "SM00000000000000000000000000000023";
     for status in ["read", "sent", "delivered"] {
         assert_eq!(app.post_status("ACME", sid, status).await.status(), 200);
     }
-    wait_for_events(&app, 3, EventState::Done).await;
+    app.wait_for_events(3, EventState::Done).await;
     let (message, events) = app.store().message(sid).await.unwrap().expect("a row");
     assert_eq!(message.status, "read");
     assert_eq!(message.app, APP);
@@ -601,13 +458,13 @@ async fn out_of_order_status_events_leave_the_most_advanced_status() {
 
 #[tokio::test]
 async fn failed_status_is_final() {
-    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageStatus);");
+    let config = TestConfig::on_status("utils.debug(vo.MessageStatus);");
     let app = spawn_app(&config).await;
     let sid = "SM00000000000000000000000000000024";
     for status in ["sent", "failed", "delivered", "read"] {
         assert_eq!(app.post_status("ACME", sid, status).await.status(), 200);
     }
-    wait_for_events(&app, 4, EventState::Done).await;
+    app.wait_for_events(4, EventState::Done).await;
     let (message, _) = app.store().message(sid).await.unwrap().expect("a row");
     assert_eq!(message.status, "failed");
     assert_eq!(message.error_code.as_deref(), Some("63016"));
@@ -616,23 +473,26 @@ async fn failed_status_is_final() {
 
 #[tokio::test]
 async fn repeated_delivery_with_the_same_idempotency_token_is_dispatched_once() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let url = app.callback_url(APP, "ACME");
     let sign = |fields: &[(String, String)]| signature::sign(AUTH_KEY, &url, fields);
     let first = status_fields("SM00000000000000000000000000000025", "delivered");
     // Same token, other content: the token alone makes it a repeat.
     let other = status_fields("SM00000000000000000000000000000026", "read");
     for fields in [&first, &first, &other] {
-        let response = post_form(&app, &url, fields, Some(&sign(fields)), Some("ID-one")).await;
+        let response = app
+            .post_form(&url, fields, Some(&sign(fields)), Some("ID-one"))
+            .await;
         assert_eq!(response.status(), 200, "every delivery is acknowledged");
     }
-    let response = post_form(&app, &url, &other, Some(&sign(&other)), Some("ID-two")).await;
+    let response = app
+        .post_form(&url, &other, Some(&sign(&other)), Some("ID-two"))
+        .await;
     assert_eq!(response.status(), 200);
-    wait_for_events(&app, 2, EventState::Done).await;
-    wait_for_idle(&app).await;
+    app.wait_for_events(2, EventState::Done).await;
+    app.wait_for_idle().await;
 
-    let events = all_events(&app).await;
+    let events = app.all_events().await;
     let tokens: Vec<_> = events
         .iter()
         .rev()
@@ -657,8 +517,7 @@ async fn repeated_delivery_with_the_same_idempotency_token_is_dispatched_once() 
 
 #[tokio::test]
 async fn repeated_delivery_with_the_same_sid_status_and_error_code_is_dispatched_once() {
-    let twilio = mock_twilio().await;
-    let app = spawn_app(&config_with(&twilio, ECHO_VO)).await;
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
     let sid = "SM00000000000000000000000000000027";
     for _ in 0..3 {
         assert_eq!(
@@ -670,11 +529,11 @@ async fn repeated_delivery_with_the_same_sid_status_and_error_code_is_dispatched
     let mut coded = status_fields(sid, "undelivered");
     for code in ["63016", "63016", "63024"] {
         coded.last_mut().unwrap().1 = code.into();
-        let response = post_signed_as(&app, &url, &url, &coded).await;
+        let response = app.post_signed_as(&url, &url, &coded).await;
         assert_eq!(response.status(), 200);
     }
-    wait_for_events(&app, 3, EventState::Done).await;
-    wait_for_idle(&app).await;
+    app.wait_for_events(3, EventState::Done).await;
+    app.wait_for_idle().await;
 
     let mut seen: Vec<String> = sent_json(&twilio)
         .await
@@ -697,9 +556,9 @@ async fn repeated_delivery_with_the_same_sid_status_and_error_code_is_dispatched
 
 #[tokio::test]
 async fn healthz_is_ok_when_every_action_compiled() {
-    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let config = TestConfig::on_status("utils.debug(vo.MessageSid);");
     let app = spawn_app(&config).await;
-    let (status, body) = healthz(&app).await;
+    let (status, body) = app.healthz().await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["store_writable"], true);
@@ -708,9 +567,9 @@ async fn healthz_is_ok_when_every_action_compiled() {
 
 #[tokio::test]
 async fn healthz_is_unavailable_when_an_action_does_not_compile() {
-    let config = TestConfig::new().action("onStatus", "if (vo.MessageSid { utils.debug('x');");
+    let config = TestConfig::on_status("if (vo.MessageSid { utils.debug('x');");
     let app = spawn_app(&config).await;
-    let (status, body) = healthz(&app).await;
+    let (status, body) = app.healthz().await;
     assert_eq!(status, 503);
     assert_eq!(body["status"], "unhealthy");
     let errors = body["action_errors"].as_array().expect("a list of errors");
@@ -724,7 +583,7 @@ async fn healthz_is_unavailable_when_an_action_does_not_compile() {
     let sid = "SM00000000000000000000000000000028";
     assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
     app.wait_for("the event to fail", WAIT, || async {
-        all_events(&app).await.first().is_some_and(|e| {
+        app.all_events().await.first().is_some_and(|e| {
             e.last_error
                 .as_deref()
                 .is_some_and(|l| l.contains("compile"))
@@ -736,7 +595,6 @@ async fn healthz_is_unavailable_when_an_action_does_not_compile() {
 
 #[tokio::test]
 async fn eval_and_new_function_throw_inside_actions() {
-    let twilio = mock_twilio().await;
     let source = r#"
 const attempts = {
   direct: () => eval('1 + 1'),
@@ -757,10 +615,10 @@ for (const [name, attempt] of Object.entries(attempts)) {
 }
 utils.sendWhatsappMessage('+393331234567', JSON.stringify(outcome));
 "#;
-    let app = spawn_app(&config_with(&twilio, source)).await;
+    let (app, twilio) = spawn_app_with_twilio(source).await;
     let sid = "SM00000000000000000000000000000029";
     assert_eq!(app.post_status("ACME", sid, "sent").await.status(), 200);
-    wait_for_events(&app, 1, EventState::Done).await;
+    app.wait_for_events(1, EventState::Done).await;
 
     let outcome = sent_json(&twilio).await.remove(0);
     let outcome = outcome.as_object().unwrap();
@@ -775,7 +633,6 @@ utils.sendWhatsappMessage('+393331234567', JSON.stringify(outcome));
 
 #[tokio::test]
 async fn top_level_declarations_are_fresh_and_globals_do_not_leak_between_events() {
-    let twilio = mock_twilio().await;
     let source = r#"
 let counter = 0;
 counter += 1;
@@ -795,12 +652,12 @@ const report = {
 };
 utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 "#;
-    let app = spawn_app(&config_with(&twilio, source)).await;
+    let (app, twilio) = spawn_app_with_twilio(source).await;
     // More events than workers, one after the other, so each worker runs the action again.
     for i in 0..4 {
         let sid = format!("SM0000000000000000000000000000003{i}");
         assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
-        wait_for_events(&app, i + 1, EventState::Done).await;
+        app.wait_for_events(i + 1, EventState::Done).await;
     }
     let expected = json!({
         "counter": 1,
@@ -817,7 +674,6 @@ utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 
 #[tokio::test]
 async fn built_ins_and_utils_are_frozen_so_no_change_reaches_the_next_event() {
-    let twilio = mock_twilio().await;
     let source = r#"
 function attempt(f) {
   try { f(); return 'allowed'; } catch (e) { return e.name; }
@@ -840,12 +696,12 @@ const report = {
 };
 utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 "#;
-    let app = spawn_app(&config_with(&twilio, source)).await;
+    let (app, twilio) = spawn_app_with_twilio(source).await;
     // More events than workers, one after the other, so each worker runs the action again.
     for i in 0..4 {
         let sid = format!("SM0000000000000000000000000000005{i}");
         assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
-        wait_for_events(&app, i + 1, EventState::Done).await;
+        app.wait_for_events(i + 1, EventState::Done).await;
     }
     let pristine = json!({
         "prototype": "undefined",
@@ -867,7 +723,7 @@ utils.sendWhatsappMessage('+393331234567', JSON.stringify(report));
 #[tokio::test]
 async fn one_apps_action_cannot_tamper_with_another_apps_events() {
     let twilio = mock_twilio().await;
-    let mut config = config_with(&twilio, ECHO_VO);
+    let mut config = TestConfig::on_status(ECHO_VO).api_base(twilio.uri());
     config.actions.insert(
         "tamper".into(),
         "try { JSON.stringify = () => '{\"tampered\":true}'; } catch (e) {}\n\
@@ -884,14 +740,14 @@ async fn one_apps_action_cannot_tamper_with_another_apps_events() {
     // Tamper on every worker first, then the victim's events.
     for i in 0..2 {
         let fields = status_fields(&format!("SM0000000000000000000000000000006{i}"), "sent");
-        let response = post_signed_as(&app, &tamper_url, &tamper_url, &fields).await;
+        let response = app.post_signed_as(&tamper_url, &tamper_url, &fields).await;
         assert_eq!(response.status(), 200);
-        wait_for_events(&app, i + 1, EventState::Done).await;
+        app.wait_for_events(i + 1, EventState::Done).await;
     }
     for i in 0..2 {
         let sid = format!("SM0000000000000000000000000000007{i}");
         assert_eq!(app.post_status("ACME", &sid, "sent").await.status(), 200);
-        wait_for_events(&app, i + 3, EventState::Done).await;
+        app.wait_for_events(i + 3, EventState::Done).await;
     }
     let seen: Vec<String> = sent_json(&twilio)
         .await
@@ -910,7 +766,7 @@ async fn one_apps_action_cannot_tamper_with_another_apps_events() {
 
 #[tokio::test]
 async fn graceful_stop_closes_the_store_cleanly() {
-    let config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageSid);");
+    let config = TestConfig::on_status("utils.debug(vo.MessageSid);");
     let data_dir = config.data_dir();
     let app = spawn_app(&config).await;
     let sids: Vec<String> = (0..5)

@@ -1,23 +1,19 @@
 //! Crash safety of the real binary: a callback acknowledged with 200 survives `kill -9` of the
 //! server mid-load and is dispatched after the restart; SIGTERM then stops it cleanly.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use tokio::process::{Child, Command};
 use whatsapp_host::store::{EventFilter, EventState, Store};
-use whatsapp_host::twilio::signature;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_whatsapp-host");
+use crate::helpers::*;
+
 /// Concurrent senders, and callbacks each sends: distinct MessageSids throughout.
 const SENDERS: usize = 8;
 const PER_SENDER: usize = 100;
@@ -32,11 +28,6 @@ struct Server {
     base_url: String,
 }
 
-fn free_addr() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap()
-}
-
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<_> = text.lines().collect();
@@ -46,15 +37,11 @@ fn log_tail(log: &Path) -> String {
 /// Writes the settings for a fresh port, starts the binary on them and waits for `/healthz`.
 async fn start(config: &TestConfig, log: &Path) -> Server {
     let addr = free_addr();
-    let settings = config.write(addr);
+    config.write(addr);
     let log_file = File::options().create(true).append(true).open(log).unwrap();
-    let mut child = Command::new(BINARY)
+    let mut child = Command::from(config.command())
         .arg("serve")
-        .arg("--settings")
-        .arg(&settings)
         .env("RUST_LOG", "warn")
-        .env_remove("WHATSAPP_HOST_SETTINGS")
-        .env_remove("WHATSAPP_CRM_AUTH_KEY")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
@@ -81,13 +68,8 @@ async fn start(config: &TestConfig, log: &Path) -> Server {
 
 /// Posts one signed status callback; true when the server acknowledged it with 200.
 async fn post(http: &reqwest::Client, base_url: &str, sid: &str) -> bool {
-    let url = format!("{base_url}/whatsapp/callback/{APP}/ACME");
-    let fields = status_fields(sid, "delivered");
-    let sig = signature::sign(AUTH_KEY, &url, &fields);
-    let response = http
-        .post(&url)
-        .header("X-Twilio-Signature", sig)
-        .form(&fields)
+    let url = callback_url(base_url, APP, "ACME");
+    let response = signed_callback(http, &url, &status_fields(sid, "delivered"))
         .send()
         .await;
     response.is_ok_and(|r| r.status() == 200)

@@ -2,21 +2,16 @@
 //! `../shared/twilio/twilio_api_v2010_messages.json` on 127.0.0.1 and validates every request
 //! the real client makes, in every form of `utils.sendWhatsappMessage`.
 
-mod common;
-mod stand_ins;
-
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
-use stand_ins::*;
 use tokio::process::{Child, Command};
-use whatsapp_host::js::Program;
-use whatsapp_host::outbound::Caller;
-use whatsapp_host::services::Services;
+
+use crate::helpers::host::{Host, Setup};
+use crate::helpers::stand_ins::*;
+use crate::helpers::*;
 
 /// Prism as installed by `npm ci` from the committed package-lock.json.
 fn prism_bin() -> PathBuf {
@@ -54,10 +49,7 @@ impl Prism {
              the repository",
             spec.display()
         );
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
+        let port = free_addr().port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("prism.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -130,20 +122,11 @@ fn created_example_sid() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_form_is_accepted_by_twilios_api_description() {
     let prism = Prism::start().await;
-    let media = media_server(MEDIA_TYPE, MEDIA_SIZE).await;
-    let mut config = TestConfig::new().api_base(&prism.url);
-    let key = ServiceAccount::create(config.dir.path());
-    config.extra = key.gcs_toml(3600, Some(&media.uri()));
-    let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    let services = Services::start_with(config.settings(listen), fast_retry()).unwrap();
-    let caller = Caller {
-        app: services.settings.apps[APP].clone(),
-        company: "ACME".into(),
-    };
+    let host = Host::start(&prism.url, Setup::default()).await;
     let expected_sid = created_example_sid();
 
     let q = |s: &str| serde_json::to_string(s).unwrap();
-    let public = q(&format!("{}/files/photo.jpg", media.uri()));
+    let public = q(&host.media_url("/files/photo.jpg"));
     let tenant = format!(
         "{}, {}, {}",
         q(TENANT_SID),
@@ -184,15 +167,8 @@ async fn every_form_is_accepted_by_twilios_api_description() {
         ),
     ];
     for (form, args) in &forms {
-        let result = services
-            .engine
-            .run(
-                caller.clone(),
-                Program::Script {
-                    name: format!("{form}.js"),
-                    source: format!("utils.sendWhatsappMessage({args})"),
-                },
-            )
+        let result = host
+            .run(APP, &format!("utils.sendWhatsappMessage({args})"))
             .await
             .unwrap_or_else(|e| panic!("{form}: the script failed: {e}"));
         let text = result.and_then(|v| v.as_str().map(str::to_string));
@@ -205,7 +181,7 @@ async fn every_form_is_accepted_by_twilios_api_description() {
         );
     }
     // Media was checked before each create: two public URLs and two signed ones.
-    let probes = media.received_requests().await.unwrap();
+    let probes = host.probes().await;
     assert_eq!(probes.len(), 4, "two public and two signed media probes");
 }
 

@@ -1,43 +1,18 @@
 //! The `whatsapp-host` binary as users run it: `check`, `run`, `send`, `messages` and the
 //! settings errors they see.
 
-mod common;
-
-use std::process::{Command, Output};
-
-use common::*;
-
-fn whatsapp_host(config: &TestConfig, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whatsapp-host"))
-        .arg("--settings")
-        .arg(config.path())
-        .args(args)
-        .current_dir(config.dir.path())
-        .env("RUST_LOG", "info")
-        .env_remove("WHATSAPP_HOST_SETTINGS")
-        .output()
-        .expect("the binary runs")
-}
+use crate::helpers::*;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A config in simulate mode: sends are answered locally, nothing leaves the machine.
-fn simulated() -> TestConfig {
-    let config = TestConfig::new()
-        .api_base("simulate")
-        .action("onStatus", "utils.info('status ' + vo.MessageStatus);");
-    config.write("127.0.0.1:9".parse().unwrap());
-    config
-}
-
 #[test]
 fn check_summarizes_settings_without_printing_the_auth_key() {
-    let config = simulated();
+    let config = TestConfig::simulated();
     std::fs::create_dir_all(config.dir.path().join("scripts")).unwrap();
     std::fs::write(config.dir.path().join("scripts/hello.js"), "1 + 1;").unwrap();
-    let out = whatsapp_host(&config, &["check"]);
+    let out = config.run(&["check"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("actions    1"), "{stdout}");
@@ -53,7 +28,7 @@ fn check_fails_on_an_action_that_does_not_compile_and_names_it() {
         .api_base("simulate")
         .action("broken", "let = ;");
     config.write("127.0.0.1:9".parse().unwrap());
-    let out = whatsapp_host(&config, &["check"]);
+    let out = config.run(&["check"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -64,11 +39,11 @@ fn check_fails_on_an_action_that_does_not_compile_and_names_it() {
 
 #[test]
 fn an_unknown_settings_key_is_one_clear_error_naming_file_and_key() {
-    let config = simulated();
+    let config = TestConfig::simulated();
     let path = config.path();
     let toml = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, toml.replace("from_number", "from_numbr")).unwrap();
-    let out = whatsapp_host(&config, &["check"]);
+    let out = config.run(&["check"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("whatsapp-host.toml"), "{stderr}");
@@ -79,7 +54,7 @@ fn an_unknown_settings_key_is_one_clear_error_naming_file_and_key() {
 #[test]
 fn a_missing_settings_file_says_how_to_create_one() {
     let config = TestConfig::new();
-    let out = whatsapp_host(&config, &["check"]);
+    let out = config.run(&["check"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("not found"), "{stderr}");
@@ -88,7 +63,7 @@ fn a_missing_settings_file_says_how_to_create_one() {
 
 #[test]
 fn run_prints_the_scripts_logs_and_result() {
-    let config = simulated();
+    let config = TestConfig::simulated();
     let script = config.dir.path().join("hello.js");
     std::fs::write(
         &script,
@@ -97,7 +72,7 @@ fn run_prints_the_scripts_logs_and_result() {
          ({ status: r.status, to: r.to });",
     )
     .unwrap();
-    let out = whatsapp_host(&config, &["run", script.to_str().unwrap(), "--app", APP]);
+    let out = config.run(&["run", script.to_str().unwrap(), "--app", APP]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     let result: serde_json::Value = serde_json::from_str(&stdout).expect("result is JSON");
@@ -108,10 +83,10 @@ fn run_prints_the_scripts_logs_and_result() {
 
 #[test]
 fn run_exits_non_zero_with_the_error_when_the_script_throws() {
-    let config = simulated();
+    let config = TestConfig::simulated();
     let script = config.dir.path().join("throws.js");
     std::fs::write(&script, "\nthrow new Error('no customer with id 42');").unwrap();
-    let out = whatsapp_host(&config, &["run", script.to_str().unwrap(), "--app", APP]);
+    let out = config.run(&["run", script.to_str().unwrap(), "--app", APP]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no customer with id 42"), "{stderr}");
@@ -119,26 +94,23 @@ fn run_exits_non_zero_with_the_error_when_the_script_throws() {
 
 #[test]
 fn send_prints_the_outcome_and_records_the_message() {
-    let config = simulated();
-    let out = whatsapp_host(
-        &config,
-        &[
-            "send",
-            "--app",
-            APP,
-            "--to",
-            "0039 333 1234567",
-            "--message",
-            "hi",
-        ],
-    );
+    let config = TestConfig::simulated();
+    let out = config.run(&[
+        "send",
+        "--app",
+        APP,
+        "--to",
+        "0039 333 1234567",
+        "--message",
+        "hi",
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let sid = outcome["sid"].as_str().expect("a sid");
     assert!(sid.starts_with("SM"));
 
-    let listed = whatsapp_host(&config, &["messages", "--sid", sid, "--json"]);
+    let listed = config.run(&["messages", "--sid", sid, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(shown["message"]["to"], "+393331234567");
     assert_eq!(shown["message"]["body"], "hi");
@@ -146,11 +118,8 @@ fn send_prints_the_outcome_and_records_the_message() {
 
 #[test]
 fn send_to_an_invalid_number_prints_a_failed_outcome_and_exits_1() {
-    let config = simulated();
-    let out = whatsapp_host(
-        &config,
-        &["send", "--app", APP, "--to", "12", "--message", "hi"],
-    );
+    let config = TestConfig::simulated();
+    let out = config.run(&["send", "--app", APP, "--to", "12", "--message", "hi"]);
     assert_eq!(out.status.code(), Some(1));
     let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(outcome["sid"], serde_json::Value::Null);

@@ -2,19 +2,15 @@
 //! CSRF on replay, what the pages show, search, the live poll's 304, and that no page ever
 //! carries an auth key.
 
-mod common;
-mod dashboard_support;
+use whatsapp_host::store::EventState;
 
-use std::time::Duration;
-
-use common::*;
-use dashboard_support::*;
-use whatsapp_host::store::{EventFilter, EventState};
-use wiremock::MockServer;
+use crate::helpers::dashboard::*;
+use crate::helpers::stand_ins::{created, twilio_answering, twilio_answers};
+use crate::helpers::*;
 
 /// Every page of the dashboard a test can reach for one message and its first event.
 async fn all_pages(app: &TestApp, sid: &str, event_id: i64) -> Vec<String> {
-    let base = dashboard_url(app);
+    let base = app.dashboard_url();
     vec![
         base.clone(),
         format!("{base}?q={sid}"),
@@ -29,13 +25,13 @@ async fn all_pages(app: &TestApp, sid: &str, event_id: i64) -> Vec<String> {
 async fn without_a_password_every_dashboard_route_answers_404_saying_how_to_enable_it() {
     let app = spawn_app(&TestConfig::new()).await;
     for path in ["", "/events", "/messages/SM1", "/auth/login"] {
-        let (status, body) = get_page(&format!("{}{path}", dashboard_url(&app)), None).await;
+        let (status, body) = get_page(&format!("{}{path}", app.dashboard_url()), None).await;
         assert_eq!(status, 404, "{path}");
         assert!(body.contains("the dashboard is disabled"), "{body}");
         assert!(body.contains("WHATSAPP_HOST_DASHBOARD_PASSWORD"), "{body}");
     }
     let login = http()
-        .post(format!("{}/auth/login", dashboard_url(&app)))
+        .post(format!("{}/auth/login", app.dashboard_url()))
         .form(&[("password", "anything")])
         .send()
         .await
@@ -49,7 +45,7 @@ async fn without_a_password_every_dashboard_route_answers_404_saying_how_to_enab
 
 #[tokio::test]
 async fn pages_without_a_session_get_401_and_the_login_form_without_data() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     let sid = "SM00000000000000000000000000000002";
     assert_eq!(
         app.post_status(COMPANY, sid, "delivered").await.status(),
@@ -70,13 +66,13 @@ async fn pages_without_a_session_get_401_and_the_login_form_without_data() {
         assert!(!body.contains("delivered"), "{url} shows data");
     }
     let (status, _) = get_page(
-        &format!("{}/messages/{sid}", dashboard_url(&app)),
+        &format!("{}/messages/{sid}", app.dashboard_url()),
         Some("whatsapp_host_session=made-up-token"),
     )
     .await;
     assert_eq!(status, 401, "an unknown session token is no session");
     let replay = http()
-        .post(format!("{}/events/1/replay", dashboard_url(&app)))
+        .post(format!("{}/events/1/replay", app.dashboard_url()))
         .form(&[("csrf", "x")])
         .send()
         .await
@@ -87,8 +83,8 @@ async fn pages_without_a_session_get_401_and_the_login_form_without_data() {
 
 #[tokio::test]
 async fn wrong_passwords_get_401_and_the_sixth_try_within_a_minute_gets_429() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
-    let url = format!("{}/auth/login", dashboard_url(&app));
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
+    let url = format!("{}/auth/login", app.dashboard_url());
     for attempt in 1..=5 {
         let response = http()
             .post(&url)
@@ -120,8 +116,8 @@ async fn wrong_passwords_get_401_and_the_sixth_try_within_a_minute_gets_429() {
 
 #[tokio::test]
 async fn the_right_password_sets_a_strict_httponly_cookie_and_returns_only_inside_the_dashboard() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
-    let base = dashboard_url(&app);
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
+    let base = app.dashboard_url();
     let response = http()
         .post(format!("{base}/auth/login"))
         .form(&[
@@ -154,7 +150,7 @@ async fn the_right_password_sets_a_strict_httponly_cookie_and_returns_only_insid
             "{next}"
         );
     }
-    let session = login(&app).await;
+    let session = app.login().await;
     let response = http()
         .get(format!("{base}/events"))
         .header("cookie", &session)
@@ -174,13 +170,7 @@ async fn the_right_password_sets_a_strict_httponly_cookie_and_returns_only_insid
 
     // Logging out needs the CSRF token and ends the session.
     let (_, page) = get_page(&format!("{base}/events"), Some(&session)).await;
-    let logout = http()
-        .post(format!("{base}/auth/logout"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf_in(&page))])
-        .send()
-        .await
-        .unwrap();
+    let logout = post_with_csrf(&format!("{base}/auth/logout"), &session, &csrf_in(&page)).await;
     assert_eq!(logout.status(), 303);
     let (status, _) = get_page(&format!("{base}/events"), Some(&session)).await;
     assert_eq!(status, 401);
@@ -189,29 +179,16 @@ async fn the_right_password_sets_a_strict_httponly_cookie_and_returns_only_insid
 
 #[tokio::test]
 async fn replay_needs_the_sessions_csrf_token() {
-    let mut config = with_dashboard(TestConfig::new().action(
-        "onStatus",
-        "throw new Error('not yet: ' + vo.MessageStatus);",
-    ));
+    let mut config =
+        TestConfig::on_status("throw new Error('not yet: ' + vo.MessageStatus);").with_dashboard();
     config.actions_toml = "max_attempts = 1".into();
     let app = spawn_app(&config).await;
     let sid = "SM00000000000000000000000000000003";
     assert_eq!(app.post_status(COMPANY, sid, "read").await.status(), 200);
-    let store = app.store().clone();
-    app.wait_for("the event to be dead", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .event(1)
-                .await
-                .unwrap()
-                .is_some_and(|e| e.state == EventState::Dead)
-        }
-    })
-    .await;
+    app.wait_for_events(1, EventState::Dead).await;
     let dead = app.store().event(1).await.unwrap().unwrap();
-    let session = login(&app).await;
-    let base = dashboard_url(&app);
+    let session = app.login().await;
+    let base = app.dashboard_url();
     let (status, page) = get_page(&format!("{base}/events/1"), Some(&session)).await;
     assert_eq!(status, 200);
     assert!(
@@ -220,39 +197,32 @@ async fn replay_needs_the_sessions_csrf_token() {
     );
 
     for csrf in ["", "forged-token"] {
-        let response = http()
-            .post(format!("{base}/events/1/replay"))
-            .header("cookie", &session)
-            .form(&[("csrf", csrf)])
-            .send()
-            .await
-            .unwrap();
+        let response = post_with_csrf(&format!("{base}/events/1/replay"), &session, csrf).await;
         assert_eq!(response.status(), 403, "csrf {csrf:?}");
     }
     // Another session's token is not this session's.
-    let (_, other_page) = get_page(&format!("{base}/events/1"), Some(&login(&app).await)).await;
-    let response = http()
-        .post(format!("{base}/events/1/replay"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf_in(&other_page))])
-        .send()
-        .await
-        .unwrap();
+    let (_, other_page) = get_page(&format!("{base}/events/1"), Some(&app.login().await)).await;
+    let response = post_with_csrf(
+        &format!("{base}/events/1/replay"),
+        &session,
+        &csrf_in(&other_page),
+    )
+    .await;
     assert_eq!(response.status(), 403);
 
-    let response = http()
-        .post(format!("{base}/events/1/replay"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf_in(&page))])
-        .send()
-        .await
-        .unwrap();
+    let response = post_with_csrf(
+        &format!("{base}/events/1/replay"),
+        &session,
+        &csrf_in(&page),
+    )
+    .await;
     assert_eq!(response.status(), 303);
     assert_eq!(
         response.headers()["location"],
         "/whatsapp/dashboard/events/1?replayed=1"
     );
-    app.wait_for("the replay to run", Duration::from_secs(10), || {
+    let store = app.store().clone();
+    app.wait_for("the replay to run", WAIT, || {
         let store = store.clone();
         let before = dead.updated_at;
         async move {
@@ -266,35 +236,23 @@ async fn replay_needs_the_sessions_csrf_token() {
 
 #[tokio::test]
 async fn only_failed_or_dead_events_can_be_replayed() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     let sid = "SM00000000000000000000000000000004";
     assert_eq!(app.post_status(COMPANY, sid, "sent").await.status(), 200);
-    let store = app.store().clone();
-    app.wait_for("the event to be done", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .event(1)
-                .await
-                .unwrap()
-                .is_some_and(|e| e.state == EventState::Done)
-        }
-    })
-    .await;
-    let session = login(&app).await;
-    let base = dashboard_url(&app);
+    app.wait_for_events(1, EventState::Done).await;
+    let session = app.login().await;
+    let base = app.dashboard_url();
     let (_, page) = get_page(&format!("{base}/events/1"), Some(&session)).await;
     assert!(
         !page.contains("data-replay"),
         "a done event has no Replay button"
     );
-    let response = http()
-        .post(format!("{base}/events/1/replay"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf_in(&page))])
-        .send()
-        .await
-        .unwrap();
+    let response = post_with_csrf(
+        &format!("{base}/events/1/replay"),
+        &session,
+        &csrf_in(&page),
+    )
+    .await;
     assert_eq!(response.status(), 409);
     assert!(
         response
@@ -308,14 +266,14 @@ async fn only_failed_or_dead_events_can_be_replayed() {
 
 #[tokio::test]
 async fn a_failed_callback_shows_twilios_meaning_of_its_error_code() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     let sid = "SM00000000000000000000000000000005";
     // Twilio's failed callbacks carry ErrorCode 63016 here (see status_fields).
     assert_eq!(app.post_status(COMPANY, sid, "failed").await.status(), 200);
     app.store().flush().await.unwrap();
-    let session = login(&app).await;
+    let session = app.login().await;
     let (status, page) = get_page(
-        &format!("{}/messages/{sid}", dashboard_url(&app)),
+        &format!("{}/messages/{sid}", app.dashboard_url()),
         Some(&session),
     )
     .await;
@@ -331,12 +289,12 @@ async fn a_failed_callback_shows_twilios_meaning_of_its_error_code() {
 
 #[tokio::test]
 async fn a_send_refused_before_twilio_has_a_page_with_its_error_even_without_a_sid() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
-    let outcome = send(&app, "12", "hello").await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
+    let outcome = app.send("12", "hello").await;
     assert!(outcome.is_failed());
     app.store().flush().await.unwrap();
-    let session = login(&app).await;
-    let base = dashboard_url(&app);
+    let session = app.login().await;
+    let base = app.dashboard_url();
     let (_, list) = get_page(&base, Some(&session)).await;
     assert!(list.contains("(no sid: send failed)"), "{list}");
     let href = "/whatsapp/dashboard/messages/1";
@@ -353,20 +311,19 @@ async fn a_send_refused_before_twilio_has_a_page_with_its_error_even_without_a_s
 
 #[tokio::test]
 async fn messages_are_found_by_phone_number_sid_status_and_app() {
-    let twilio = MockServer::start().await;
-    twilio_answers(&twilio, created("SM0000000000000000000000000000aaaa", TO)).await;
-    let app = spawn_app(&with_dashboard(TestConfig::new().api_base(twilio.uri()))).await;
-    send(&app, "+39 333 123 4567", "to the first").await;
+    let twilio = twilio_answering(created("SM0000000000000000000000000000aaaa", TO)).await;
+    let app = spawn_app(&TestConfig::new().api_base(twilio.uri()).with_dashboard()).await;
+    app.send("+39 333 123 4567", "to the first").await;
     twilio.reset().await;
     twilio_answers(
         &twilio,
         created("SM0000000000000000000000000000bbbb", "+393471112222"),
     )
     .await;
-    send(&app, "+39 347 111 2222", "to the second").await;
+    app.send("+39 347 111 2222", "to the second").await;
     app.store().flush().await.unwrap();
-    let session = login(&app).await;
-    let base = dashboard_url(&app);
+    let session = app.login().await;
+    let base = app.dashboard_url();
     let find = |query: &'static str| {
         let url = format!("{base}?{query}");
         let session = session.clone();
@@ -399,9 +356,9 @@ async fn messages_are_found_by_phone_number_sid_status_and_app() {
 
 #[tokio::test]
 async fn the_live_poll_gets_304_until_something_changes() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
-    let session = login(&app).await;
-    let url = format!("{}/events", dashboard_url(&app));
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
+    let session = app.login().await;
+    let url = format!("{}/events", app.dashboard_url());
     let response = http()
         .get(&url)
         .header("cookie", &session)
@@ -436,29 +393,25 @@ async fn the_live_poll_gets_304_until_something_changes() {
 
 #[tokio::test]
 async fn no_page_shows_an_auth_key_even_when_a_callback_field_carries_one() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     let sid = "SM00000000000000000000000000000007";
     let mut fields = status_fields(sid, "delivered");
     fields.push(("Body".into(), format!("pasted by mistake: {AUTH_KEY}")));
-    let fields: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let response = app
         .post_signed(&app.callback_url(APP, COMPANY), &fields)
         .await;
     assert_eq!(response.status(), 200);
     app.store().flush().await.unwrap();
-    let stored = app.store().events(EventFilter::default()).await.unwrap();
+    let stored = app.all_events().await;
     assert!(stored[0].fields.iter().any(|(_, v)| v.contains(AUTH_KEY)));
-    let session = login(&app).await;
+    let session = app.login().await;
     for url in all_pages(&app, sid, stored[0].id).await {
         let (status, page) = get_page(&url, Some(&session)).await;
         assert!(status == 200 || status == 303, "{url}: {status}");
         assert!(!page.contains(AUTH_KEY), "{url} shows the auth key");
     }
     let (_, event_page) = get_page(
-        &format!("{}/events/{}", dashboard_url(&app), stored[0].id),
+        &format!("{}/events/{}", app.dashboard_url(), stored[0].id),
         Some(&session),
     )
     .await;
@@ -471,10 +424,10 @@ async fn no_page_shows_an_auth_key_even_when_a_callback_field_carries_one() {
 
 #[tokio::test]
 async fn static_assets_are_served_from_the_binary_without_a_session() {
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     for (file, kind) in [("app.css", "text/css"), ("app.js", "text/javascript")] {
         let response = http()
-            .get(format!("{}/static/{file}", dashboard_url(&app)))
+            .get(format!("{}/static/{file}", app.dashboard_url()))
             .send()
             .await
             .unwrap();
@@ -487,7 +440,7 @@ async fn static_assets_are_served_from_the_binary_without_a_session() {
         );
         assert!(!response.text().await.unwrap().is_empty());
     }
-    let (status, _) = get_page(&format!("{}/static/secret.txt", dashboard_url(&app)), None).await;
+    let (status, _) = get_page(&format!("{}/static/secret.txt", app.dashboard_url()), None).await;
     assert_eq!(status, 404);
     app.stop().await;
 }
@@ -495,7 +448,7 @@ async fn static_assets_are_served_from_the_binary_without_a_session() {
 /// Posts a login as a proxy would forward it, with `X-Forwarded-For` when given; the status.
 async fn login_forwarded_for(app: &TestApp, forwarded: Option<&str>, password: &str) -> u16 {
     let mut request = http()
-        .post(format!("{}/auth/login", dashboard_url(app)))
+        .post(format!("{}/auth/login", app.dashboard_url()))
         .form(&[("password", password)]);
     if let Some(forwarded) = forwarded {
         request = request.header("x-forwarded-for", forwarded);
@@ -506,7 +459,7 @@ async fn login_forwarded_for(app: &TestApp, forwarded: Option<&str>, password: &
 #[tokio::test]
 async fn forwarded_for_attributes_failed_logins_only_when_the_peer_is_a_trusted_proxy() {
     // The test client connects from 127.0.0.1, named here as the proxy.
-    let mut config = with_dashboard(TestConfig::new());
+    let mut config = TestConfig::new().with_dashboard();
     config.extra.push_str("trusted_proxies = [\"127.0.0.1\"]\n");
     let app = spawn_app(&config).await;
     for attempt in 1..=5 {
@@ -536,7 +489,7 @@ async fn forwarded_for_attributes_failed_logins_only_when_the_peer_is_a_trusted_
     app.stop().await;
 
     // Without trusted proxies the header is ignored: every try counts against the peer.
-    let app = spawn_app(&with_dashboard(TestConfig::new())).await;
+    let app = spawn_app(&TestConfig::new().with_dashboard()).await;
     for attempt in 1..=5 {
         let forwarded = format!("203.0.113.{attempt}");
         let status = login_forwarded_for(&app, Some(&forwarded), "guess").await;

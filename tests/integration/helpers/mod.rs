@@ -1,0 +1,444 @@
+//! Test helpers shared by the integration tests: settings in a temporary folder, a server on
+//! port 0, and typed requests that talk to it over HTTP as Twilio and users do.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use whatsapp_host::server::Application;
+use whatsapp_host::services::Services;
+use whatsapp_host::settings::Settings;
+use whatsapp_host::store::{Event, EventFilter, EventState, Store};
+use whatsapp_host::twilio::{self, signature};
+use wiremock::MockServer;
+
+pub mod dashboard;
+pub mod host;
+pub mod stand_ins;
+
+/// How long a test waits for the server to reach a state; long enough for a slow CI machine,
+/// and every wait ends as soon as its condition holds.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The app every test uses unless it says otherwise.
+pub const APP: &str = "crm";
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const AUTH_KEY: &str = "test-auth-key-do-not-print";
+pub const FROM: &str = "+14155238886";
+
+/// Builds a settings file in a temporary folder, with actions written beside it.
+pub struct TestConfig {
+    pub dir: TempDir,
+    pub api_base: String,
+    pub public_url: Option<String>,
+    pub callback: Option<String>,
+    pub actions: BTreeMap<String, String>,
+    /// Extra TOML appended verbatim (more sections, or keys for `[actions]` via `actions_toml`).
+    pub extra: String,
+    pub actions_toml: String,
+    pub app_toml: String,
+    pub media_check: bool,
+}
+
+impl TestConfig {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            api_base: "http://127.0.0.1:9".into(),
+            public_url: None,
+            callback: None,
+            actions: BTreeMap::new(),
+            extra: String::new(),
+            actions_toml: String::new(),
+            app_toml: String::new(),
+            media_check: true,
+        }
+    }
+
+    pub fn api_base(mut self, url: impl Into<String>) -> Self {
+        self.api_base = url.into();
+        self
+    }
+
+    /// Settings whose app runs `source` for each status callback, as its action `onStatus`.
+    pub fn on_status(source: &str) -> Self {
+        Self::new().action("onStatus", source)
+    }
+
+    /// Settings in simulate mode, written: sends are answered locally, nothing leaves the
+    /// machine. For running the binary, which reads the file itself.
+    pub fn simulated() -> Self {
+        let config =
+            Self::on_status("utils.info('status ' + vo.MessageStatus);").api_base("simulate");
+        config.write("127.0.0.1:9".parse().unwrap());
+        config
+    }
+
+    /// Sets the app's callback action and writes its source to `actions/{id}.js`.
+    pub fn action(mut self, id: &str, source: &str) -> Self {
+        self.callback = Some(id.to_string());
+        self.actions.insert(id.to_string(), source.to_string());
+        self
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("whatsapp-host.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes the settings file and actions; returns the file's path.
+    pub fn write(&self, listen: SocketAddr) -> PathBuf {
+        let actions_dir = self.dir.path().join("actions");
+        std::fs::create_dir_all(&actions_dir).unwrap();
+        for (id, src) in &self.actions {
+            std::fs::write(actions_dir.join(format!("{id}.js")), src).unwrap();
+        }
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let callback = self
+            .callback
+            .as_ref()
+            .map(|c| format!("callback = \"{c}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"
+[server]
+listen = "{listen}"
+public_url = "{public_url}"
+data_dir = "data"
+actions_dir = "actions"
+shutdown_grace_seconds = 2
+
+[twilio]
+api_base = "{api_base}"
+timeout_seconds = 2
+
+[media]
+check = {media_check}
+
+[actions]
+retry_base_ms = 20
+retry_max_ms = 100
+workers = 2
+{actions_toml}
+
+[apps.{APP}.WHATSAPP]
+account_id = "{ACCOUNT_SID}"
+auth_key = "{AUTH_KEY}"
+from_number = "{FROM}"
+{callback}{app_toml}
+{extra}
+"#,
+            api_base = self.api_base,
+            media_check = self.media_check,
+            actions_toml = self.actions_toml,
+            app_toml = self.app_toml,
+            extra = self.extra,
+        );
+        let path = self.path();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Loads the written settings as the binary would (no environment overrides).
+    pub fn settings(&self, listen: SocketAddr) -> Arc<Settings> {
+        let path = self.write(listen);
+        Arc::new(Settings::load(&path, &[]).expect("test settings load"))
+    }
+
+    /// The `whatsapp-host` binary on these settings, run in their folder, with no environment
+    /// variable that could point it at other settings or override them.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_whatsapp-host"));
+        command
+            .arg("--settings")
+            .arg(self.path())
+            .current_dir(self.dir.path())
+            .env_remove("WHATSAPP_HOST_SETTINGS")
+            .env_remove("WHATSAPP_CRM_AUTH_KEY");
+        command
+    }
+
+    /// Runs the binary with `args` as a user would and waits for it to exit.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("the binary runs")
+    }
+}
+
+/// Short retry delays so retry tests take milliseconds.
+pub fn fast_retry() -> twilio::RetryPolicy {
+    twilio::RetryPolicy {
+        attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(200),
+    }
+}
+
+/// A free port on 127.0.0.1, found by binding port 0 and letting go of it.
+pub fn free_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// Where Twilio posts status callbacks for `app` and `company` on the server at `base_url`.
+pub fn callback_url(base_url: &str, app: &str, company: &str) -> String {
+    let base = url::Url::parse(base_url).expect("base_url is a URL");
+    whatsapp_host::routes::callback_url(&base, app, company)
+}
+
+/// A callback request to `url`, signed with the test auth key over exactly `url`.
+pub fn signed_callback(
+    http: &reqwest::Client,
+    url: &str,
+    fields: &[(String, String)],
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, fields))
+        .form(fields)
+}
+
+/// A server running on port 0 in this process.
+pub struct TestApp {
+    pub base_url: String,
+    pub services: Services,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts the server for a config, on a free port.
+pub async fn spawn_app(config: &TestConfig) -> TestApp {
+    // Reserve a port first so public_url (what Twilio signs) can name it.
+    let settings = config.settings(free_addr());
+    let services = Services::start_with(settings, fast_retry()).expect("services start");
+    let app = Application::build(services.clone())
+        .await
+        .expect("server binds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base_url: format!("http://{addr}"),
+        services,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// Starts a server whose app runs `source` for each status callback and sends through a Twilio
+/// stand-in that accepts every create ([`stand_ins::mock_twilio`]); returns both.
+pub async fn spawn_app_with_twilio(source: &str) -> (TestApp, MockServer) {
+    let twilio = stand_ins::mock_twilio().await;
+    let app = spawn_app(&TestConfig::on_status(source).api_base(twilio.uri())).await;
+    (app, twilio)
+}
+
+impl TestApp {
+    pub fn store(&self) -> &Store {
+        &self.services.store
+    }
+
+    pub fn callback_url(&self, app: &str, company: &str) -> String {
+        callback_url(&self.base_url, app, company)
+    }
+
+    /// GETs `path` on the server.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Posts `fields` as a form with whatever signature and idempotency token the test chooses.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        fields: &[(String, String)],
+        signature: Option<&str>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(url).form(fields);
+        if let Some(sig) = signature {
+            request = request.header("X-Twilio-Signature", sig);
+        }
+        if let Some(token) = token {
+            request = request.header("I-Twilio-Idempotency-Token", token);
+        }
+        request.send().await.expect("callback request")
+    }
+
+    /// Posts a callback signed with the test auth key over exactly `url`.
+    pub async fn post_signed<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        url: &str,
+        fields: &[(K, V)],
+    ) -> reqwest::Response {
+        signed_callback(&self.http, url, &owned(fields))
+            .send()
+            .await
+            .expect("callback request")
+    }
+
+    /// Posts `fields` to `url`, signed as Twilio would sign `signed_url`.
+    pub async fn post_signed_as(
+        &self,
+        url: &str,
+        signed_url: &str,
+        fields: &[(String, String)],
+    ) -> reqwest::Response {
+        let sig = signature::sign(AUTH_KEY, signed_url, fields);
+        self.post_form(url, fields, Some(&sig), None).await
+    }
+
+    /// Posts a raw body with a content type and a signature over it as an empty form.
+    pub async fn post_raw(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        self.http
+            .post(url)
+            .header("Content-Type", content_type)
+            .header("X-Twilio-Signature", signature::sign(AUTH_KEY, url, &[]))
+            .body(body)
+            .send()
+            .await
+            .expect("raw request")
+    }
+
+    /// Posts a signed status callback for `sid` with `status` to the documented route.
+    pub async fn post_status(&self, company: &str, sid: &str, status: &str) -> reqwest::Response {
+        let url = self.callback_url(APP, company);
+        self.post_signed(&url, &status_fields(sid, status)).await
+    }
+
+    /// `/healthz`: its status code and JSON body.
+    pub async fn healthz(&self) -> (u16, Value) {
+        let response = self.get("/healthz").await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("healthz answers JSON"))
+    }
+
+    /// Every stored event, newest first.
+    pub async fn all_events(&self) -> Vec<Event> {
+        self.store()
+            .events(EventFilter::default())
+            .await
+            .expect("events query")
+    }
+
+    /// Waits until `check` is true, polling the store; panics with `what` after `timeout`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check().await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until exactly `n` events are stored and every one of them is in `state`.
+    pub async fn wait_for_events(&self, n: usize, state: EventState) {
+        self.wait_for(
+            &format!("{n} event(s) in state {}", state.as_str()),
+            WAIT,
+            || async move {
+                let events = self.all_events().await;
+                events.len() == n && events.iter().all(|e| e.state == state)
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the dispatcher has nothing accepted and unfinished, so counts are final.
+    pub async fn wait_for_idle(&self) {
+        self.wait_for("the dispatch backlog to empty", WAIT, || async {
+            self.healthz().await.1["backlog"] == 0
+        })
+        .await;
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server shut down cleanly");
+        }
+    }
+}
+
+/// The fields Twilio posts for a WhatsApp status callback.
+pub fn status_fields(sid: &str, status: &str) -> Vec<(String, String)> {
+    twilio::simulate::status_callback_fields(sid, ACCOUNT_SID, FROM, "+393331234567", status)
+}
+
+/// Form fields as owned pairs, whatever string type the test wrote them in.
+pub fn owned<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+        .collect()
+}
+
+/// The repository root, for reading `../shared` and committed files.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Set in the process [`alone_in_a_process`] starts, to the name of the test it runs.
+const ALONE: &str = "INTEGRATION_TEST_ALONE";
+
+/// For a test that reads process-wide state (the metrics recorder), which the other tests in
+/// this binary move while they run: reruns `test` (its path, e.g. `metrics::name`) alone in a
+/// fresh process of this binary and fails if it fails there. Returns true only in that process,
+/// where the test's body runs; elsewhere the test returns once the rerun has passed.
+pub fn alone_in_a_process(test: &str) -> bool {
+    if std::env::var(ALONE).is_ok_and(|name| name == test) {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .expect("the test binary reruns");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} alone in its own process:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
