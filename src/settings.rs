@@ -12,6 +12,8 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::routes;
+use crate::twilio;
+pub use crate::twilio::ApiBase;
 
 /// Where settings are read from when neither `--settings` nor the environment names a file.
 pub const DEFAULT_PATH: &str = "whatsapp-host.toml";
@@ -31,7 +33,7 @@ pub struct Settings {
     /// The file these settings came from, so later errors can point at it.
     pub source: PathBuf,
     pub server: Server,
-    pub twilio: Twilio,
+    pub twilio: twilio::Config,
     pub media: Media,
     pub gcs: Option<Gcs>,
     pub actions: Actions,
@@ -67,22 +69,6 @@ impl Server {
     pub fn callback_url(&self, app_id: &str, company_id: &str) -> String {
         routes::callback_url(&self.public_url, app_id, company_id)
     }
-}
-
-/// Where sends go: Twilio's API (or a stand-in at another base URL), or the built-in simulator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiBase {
-    Url(Url),
-    /// `api_base = "simulate"`: sends are answered locally and the host posts itself callbacks.
-    Simulate,
-}
-
-#[derive(Debug, Clone)]
-pub struct Twilio {
-    pub api_base: ApiBase,
-    pub timeout: Duration,
-    /// Delay between simulated status callbacks (`simulate` mode only).
-    pub simulate_step: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -365,7 +351,7 @@ impl Loader<'_> {
         })
     }
 
-    fn twilio(&self, raw: raw::Twilio) -> Result<Twilio, SettingsError> {
+    fn twilio(&self, raw: raw::Twilio) -> Result<twilio::Config, SettingsError> {
         let api_base = if raw.api_base == "simulate" {
             ApiBase::Simulate
         } else {
@@ -395,7 +381,7 @@ impl Loader<'_> {
                     ),
                 )
             })?;
-        Ok(Twilio {
+        Ok(twilio::Config {
             api_base,
             timeout,
             simulate_step: Duration::from_millis(raw.simulate_step_ms),

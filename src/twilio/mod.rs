@@ -16,7 +16,22 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use crate::settings::{self, ApiBase};
+/// Where sends go: Twilio's API (or a stand-in at another base URL), or the built-in simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiBase {
+    Url(Url),
+    /// `api_base = "simulate"`: sends are answered locally and the host posts itself callbacks.
+    Simulate,
+}
+
+/// What the client needs from the `[twilio]` settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_base: ApiBase,
+    pub timeout: Duration,
+    /// Delay between simulated status callbacks (`simulate` mode only).
+    pub simulate_step: Duration,
+}
 
 /// An account's credentials. The token is only exposed where the `Authorization` header is built.
 #[derive(Clone, Copy)]
@@ -159,7 +174,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(settings: &settings::Twilio, http: reqwest::Client) -> Self {
+    pub fn new(settings: &Config, http: reqwest::Client) -> Self {
         let simulator = (settings.api_base == ApiBase::Simulate)
             .then(|| simulate::Simulator::new(http.clone(), settings.simulate_step));
         Self {
