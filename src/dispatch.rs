@@ -382,6 +382,7 @@ mod tests {
             company: "ACME".into(),
             fields: vec![("MessageSid".into(), "SM1".into())],
             idempotency_token: None,
+            account_sid: None,
             received_at: now_ms(),
         };
         let Ok(Inserted::New(id)) = services.store.insert_event(event).await else {

@@ -263,6 +263,11 @@ async fn callback(
                 .get("i-twilio-idempotency-token")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            account_sid: fields
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "AccountSid")
+                .map(|(_, v)| v.clone()),
             fields,
             received_at: now_ms(),
         };
