@@ -387,6 +387,7 @@ mod tests {
             from: None,
             fields: vec![("MessageSid".into(), "SM1".into())],
             idempotency_token: None,
+            account_sid: None,
             received_at: now_ms(),
         };
         let Ok(Inserted::New(id)) = services.store.insert_event(event).await else {

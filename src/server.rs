@@ -256,6 +256,7 @@ async fn callback(
             to: callback.to,
             from: callback.from,
             fields: callback.fields,
+            account_sid: callback.account_sid,
             received_at: now_ms(),
         };
         let work_fields = event.fields.clone();

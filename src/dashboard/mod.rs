@@ -344,7 +344,7 @@ async fn find_message(
         return Ok(None);
     };
     match &message.sid {
-        Some(sid) => store.message(sid).await,
+        Some(sid) => store.app_message(&message.app, sid).await,
         None => Ok(Some((message, Vec::new()))),
     }
 }

@@ -1,8 +1,10 @@
 //! The embedded store: the only module with SQL. It keeps every send and every callback event in
 //! one SQLite file and answers when a write is durable, so the server can acknowledge Twilio only
-//! after the event is safe. This file holds the API, the queries and the schema; `writer` holds
-//! the threads that commit and sync writes. Callers see typed values only, never SQLite.
+//! after the event is safe. This file holds the API and the queries; `schema` the tables and their
+//! upgrades; `writer` the threads that commit and sync writes. Callers see typed values only,
+//! never SQLite.
 
+mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,23 @@ pub enum StoreError {
     #[error("failed to open the store at {path}: {source}")]
     Open {
         path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the store at {path} was written by a newer whatsapp-host (schema version {found}; this build knows up to {known}): run the newer build, or point server.data_dir elsewhere"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    /// Nothing was changed: the upgrade runs in one transaction.
+    #[error(
+        "failed to upgrade the store at {path} from schema version {from}, so it was left as it was: {source}"
+    )]
+    Upgrade {
+        path: PathBuf,
+        from: i64,
         source: rusqlite::Error,
     },
     #[error("failed to create the data directory {path}: {source}")]
@@ -64,6 +83,9 @@ pub struct NewEvent {
     pub from: Option<String>,
     pub fields: Vec<(String, String)>,
     pub idempotency_token: Option<String>,
+    /// The Twilio account the callback names (`AccountSid`), when it names one: a status event
+    /// moves only a message of the same app and, when both know it, the same account.
+    pub account_sid: Option<String>,
     pub received_at: i64,
 }
 
@@ -224,7 +246,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let writer = writer::Writer::start(&path).map_err(open_err)?;
+        let writer = writer::Writer::start(&path)?;
         let reader = Connection::open(&path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
         Ok(Store {
@@ -267,8 +289,9 @@ impl Store {
     }
 
     /// Queues a send's outcome without waiting. The writer commits it with the next group and
-    /// before any later write, so a callback for the same sid never overtakes it; a sid that an
-    /// early callback already created is completed rather than duplicated.
+    /// before any later write, so a callback for the same sid never overtakes it; a message
+    /// that an early callback of the same app already created is completed rather than
+    /// duplicated.
     pub fn record_send(&self, record: SendRecord) {
         if self.writer.record_send(record).is_err() {
             tracing::error!("the store is closed; a send was not recorded");
@@ -321,9 +344,19 @@ impl Store {
         self.reader.messages(filter).await
     }
 
-    /// A message and the events recorded for it, oldest event first.
+    /// A message by sid alone, with its events; see [`StoreReader::message`] for which one
+    /// when several apps have a row for the sid.
     pub async fn message(&self, sid: &str) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         self.reader.message(sid).await
+    }
+
+    /// App `app`'s message `sid` and its events, oldest event first.
+    pub async fn app_message(
+        &self,
+        app: &str,
+        sid: &str,
+    ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+        self.reader.app_message(app, sid).await
     }
 }
 
@@ -456,30 +489,66 @@ impl StoreReader {
         .await
     }
 
-    /// A message and the events recorded for it, oldest event first.
+    /// A message by sid alone, and the events its app recorded for it, oldest event first.
+    /// Sids are unique per app, so several apps may have a row for one sid (another app's
+    /// callbacks naming it): this returns the one this host sent, else the oldest. Callers that
+    /// know the app use [`StoreReader::app_message`].
     pub async fn message(&self, sid: &str) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         let sid = sid.to_string();
         self.read(move |c| {
-            let Some(message) = c
+            let message = c
                 .query_row(
-                    &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sid = ?1"),
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sid = ?1 \
+                         ORDER BY body IS NULL, id LIMIT 1"
+                    ),
                     [&sid],
                     message_from_row,
                 )
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let mut stmt = c.prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE message_sid = ?1 ORDER BY received_at, id"
-            ))?;
-            let events = stmt
-                .query_map([&sid], event_from_row)?
-                .collect::<Result<_, _>>()?;
-            Ok(Some((message, events)))
+                .optional()?;
+            with_events(c, message)
         })
         .await
     }
+
+    /// App `app`'s message `sid` and the events it recorded for it, oldest event first.
+    pub async fn app_message(
+        &self,
+        app: &str,
+        sid: &str,
+    ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+        let (app, sid) = (app.to_string(), sid.to_string());
+        self.read(move |c| {
+            let message = c
+                .query_row(
+                    &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE app = ?1 AND sid = ?2"),
+                    [&app, &sid],
+                    message_from_row,
+                )
+                .optional()?;
+            with_events(c, message)
+        })
+        .await
+    }
+}
+
+/// `message` with the events its own app recorded for its sid, oldest first: another app's
+/// callbacks naming the same sid are not this message's history.
+fn with_events(
+    c: &Connection,
+    message: Option<Message>,
+) -> rusqlite::Result<Option<(Message, Vec<Event>)>> {
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE message_sid = ?1 AND app = ?2 \
+         ORDER BY received_at, id"
+    ))?;
+    let events = stmt
+        .query_map(params![message.sid, message.app], event_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(Some((message, events)))
 }
 
 /// Builds a filtered, newest-first listing query with numbered parameters.
@@ -525,48 +594,6 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "cache_size", -8_000)?;
     Ok(())
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    app TEXT NOT NULL,
-    company TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    idempotency_token TEXT,
-    dedup_key TEXT,
-    message_sid TEXT,
-    message_status TEXT,
-    error_code TEXT,
-    fields TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER,
-    last_error TEXT,
-    updated_at INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_token ON events(idempotency_token) WHERE idempotency_token IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events(dedup_key) WHERE dedup_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_open ON events(state) WHERE state IN ('pending','failed');
-CREATE INDEX IF NOT EXISTS events_sid ON events(message_sid);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    sid TEXT UNIQUE,
-    app TEXT NOT NULL,
-    company TEXT NOT NULL,
-    account_sid TEXT,
-    to_number TEXT,
-    from_number TEXT,
-    body TEXT,
-    media TEXT,
-    status TEXT NOT NULL,
-    status_rank INTEGER NOT NULL,
-    error_code TEXT,
-    error_message TEXT,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
-";
 
 const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, message_sid, \
      message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at";
@@ -640,16 +667,21 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
         return Ok(Inserted::Duplicate);
     }
     let id = tx.last_insert_rowid();
+    // Only a message of the event's own app is moved (the conflict target is (app, sid)), and
+    // only when the accounts agree: a message or an event that names no account matches any.
     if let (Some(sid), Some(status)) = (sid, status) {
         tx.prepare_cached(
             "INSERT INTO messages (sid, app, company, status, status_rank, error_code, \
-             to_number, from_number, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
-             ON CONFLICT(sid) DO UPDATE SET status = excluded.status, \
+             to_number, from_number, created_at, updated_at, account_sid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) \
+             ON CONFLICT(app, sid) DO UPDATE SET status = excluded.status, \
              status_rank = excluded.status_rank, updated_at = excluded.updated_at, \
-             error_code = coalesce(excluded.error_code, messages.error_code) \
+             error_code = coalesce(excluded.error_code, messages.error_code), \
+             account_sid = coalesce(messages.account_sid, excluded.account_sid) \
              WHERE excluded.status_rank > messages.status_rank \
-             AND messages.status_rank < 10",
+             AND messages.status_rank < 10 \
+             AND (excluded.account_sid IS NULL OR messages.account_sid IS NULL \
+                  OR excluded.account_sid = messages.account_sid)",
         )?
         .execute(params![
             sid,
@@ -660,18 +692,21 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
             error_code,
             ev.to,
             ev.from,
-            ev.received_at
+            ev.received_at,
+            ev.account_sid,
         ])?;
     }
     Ok(Inserted::New(id))
 }
 
+/// Inserts the message row for (app, sid); a row an early callback of the same app created is
+/// completed. A send without a sid (refused by Twilio) always gets a row of its own.
 fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
          media, status, status_rank, error_code, error_message, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
-         ON CONFLICT(sid) DO UPDATE SET app = excluded.app, company = excluded.company, \
+         ON CONFLICT(app, sid) DO UPDATE SET company = excluded.company, \
          account_sid = excluded.account_sid, to_number = excluded.to_number, \
          from_number = excluded.from_number, body = excluded.body, media = excluded.media, \
          created_at = min(messages.created_at, excluded.created_at), \
@@ -735,6 +770,7 @@ mod tests {
             from: None,
             fields: Vec::new(),
             idempotency_token: None,
+            account_sid: None,
             received_at: at,
         }
     }
@@ -822,6 +858,139 @@ mod tests {
         assert_eq!(m.status, "delivered");
         assert_eq!(m.body.as_deref(), Some("hi"));
         assert_eq!(m.created_at, 4);
+        store.close().await;
+    }
+
+    /// App `app`'s send of `sid` from account `account`, as the outbound path records it.
+    fn send(app: &str, account: &str, sid: &str) -> SendRecord {
+        SendRecord {
+            sid: Some(sid.into()),
+            app: app.into(),
+            company: "ACME".into(),
+            account_sid: account.into(),
+            to: "+393331234567".into(),
+            from: "+14155238886".into(),
+            body: format!("from {app}"),
+            media: None,
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+            at: 1,
+        }
+    }
+
+    /// A status event as app `app`'s callback route stores it, naming `account`.
+    fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
+        let mut event = status_event(sid, status, at);
+        event.app = app.into();
+        event.account_sid = Some(account.into());
+        event
+    }
+
+    #[tokio::test]
+    async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.record_send(send("crm", "AC_A", "SM1"));
+        store
+            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
+            .await
+            .unwrap();
+
+        // App B, with its own valid token, names A's sid with A's next and a final status.
+        for status in ["failed", "read"] {
+            let forged = app_status("ops", "AC_B", "SM1", status, 3);
+            assert!(matches!(
+                store.insert_event(forged).await.unwrap(),
+                Inserted::New(_)
+            ));
+        }
+        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(
+            (a.status.as_str(), a.account_sid.as_deref()),
+            ("delivered", Some("AC_A"))
+        );
+        assert_eq!(a.error_code, None);
+        assert_eq!(a_events.len(), 1, "B's events are not A's history");
+
+        // A's genuine `read` is new, not a repeat of B's, and moves A's message.
+        let genuine = store
+            .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
+            .await
+            .unwrap();
+        assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
+        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(a.status, "read");
+        let history: Vec<_> = a_events
+            .iter()
+            .map(|e| e.message_status.as_deref().unwrap())
+            .collect();
+        assert_eq!(history, ["delivered", "read"]);
+
+        // B's events only ever touched a row of B's own; a lookup by sid alone finds A's send.
+        let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
+        assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
+        let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
+        assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_naming_another_account_does_not_move_the_apps_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.record_send(send("crm", "AC_A", "SM1"));
+        store
+            .insert_event(app_status("crm", "AC_OTHER", "SM1", "failed", 2))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(
+            (m.status.as_str(), m.account_sid.as_deref()),
+            ("queued", Some("AC_A"))
+        );
+        // An event that names no account is matched by app alone, as before.
+        store
+            .insert_event(status_event("SM1", "sent", 3))
+            .await
+            .unwrap();
+        store
+            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 4))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(m.status, "delivered");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_token_is_a_repeat_within_an_app_and_new_in_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let with_token = |app: &str, sid: &str| {
+            let mut event = app_status(app, "AC1", sid, "sent", 1);
+            event.idempotency_token = Some("ID-shared".into());
+            event
+        };
+        assert!(matches!(
+            store.insert_event(with_token("crm", "SM1")).await.unwrap(),
+            Inserted::New(_)
+        ));
+        assert!(matches!(
+            store.insert_event(with_token("ops", "SM2")).await.unwrap(),
+            Inserted::New(_)
+        ));
+        assert_eq!(
+            store.insert_event(with_token("crm", "SM3")).await.unwrap(),
+            Inserted::Duplicate
+        );
+        let events = store.events(EventFilter::default()).await.unwrap();
+        let stored: Vec<_> = events
+            .iter()
+            .rev()
+            .map(|e| (e.app.as_str(), e.message_sid.as_deref().unwrap()))
+            .collect();
+        assert_eq!(stored, [("crm", "SM1"), ("ops", "SM2")]);
         store.close().await;
     }
 

@@ -43,18 +43,25 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens the writer's connection to `path`, creates the schema and starts the writer thread.
-    pub(super) fn start(path: &Path) -> rusqlite::Result<Writer> {
-        let conn = Connection::open(path)?;
-        super::configure(&conn)?;
-        conn.execute_batch(super::SCHEMA)?;
+    /// Opens the writer's connection to `path`, creates or upgrades the schema and starts the
+    /// writer thread.
+    pub(super) fn start(path: &Path) -> Result<Writer, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        super::configure(&conn).map_err(open_err)?;
+        super::schema::set_up(&mut conn, path)?;
         // Commits leave the log unsynced; the writer's sync thread syncs it before anyone is
         // answered (see `writer_loop`). NORMAL still syncs the log and the database around
         // every checkpoint, so a checkpointed log is never overwritten before it is safe.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
         // Checkpoints run on their own thread (see `checkpoint_loop`); the writer checkpoints
         // only if the log has grown this long anyway.
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(open_err)?;
         let (ops, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())

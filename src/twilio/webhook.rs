@@ -18,6 +18,7 @@ const MESSAGE_STATUS: &str = "MessageStatus";
 const ERROR_CODE: &str = "ErrorCode";
 const TO: &str = "To";
 const FROM: &str = "From";
+const ACCOUNT_SID: &str = "AccountSid";
 
 /// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
 /// final. Twilio does not promise callback order, so a late `sent` after `read` changes nothing.
@@ -51,6 +52,8 @@ pub struct StatusCallback {
     pub to: Option<String>,
     /// `From`, without the `whatsapp:` channel prefix.
     pub from: Option<String>,
+    /// `AccountSid`: the Twilio account (project) the message belongs to.
+    pub account_sid: Option<String>,
     /// Every field in the order received.
     pub fields: Vec<(String, String)>,
 }
@@ -66,6 +69,7 @@ impl StatusCallback {
             error_code: value(ERROR_CODE),
             to: number(TO),
             from: number(FROM),
+            account_sid: value(ACCOUNT_SID),
             fields,
         }
     }

@@ -801,3 +801,70 @@ async fn graceful_stop_closes_the_store_cleanly() {
     assert_eq!(stored, sids);
     reopened.close().await;
 }
+
+#[tokio::test]
+async fn another_apps_signed_callback_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched()
+{
+    const OTHER_ACCOUNT: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const OTHER_KEY: &str = "other-auth-key-do-not-print";
+    let mut config = TestConfig::new().action("onStatus", "utils.debug(vo.MessageStatus);");
+    config.extra = format!(
+        "[apps.other.WHATSAPP]\naccount_id = \"{OTHER_ACCOUNT}\"\nauth_key = \"{OTHER_KEY}\"\n\
+         from_number = \"{FROM}\"\ncallback = \"onStatus\"\n"
+    );
+    let app = spawn_app(&config).await;
+    let sid = "SM00000000000000000000000000000080";
+    assert_eq!(
+        app.post_status("ACME", sid, "delivered").await.status(),
+        200
+    );
+
+    // The other app's owner signs, with their own token and account, callbacks naming the sid.
+    let other_url = app.callback_url("other", "ACME");
+    for status in ["failed", "read"] {
+        let fields = whatsapp_host::twilio::simulate::status_callback_fields(
+            sid,
+            OTHER_ACCOUNT,
+            FROM,
+            "+393331234567",
+            status,
+        );
+        let sig = signature::sign(OTHER_KEY, &other_url, &fields);
+        let response = app.post_form(&other_url, &fields, Some(&sig), None).await;
+        assert_eq!(response.status(), 200, "the other app's own callback");
+    }
+    // The owner's genuine `read` is a new event, not a repeat of the other app's.
+    assert_eq!(app.post_status("ACME", sid, "read").await.status(), 200);
+    app.wait_for_events(4, EventState::Done).await;
+
+    let (message, events) = app
+        .store()
+        .app_message(APP, sid)
+        .await
+        .unwrap()
+        .expect("the owner's row");
+    assert_eq!(message.status, "read");
+    assert_eq!(message.error_code, None);
+    assert_eq!(message.account_sid.as_deref(), Some(ACCOUNT_SID));
+    let history: Vec<_> = events
+        .iter()
+        .map(|e| (e.app.clone(), e.message_status.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (APP.into(), "delivered".into()),
+            (APP.into(), "read".into())
+        ]
+    );
+    let others = app
+        .store()
+        .events(EventFilter {
+            app: Some("other".into()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 2, "the other app's callbacks are its own");
+    app.stop().await;
+}

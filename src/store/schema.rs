@@ -1,0 +1,366 @@
+//! The store's schema and its upgrades: the tables a fresh store is created with, the version
+//! kept in `PRAGMA user_version`, and the numbered steps that bring an older store up to it.
+//! There is no migrations framework; each upgrade is one SQL script, run in the same
+//! transaction as the version bump, so a store is either wholly upgraded or untouched.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// The schema this build writes, kept in the file as `PRAGMA user_version`. Version 0 is the
+/// unversioned store of earlier builds.
+pub(super) const VERSION: i64 = 1;
+
+/// A fresh store at [`VERSION`]. Everything is `IF NOT EXISTS`, so running it over a store
+/// that is already at [`VERSION`] changes nothing.
+///
+/// Apps never share rows: idempotency tokens, dedupe keys and message sids are unique within
+/// an app, so one app's callbacks cannot mark another's events as repeats or move its messages.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    app TEXT NOT NULL,
+    company TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    idempotency_token TEXT,
+    dedup_key TEXT,
+    message_sid TEXT,
+    message_status TEXT,
+    error_code TEXT,
+    fields TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_app_token ON events(app, idempotency_token) WHERE idempotency_token IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS events_app_dedup ON events(app, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_open ON events(state) WHERE state IN ('pending','failed');
+CREATE INDEX IF NOT EXISTS events_sid ON events(message_sid);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    sid TEXT,
+    app TEXT NOT NULL,
+    company TEXT NOT NULL,
+    account_sid TEXT,
+    to_number TEXT,
+    from_number TEXT,
+    body TEXT,
+    media TEXT,
+    status TEXT NOT NULL,
+    status_rank INTEGER NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_app_sid ON messages(app, sid);
+CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
+";
+
+/// `UPGRADES[n]` takes a store from version `n` to `n + 1`. Each is frozen once released: a
+/// later change to [`SCHEMA`] gets a new entry here, never an edit of an old one. The steps are
+/// numbered so another backend (PostgreSQL) can mirror them one for one; where SQLite needs a
+/// workaround, the comment gives the plain statement the other backend runs instead.
+const UPGRADES: [&str; 1] = [
+    // 0 → 1: apps can't touch each other's rows.
+    "
+-- 1. Idempotency tokens are unique per app, not globally.
+DROP INDEX IF EXISTS events_token;
+CREATE UNIQUE INDEX events_app_token ON events(app, idempotency_token) WHERE idempotency_token IS NOT NULL;
+-- 2. Dedupe keys (sid, status, error code) are unique per app, not globally.
+DROP INDEX IF EXISTS events_dedup;
+CREATE UNIQUE INDEX events_app_dedup ON events(app, dedup_key) WHERE dedup_key IS NOT NULL;
+-- 3. Messages are unique per (app, sid) rather than per sid. Version 0 declared `sid TEXT
+--    UNIQUE` inline, which SQLite cannot drop, so the table is rebuilt: create the new table,
+--    copy every row (ids kept, so links to a message by id still work), drop the old table
+--    (and its indexes with it), rename. PostgreSQL instead runs
+--    `ALTER TABLE messages DROP CONSTRAINT messages_sid_key;`.
+CREATE TABLE messages_v1 (
+    id INTEGER PRIMARY KEY,
+    sid TEXT,
+    app TEXT NOT NULL,
+    company TEXT NOT NULL,
+    account_sid TEXT,
+    to_number TEXT,
+    from_number TEXT,
+    body TEXT,
+    media TEXT,
+    status TEXT NOT NULL,
+    status_rank INTEGER NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+INSERT INTO messages_v1 (id, sid, app, company, account_sid, to_number, from_number, body,
+    media, status, status_rank, error_code, error_message, created_at, updated_at)
+SELECT id, sid, app, company, account_sid, to_number, from_number, body,
+    media, status, status_rank, error_code, error_message, created_at, updated_at
+FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v1 RENAME TO messages;
+-- 4. The unique key messages are upserted on, and the listing index step 3 dropped.
+CREATE UNIQUE INDEX messages_app_sid ON messages(app, sid);
+CREATE INDEX messages_app ON messages(app, created_at);
+",
+];
+
+/// Brings the store on `conn` to [`VERSION`] in one transaction: creates a fresh store, or runs
+/// every upgrade from the file's version on, then records the new version. A store written by
+/// a newer build is refused rather than guessed at.
+pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Immediate: a second process opening the same store waits here, then sees the new version.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if found > VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            known: VERSION,
+        });
+    }
+    // A new file is at version 0 too, but has no tables: it gets the current schema directly.
+    let has_tables: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(open_err)?;
+    if has_tables {
+        for (from, upgrade) in UPGRADES.iter().enumerate().skip(found as usize) {
+            tx.execute_batch(upgrade)
+                .map_err(|source| StoreError::Upgrade {
+                    path: path.to_path_buf(),
+                    from: from as i64,
+                    source,
+                })?;
+            tracing::info!(store = %path.display(), from, to = from + 1, "upgraded the store's schema");
+        }
+    }
+    tx.execute_batch(SCHEMA).map_err(open_err)?;
+    tx.pragma_update(None, "user_version", VERSION)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventFilter, MessageFilter, NewEvent, Store};
+
+    /// The schema of the unversioned store (version 0), verbatim from commit d987f9b.
+    const SCHEMA_V0: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    app TEXT NOT NULL,
+    company TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    idempotency_token TEXT,
+    dedup_key TEXT,
+    message_sid TEXT,
+    message_status TEXT,
+    error_code TEXT,
+    fields TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_token ON events(idempotency_token) WHERE idempotency_token IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events(dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_open ON events(state) WHERE state IN ('pending','failed');
+CREATE INDEX IF NOT EXISTS events_sid ON events(message_sid);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    sid TEXT UNIQUE,
+    app TEXT NOT NULL,
+    company TEXT NOT NULL,
+    account_sid TEXT,
+    to_number TEXT,
+    from_number TEXT,
+    body TEXT,
+    media TEXT,
+    status TEXT NOT NULL,
+    status_rank INTEGER NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
+";
+
+    /// A version-0 store file in `dir` with two events and three messages, written as the
+    /// previous build wrote them.
+    fn old_store(dir: &Path) {
+        let conn = Connection::open(dir.join("store.sqlite3")).unwrap();
+        conn.execute_batch(SCHEMA_V0).unwrap();
+        conn.execute_batch(
+            r#"
+INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, message_sid,
+    message_status, fields, state, attempts, updated_at)
+VALUES ('crm', 'ACME', 10, 'tok-1', 'SM1|delivered|', 'SM1', 'delivered',
+    '[["MessageSid","SM1"],["MessageStatus","delivered"]]', 'done', 1, 11),
+       ('crm', 'ACME', 12, NULL, 'SM1|read|', 'SM1', 'read',
+    '[["MessageSid","SM1"],["MessageStatus","read"]]', 'pending', 0, 12);
+INSERT INTO messages (id, sid, app, company, account_sid, to_number, from_number, body,
+    status, status_rank, created_at, updated_at)
+VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', 'read', 6, 5, 12),
+       (8, 'SM2', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'yo', 'queued', 2, 6, 6),
+       (9, NULL, 'crm', 'ACME', 'AC1', '+393330000000', '+14155238886', 'no', 'failed', 10, 7, 7);
+"#,
+        )
+        .unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0, "the old build never set a version");
+    }
+
+    fn status_event(app: &str, sid: &str, status: &str) -> NewEvent {
+        NewEvent {
+            app: app.into(),
+            company: "ACME".into(),
+            message_sid: Some(sid.into()),
+            message_status: Some(status.into()),
+            error_code: None,
+            to: None,
+            from: None,
+            fields: Vec::new(),
+            idempotency_token: None,
+            account_sid: None,
+            received_at: 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_from_the_previous_version_is_upgraded_on_open_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        old_store(dir.path());
+
+        let store = Store::open(dir.path()).unwrap();
+        let events = store.events(EventFilter::default()).await.unwrap();
+        let kept: Vec<_> = events
+            .iter()
+            .map(|e| (e.id, e.message_status.as_deref(), e.state.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [(2, Some("read"), "pending"), (1, Some("delivered"), "done")]
+        );
+        assert_eq!(events[1].idempotency_token.as_deref(), Some("tok-1"));
+        let messages = store.messages(MessageFilter::default()).await.unwrap();
+        let kept: Vec<_> = messages
+            .iter()
+            .map(|m| (m.id, m.sid.as_deref(), m.status.as_str(), m.body.as_deref()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (9, None, "failed", Some("no")),
+                (8, Some("SM2"), "queued", Some("yo")),
+                (7, Some("SM1"), "read", Some("hi")),
+            ]
+        );
+
+        // The upgraded store keeps repeats out within an app, and lets apps apart.
+        let repeat = status_event("crm", "SM1", "read");
+        assert_eq!(
+            store.insert_event(repeat).await.unwrap(),
+            crate::store::Inserted::Duplicate
+        );
+        let other = status_event("ops", "SM2", "failed");
+        assert!(matches!(
+            store.insert_event(other).await.unwrap(),
+            crate::store::Inserted::New(_)
+        ));
+        let (sm2, _) = store.app_message("crm", "SM2").await.unwrap().unwrap();
+        assert_eq!((sm2.id, sm2.status.as_str()), (8, "queued"));
+        store.close().await;
+
+        let conn = Connection::open(dir.path().join("store.sqlite3")).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        assert_eq!(VERSION, 1);
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            .unwrap();
+        let indexes: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "events_app_dedup",
+                "events_app_token",
+                "events_open",
+                "events_sid",
+                "messages_app",
+                "messages_app_sid"
+            ],
+            "the global unique indexes and the inline UNIQUE(sid) are gone"
+        );
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
+
+    #[test]
+    fn a_fresh_store_is_created_at_the_current_version_and_reopening_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite3");
+        let mut conn = Connection::open(&path).unwrap();
+        set_up(&mut conn, &path).unwrap();
+        let dump = |c: &Connection| -> Vec<(String, Option<String>)> {
+            let mut stmt = c
+                .prepare("SELECT name, sql FROM sqlite_master ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let first = dump(&conn);
+        set_up(&mut conn, &path).unwrap();
+        assert_eq!(dump(&conn), first);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_version_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite3");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        let e = set_up(&mut conn, &path).unwrap_err();
+        assert!(matches!(e, StoreError::NewerSchema { .. }), "{e}");
+        assert!(e.to_string().contains("newer whatsapp-host"), "{e}");
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+}
