@@ -11,6 +11,7 @@
 //! - [`js`]: the boa engine on worker threads, and the `utils` table scripts see.
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
 //! - [`server`]: the axum routes, the callback endpoint and shutdown.
+//! - [`edge`]: the listeners' accept loops and each connection's timeouts and limits.
 //! - [`dashboard`]: the operator's web pages (messages, timelines, events, replay), behind a password.
 //! - [`services`]: wiring of the above, shared by the server and the CLI.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod dashboard;
 pub mod dispatch;
+pub mod edge;
 pub mod js;
 pub mod media;
 pub mod outbound;

@@ -1,5 +1,6 @@
 //! The HTTP server: routes, the Twilio callback endpoint, `/healthz` and `/metrics`, and
-//! graceful shutdown. Callback errors map to HTTP statuses here and nowhere else.
+//! graceful shutdown. Callback errors map to HTTP statuses here and nowhere else. Connections
+//! and their limits are [`crate::edge`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::dispatch::{Dispatcher, Work};
 use crate::services::Services;
 use crate::settings::{ApiBase, Settings};
 use crate::store::{Inserted, NewEvent, now_ms};
-use crate::{telemetry, twilio};
+use crate::{edge, telemetry, twilio};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -44,6 +45,8 @@ impl AppState {
 /// and read the address before serving.
 pub struct Application {
     listener: TcpListener,
+    /// `server.admin_listen`'s listener, serving `/healthz` and `/metrics` alone.
+    admin: Option<TcpListener>,
     state: AppState,
     dispatcher_task: tokio::task::JoinHandle<()>,
 }
@@ -57,6 +60,12 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.server.listen))?;
+        let admin = match settings.server.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("failed to listen on {addr} (server.admin_listen): {e}")
+            })?),
+            None => None,
+        };
         let (dispatcher, dispatcher_task) = Dispatcher::start(
             settings.clone(),
             services.store.clone(),
@@ -74,6 +83,7 @@ impl Application {
         let origin = url[..url::Position::BeforePath].to_string();
         Ok(Application {
             listener,
+            admin,
             state: AppState {
                 services,
                 dispatcher,
@@ -89,6 +99,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|admin| admin.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -101,6 +118,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            admin,
             state,
             dispatcher_task,
         } = self;
@@ -109,11 +127,20 @@ impl Application {
             callback = %state.settings().server.callback_url_pattern(),
             "whatsapp-host is serving"
         );
-        let router = router(state.clone());
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let mut endpoints = vec![edge::Endpoint {
+            name: "main",
+            listener,
+            router: router(state.clone()),
+        }];
+        if let Some(admin) = admin {
+            tracing::info!(admin = %admin.local_addr()?, "/healthz and /metrics are served only on server.admin_listen");
+            endpoints.push(edge::Endpoint {
+                name: "admin",
+                listener: admin,
+                router: admin_router(state.clone()),
+            });
+        }
+        edge::serve(endpoints, &state.settings().server.limits, shutdown).await;
         tracing::info!("shutting down: finishing dispatches in flight");
         let grace = state.settings().server.shutdown_grace;
         if !state.dispatcher.drain(grace).await {
@@ -159,11 +186,21 @@ pub fn router(state: AppState) -> Router {
             &format!("{context}/whatsapp/{{app_id}}/{{company_id}}"),
             post(callback),
         )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
         .with_state(state.clone())
         .merge(crate::dashboard::routes(&state))
+        .merge(match state.settings().server.admin_listen {
+            None => admin_router(state.clone()),
+            Some(_) => Router::new(),
+        })
+}
+
+/// `/healthz` and `/metrics`: part of [`router`], or alone on `server.admin_listen` when set.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 /// Why a callback was refused; the one mapping from failures to statuses.
