@@ -12,6 +12,7 @@
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
 //! - [`routes`]: every path the host serves and the callback URL, written once.
 //! - [`server`]: the axum router, the callback endpoint and shutdown.
+//! - [`edge`]: the listeners' accept loops and each connection's timeouts and limits.
 //! - [`dashboard`]: the operator's web pages (messages, timelines, events, replay), behind a password.
 //! - [`services`]: wiring of the above, shared by the server and the CLI.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod dashboard;
 pub mod dispatch;
+pub mod edge;
 pub mod js;
 pub mod media;
 pub mod outbound;

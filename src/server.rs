@@ -1,5 +1,6 @@
 //! The HTTP server: routes, the Twilio callback endpoint, `/healthz` and `/metrics`, and
-//! graceful shutdown. Callback errors map to HTTP statuses here and nowhere else.
+//! graceful shutdown. Callback errors map to HTTP statuses here and nowhere else. Connections
+//! and their limits are [`crate::edge`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::services::Services;
 use crate::settings::{ApiBase, Settings};
 use crate::store::{Inserted, NewEvent, now_ms};
 use crate::twilio::webhook::{self, StatusCallback};
-use crate::{routes, telemetry};
+use crate::{edge, routes, telemetry};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -43,6 +44,8 @@ impl AppState {
 /// and read the address before serving.
 pub struct Application {
     listener: TcpListener,
+    /// `server.admin_listen`'s listener, serving `/healthz` and `/metrics` alone.
+    admin: Option<TcpListener>,
     state: AppState,
 }
 
@@ -55,6 +58,12 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.server.listen))?;
+        let admin = match settings.server.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("failed to listen on {addr} (server.admin_listen): {e}")
+            })?),
+            None => None,
+        };
         let recovered = services.dispatcher.recover().await?;
         if recovered > 0 {
             tracing::info!(
@@ -67,6 +76,7 @@ impl Application {
         let origin = url[..url::Position::BeforePath].to_string();
         Ok(Application {
             listener,
+            admin,
             state: AppState {
                 services,
                 origin: origin.into(),
@@ -80,6 +90,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|admin| admin.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -91,17 +108,30 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            admin,
+            state,
+        } = self;
         tracing::info!(
             listen = %listener.local_addr()?,
             callback = %state.settings().server.callback_url_pattern(),
             "whatsapp-host is serving"
         );
-        let router = router(state.clone());
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let mut endpoints = vec![edge::Endpoint {
+            name: "main",
+            listener,
+            router: router(state.clone()),
+        }];
+        if let Some(admin) = admin {
+            tracing::info!(admin = %admin.local_addr()?, "/healthz and /metrics are served only on server.admin_listen");
+            endpoints.push(edge::Endpoint {
+                name: "admin",
+                listener: admin,
+                router: admin_router(state.clone()),
+            });
+        }
+        edge::serve(endpoints, &state.settings().server.limits, shutdown).await;
         tracing::info!("shutting down: finishing dispatches in flight");
         let grace = state.settings().server.shutdown_grace;
         if !state.services.dispatcher.shutdown(grace).await {
@@ -143,14 +173,25 @@ pub fn router(state: AppState) -> Router {
         services.dispatcher.clone(),
     );
     let context = routes::context(&services.settings.server.public_url);
+    let health = match services.settings.server.admin_listen {
+        None => admin_router(state.clone()),
+        Some(_) => Router::new(),
+    };
     Router::new()
         .route(&routes::callback_route(context), post(callback))
         .route(&routes::short_callback_route(context), post(callback))
-        .route(routes::HEALTHZ, get(healthz))
-        .route(routes::METRICS, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
         .with_state(state)
         .merge(dashboard)
+        .merge(health)
+}
+
+/// `/healthz` and `/metrics`: part of [`router`], or alone on `server.admin_listen` when set.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::METRICS, get(metrics))
+        .with_state(state)
 }
 
 /// Why a callback was refused; the one mapping from failures to statuses.

@@ -52,6 +52,31 @@ pub struct Server {
     pub scripts_dir: PathBuf,
     /// How long shutdown waits for in-flight dispatches before closing the store.
     pub shutdown_grace: Duration,
+    /// A second listener for `/healthz` and `/metrics`, so they need not be public. When set,
+    /// the main listener no longer answers them.
+    pub admin_listen: Option<SocketAddr>,
+    /// What every listener allows one connection.
+    pub limits: ConnectionLimits,
+}
+
+/// The edge's limits per connection, so slow or large clients can't hold the host's memory or
+/// its connections: each is a bound on what one client may pin, and for how long.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// A request's head must arrive within this, counted from the connection's start or from the
+    /// end of the previous response, so it also bounds a kept-alive connection waiting for its
+    /// next request.
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this after its head; a total, not a gap between
+    /// reads, so trickling one byte at a time does not extend it.
+    pub body_timeout: Duration,
+    /// A connection is closed when no request is being handled and no byte has moved either way
+    /// for this long: covers clients that stop reading a response.
+    pub idle_timeout: Duration,
+    /// The largest request head, and the size of each connection's read buffer.
+    pub max_header_bytes: usize,
+    /// Open connections per listener; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Server {
@@ -341,6 +366,12 @@ impl Loader<'_> {
                     ),
                 )
             })?;
+        let admin_listen = raw
+            .admin_listen
+            .as_deref()
+            .map(|a| self.admin_listen(a, listen))
+            .transpose()?;
+        let limits = self.connection_limits(&raw)?;
         Ok(Server {
             listen,
             public_url,
@@ -348,6 +379,55 @@ impl Loader<'_> {
             actions_dir: self.relative(raw.actions_dir),
             scripts_dir: self.relative(raw.scripts_dir),
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+            admin_listen,
+            limits,
+        })
+    }
+
+    fn admin_listen(&self, text: &str, listen: SocketAddr) -> Result<SocketAddr, SettingsError> {
+        let key = "server.admin_listen";
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("{text:?} is not an address; write it as \"127.0.0.1:9090\""),
+            )
+        })?;
+        if addr == listen && addr.port() != 0 {
+            return Err(self.invalid(
+                key,
+                "must differ from server.listen: it is a second listener",
+            ));
+        }
+        Ok(addr)
+    }
+
+    fn connection_limits(&self, raw: &raw::Server) -> Result<ConnectionLimits, SettingsError> {
+        let millis = |key: &str, ms: u64| {
+            if (1..=86_400_000).contains(&ms) {
+                Ok(Duration::from_millis(ms))
+            } else {
+                Err(self.invalid(
+                    format!("server.{key}"),
+                    "must be between 1 and 86400000 (a day)",
+                ))
+            }
+        };
+        // hyper refuses a read buffer under 8 KiB; over 1 MiB a few clients pin a lot of memory.
+        if !(8192..=1_048_576).contains(&raw.max_header_bytes) {
+            return Err(self.invalid(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576 (1 MiB); 16384 fits any real client",
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.max_connections) {
+            return Err(self.invalid("server.max_connections", "must be between 1 and 1000000"));
+        }
+        Ok(ConnectionLimits {
+            header_timeout: millis("header_timeout_ms", raw.header_timeout_ms)?,
+            body_timeout: millis("body_timeout_ms", raw.body_timeout_ms)?,
+            idle_timeout: millis("idle_timeout_ms", raw.idle_timeout_ms)?,
+            max_header_bytes: raw.max_header_bytes,
+            max_connections: raw.max_connections,
         })
     }
 
@@ -582,6 +662,12 @@ mod raw {
         pub actions_dir: PathBuf,
         pub scripts_dir: PathBuf,
         pub shutdown_grace_seconds: u64,
+        pub admin_listen: Option<String>,
+        pub header_timeout_ms: u64,
+        pub body_timeout_ms: u64,
+        pub idle_timeout_ms: u64,
+        pub max_header_bytes: usize,
+        pub max_connections: usize,
     }
 
     impl Default for Server {
@@ -593,6 +679,12 @@ mod raw {
                 actions_dir: "actions".into(),
                 scripts_dir: "scripts".into(),
                 shutdown_grace_seconds: 10,
+                admin_listen: None,
+                header_timeout_ms: 10_000,
+                body_timeout_ms: 10_000,
+                idle_timeout_ms: 30_000,
+                max_header_bytes: 16_384,
+                max_connections: 1024,
             }
         }
     }
@@ -859,6 +951,38 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
         assert!(err.contains("settings.example.toml"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_checked_with_their_key() {
+        let s = load(GOOD, &[]).unwrap();
+        assert_eq!(s.server.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.server.limits.max_header_bytes, 16_384);
+        assert_eq!(s.server.admin_listen, None);
+        for (line, key) in [
+            ("max_header_bytes = 4096", "server.max_header_bytes"),
+            ("max_header_bytes = 2000000", "server.max_header_bytes"),
+            ("max_connections = 0", "server.max_connections"),
+            ("header_timeout_ms = 0", "server.header_timeout_ms"),
+            ("body_timeout_ms = 0", "server.body_timeout_ms"),
+            ("idle_timeout_ms = 0", "server.idle_timeout_ms"),
+            ("admin_listen = \"localhost\"", "server.admin_listen"),
+            ("admin_listen = \"127.0.0.1:8080\"", "server.admin_listen"),
+        ] {
+            let err = load(&format!("[server]\n{line}\n{GOOD}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let s = load(
+            &format!("[server]\nadmin_listen = \"127.0.0.1:9090\"\n{GOOD}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.server.admin_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct TestConfig {
     pub extra: String,
     pub actions_toml: String,
     pub app_toml: String,
+    /// Extra keys for the `[server]` section.
+    pub server_toml: String,
     pub media_check: bool,
 }
 
@@ -57,6 +59,7 @@ impl TestConfig {
             extra: String::new(),
             actions_toml: String::new(),
             app_toml: String::new(),
+            server_toml: String::new(),
             media_check: true,
         }
     }
@@ -119,6 +122,7 @@ public_url = "{public_url}"
 data_dir = "data"
 actions_dir = "actions"
 shutdown_grace_seconds = 2
+{server_toml}
 
 [twilio]
 api_base = "{api_base}"
@@ -144,6 +148,7 @@ from_number = "{FROM}"
             media_check = self.media_check,
             actions_toml = self.actions_toml,
             app_toml = self.app_toml,
+            server_toml = self.server_toml,
             extra = self.extra,
         );
         let path = self.path();
@@ -214,6 +219,9 @@ pub fn signed_callback(
 
 /// A server running on port 0 in this process.
 pub struct TestApp {
+    pub addr: SocketAddr,
+    /// The admin listener's address, when the settings set `server.admin_listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub base_url: String,
     pub services: Services,
     pub http: reqwest::Client,
@@ -230,11 +238,14 @@ pub async fn spawn_app(config: &TestConfig) -> TestApp {
         .await
         .expect("server binds");
     let addr = app.local_addr();
+    let admin_addr = app.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
     TestApp {
+        addr,
+        admin_addr,
         base_url: format!("http://{addr}"),
         services,
         http: reqwest::Client::new(),
