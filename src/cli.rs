@@ -12,7 +12,7 @@ use crate::js::{self, Program};
 use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
 use crate::services::Services;
-use crate::settings::{ApiBase, ProcessEnv, Settings};
+use crate::settings::{self, ApiBase, ProcessEnv, Settings};
 use crate::store::{EventFilter, EventState, MessageFilter, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
@@ -46,7 +46,7 @@ pub enum Command {
         run: Option<PathBuf>,
         #[arg(long)]
         app: Option<String>,
-        #[arg(long, default_value = NO_COMPANY)]
+        #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
         company: String,
     },
     /// Run a script with `utils` bound to an app; prints its logs and result.
@@ -54,7 +54,7 @@ pub enum Command {
         script: PathBuf,
         #[arg(long)]
         app: String,
-        #[arg(long, default_value = NO_COMPANY)]
+        #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
         company: String,
     },
     /// Send one message through the same path scripts use; prints the outcome JSON.
@@ -71,7 +71,7 @@ pub enum Command {
         bucket: Option<String>,
         #[arg(long, requires = "bucket")]
         file: Option<String>,
-        #[arg(long, default_value = NO_COMPANY)]
+        #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
         company: String,
     },
     /// Validate the settings, compile every action and script, and print a summary.
@@ -102,7 +102,7 @@ pub enum Command {
     SimulateCallback {
         #[arg(long)]
         app: String,
-        #[arg(long, default_value = NO_COMPANY)]
+        #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
         company: String,
         #[arg(long)]
         sid: String,
@@ -115,6 +115,11 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+}
+
+/// `--company`: the rule callback URLs and tenant entries follow ([`settings::check_company_id`]).
+fn company_id(text: &str) -> Result<String, settings::CompanyIdError> {
+    settings::check_company_id(text).map(|()| text.to_string())
 }
 
 /// Runs a parsed command line. Returns the process exit code.
@@ -388,6 +393,15 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
                     problems += 1;
                 }
             }
+        }
+        for tenant in app.tenants.values() {
+            println!(
+                "  {:<12} tenant {}  account {}  callbacks {}",
+                "",
+                tenant.company,
+                tenant.account_id,
+                settings.server.callback_url(&app.id, &tenant.company)
+            );
         }
     }
     if problems == 0 {

@@ -247,9 +247,9 @@ impl Inner {
         let span = tracing::info_span!(
             "dispatch",
             event = work.event_id,
-            app = %work.app,
-            company = %work.company,
-            sid = crate::twilio::webhook::message_sid(&work.fields).unwrap_or(""),
+            app = %crate::telemetry::untrusted(&work.app),
+            company = %crate::telemetry::untrusted(&work.company),
+            sid = %crate::telemetry::untrusted(crate::twilio::webhook::message_sid(&work.fields).unwrap_or("")),
         );
         async {
             let started = std::time::Instant::now();

@@ -287,7 +287,14 @@ impl Outbound {
                     }
                 };
                 let sandbox = from.as_str() == SANDBOX_NUMBER;
-                (account_sid.as_str(), auth_token, from, sandbox, None)
+                // A configured tenant's project gets its company's callback URL, where its
+                // callbacks are checked with its token; an unknown project gets none.
+                let callback = caller.app.tenant_by_account(account_sid).map(|tenant| {
+                    self.settings
+                        .server
+                        .callback_url(&caller.app.id, &tenant.company)
+                });
+                (account_sid.as_str(), auth_token, from, sandbox, callback)
             }
         };
         let to = match phone::normalize(&req.to, country) {

@@ -18,13 +18,15 @@ use tracing::Instrument;
 
 use crate::dispatch::Work;
 use crate::services::Services;
-use crate::settings::{ApiBase, Settings};
+use crate::settings::{ApiBase, CompanyIdError, Settings, check_company_id};
 use crate::store::{Inserted, NewEvent, now_ms};
 use crate::twilio::webhook::{self, StatusCallback};
 use crate::{edge, routes, telemetry};
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// How much of a refused callback's URL its log line shows.
+const MAX_LOGGED_URL_CHARS: usize = 256;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -194,21 +196,32 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What every refusal that could tell a known app id from an unknown one answers: an unknown
+/// app, a missing account, another project's account and a bad signature look alike from
+/// outside. The log says which it was.
+pub const CALLBACK_REFUSED: &str = "callback refused: the app id, the account sid or the X-Twilio-Signature does not match the settings\n";
+
 /// Why a callback was refused; the one mapping from failures to statuses.
 #[derive(Debug, thiserror::Error)]
 enum CallbackError {
+    #[error("the company id in the callback URL is not valid: {0}")]
+    CompanyId(#[from] CompanyIdError),
     #[error("callback body must be application/x-www-form-urlencoded, as Twilio sends it")]
     MediaType,
-    #[error("unknown app {0:?}: it has no [apps.{0}] section in the settings file")]
-    UnknownApp(String),
-    #[error("app {0:?} has no WHATSAPP parameters to check the signature with")]
-    NoWhatsapp(String),
     #[error("callback body is over {MAX_CALLBACK_BYTES} bytes; twilio's callbacks are under 2 KiB")]
     TooLarge,
     #[error("callback body is not a valid form: {0}")]
     Malformed(String),
-    #[error("missing or invalid X-Twilio-Signature")]
-    Signature,
+    #[error("unknown app: the settings file has no [apps.<id>] section for it")]
+    UnknownApp,
+    #[error("the callback names no account sid, so there is no token to check it with")]
+    NoAccount,
+    #[error(
+        "account {0} is neither the app's account_id nor the account of the app's tenant for this company"
+    )]
+    Account(String),
+    #[error("missing or invalid X-Twilio-Signature over {0}")]
+    Signature(String),
     #[error("failed to store the event; twilio will retry")]
     Store,
 }
@@ -217,10 +230,11 @@ impl CallbackError {
     fn reason(&self) -> &'static str {
         match self {
             CallbackError::MediaType => "media_type",
-            CallbackError::UnknownApp(_) | CallbackError::NoWhatsapp(_) => "unknown_app",
+            CallbackError::UnknownApp => "unknown_app",
             CallbackError::TooLarge => "too_large",
-            CallbackError::Malformed(_) => "malformed",
-            CallbackError::Signature => "signature",
+            CallbackError::CompanyId(_) | CallbackError::Malformed(_) => "malformed",
+            CallbackError::NoAccount | CallbackError::Account(_) => "account",
+            CallbackError::Signature(_) => "signature",
             CallbackError::Store => "store",
         }
     }
@@ -228,15 +242,19 @@ impl CallbackError {
 
 impl IntoResponse for CallbackError {
     fn into_response(self) -> Response {
+        telemetry::callback_rejected(self.reason());
         let status = match self {
             CallbackError::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            CallbackError::UnknownApp(_) | CallbackError::NoWhatsapp(_) => StatusCode::NOT_FOUND,
             CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            CallbackError::Malformed(_) => StatusCode::BAD_REQUEST,
-            CallbackError::Signature => StatusCode::FORBIDDEN,
+            CallbackError::CompanyId(_) | CallbackError::Malformed(_) => StatusCode::BAD_REQUEST,
+            CallbackError::UnknownApp
+            | CallbackError::NoAccount
+            | CallbackError::Account(_)
+            | CallbackError::Signature(_) => {
+                return (StatusCode::FORBIDDEN, CALLBACK_REFUSED).into_response();
+            }
             CallbackError::Store => StatusCode::SERVICE_UNAVAILABLE,
         };
-        telemetry::callback_rejected(self.reason());
         (status, format!("{self}\n")).into_response()
     }
 }
@@ -249,13 +267,23 @@ async fn callback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CallbackError> {
     telemetry::callback_received();
-    let span = tracing::info_span!("callback", app = %app_id, company = %company_id, sid = tracing::field::Empty);
-    async move {
+    // The ids come straight from an unsigned request: logged escaped and cut, never raw.
+    let span = tracing::info_span!(
+        "callback",
+        app = %telemetry::untrusted(&app_id),
+        company = %telemetry::untrusted(&company_id),
+        sid = tracing::field::Empty,
+    );
+    let result = async move {
+        check_company_id(&company_id)?;
         let is_form = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         if !is_form {
             return Err(CallbackError::MediaType);
         }
@@ -263,28 +291,38 @@ async fn callback(
             StatusCode::PAYLOAD_TOO_LARGE => CallbackError::TooLarge,
             _ => CallbackError::Malformed(e.body_text()),
         })?;
+        // Read before the app is looked up, so a malformed body gets the same 400 whether or not
+        // the app exists.
+        let callback =
+            StatusCallback::parse(&body).map_err(|e| CallbackError::Malformed(e.to_string()))?;
+        // Recorded before the checks, so a refused callback's log names its sid too.
+        if let Some(sid) = &callback.sid {
+            tracing::Span::current()
+                .record("sid", tracing::field::display(telemetry::untrusted(sid)));
+        }
         let app = state
             .settings()
             .apps
             .get(&app_id)
-            .ok_or_else(|| CallbackError::UnknownApp(app_id.clone()))?;
-        let whatsapp = app
-            .whatsapp
-            .as_ref()
-            .ok_or_else(|| CallbackError::NoWhatsapp(app_id.clone()))?;
-        let callback =
-            StatusCallback::parse(&body).map_err(|e| CallbackError::Malformed(e.to_string()))?;
-        // Recorded before the signature check, so a rejected callback's log names its sid too.
-        if let Some(sid) = &callback.sid {
-            tracing::Span::current().record("sid", sid.as_str());
-        }
-        if whatsapp.validate_signatures {
+            .ok_or(CallbackError::UnknownApp)?;
+        let account = callback
+            .account_sid
+            .as_deref()
+            .ok_or(CallbackError::NoAccount)?;
+        let auth_key = app
+            .callback_key(&company_id, account)
+            .ok_or_else(|| CallbackError::Account(telemetry::untrusted(account).to_string()))?;
+        if app.validates_signatures() {
             let path = uri.path_and_query().map_or("", |p| p.as_str());
             let url = webhook::signed_url(&state.origin, path);
             let signature = webhook::signature(&headers);
-            if !webhook::is_signed(&whatsapp.auth_key, &url, &callback.fields, signature) {
-                tracing::warn!(url = %url, has_signature = signature.is_some(), "rejected a callback with a missing or invalid signature");
-                return Err(CallbackError::Signature);
+            if !webhook::is_signed(auth_key, &url, &callback.fields, signature) {
+                let url = telemetry::untrusted(&url).max_chars(MAX_LOGGED_URL_CHARS);
+                let url = match signature {
+                    Some(_) => url.to_string(),
+                    None => format!("{url} (no signature header)"),
+                };
+                return Err(CallbackError::Signature(url));
             }
         }
         let event = NewEvent {
@@ -323,8 +361,14 @@ async fn callback(
         }
         Ok(([(header::CONTENT_TYPE, "text/xml")], webhook::EMPTY_TWIML).into_response())
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    if let Err(e) = &result
+        && !matches!(e, CallbackError::Store)
+    {
+        span.in_scope(|| tracing::warn!(reason = e.reason(), "refused a callback: {e}"));
+    }
+    result
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -135,12 +135,56 @@ pub struct Dashboard {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// One application and its WHATSAPP parameters.
+/// One application, its WHATSAPP parameters and its tenants' own Twilio projects.
 #[derive(Debug)]
 pub struct App {
     pub id: String,
     /// `None` when the app has no `[apps.<id>.WHATSAPP]` section: sends with its parameters throw.
     pub whatsapp: Option<Whatsapp>,
+    /// `[apps.<id>.tenants.<companyId>]`: companies that send from their own Twilio project, by
+    /// company id. Twilio signs such a project's callbacks with that project's token.
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+impl App {
+    /// The token that signs a callback for `company` from Twilio project `account_sid`: the
+    /// company's tenant's when the account is that tenant's, the app's own when it is the app's.
+    /// `None` when the account is neither, so the callback is refused: one app's owner can't
+    /// pass off another project's callbacks as this app's.
+    pub fn callback_key(&self, company: &str, account_sid: &str) -> Option<&SecretString> {
+        if let Some(tenant) = self.tenants.get(company)
+            && tenant.account_id == account_sid
+        {
+            return Some(&tenant.auth_key);
+        }
+        self.whatsapp
+            .as_ref()
+            .filter(|w| w.account_id == account_sid)
+            .map(|w| &w.auth_key)
+    }
+
+    /// The configured tenant whose Twilio project is `account_sid`, so a tenant send can ask
+    /// Twilio for that tenant's callback URL. Account ids are unique among an app's tenants.
+    pub fn tenant_by_account(&self, account_sid: &str) -> Option<&Tenant> {
+        self.tenants.values().find(|t| t.account_id == account_sid)
+    }
+
+    /// Whether this app's callbacks must carry a valid signature. Only an app's
+    /// `validate_signatures = false` turns the check off, for all of its callbacks.
+    pub fn validates_signatures(&self) -> bool {
+        self.whatsapp.as_ref().is_none_or(|w| w.validate_signatures)
+    }
+}
+
+/// A tenant's own Twilio project: `[apps.<app>.tenants.<companyId>]`. Its sends (the forms that
+/// pass accountId, secretKey and fromNr) get the callback URL for its company, and the callbacks
+/// posted there are checked with its token.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// The company id: the table's key, and the last segment of the tenant's callback URL.
+    pub company: String,
+    pub account_id: String,
+    pub auth_key: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -218,8 +262,22 @@ impl<const N: usize> Env for [(&str, &str); N] {
 
 /// The environment variable that overrides an app's auth key: `WHATSAPP_<APP>_AUTH_KEY`.
 pub fn auth_key_env(app_id: &str) -> String {
-    let app: String = app_id
-        .chars()
+    format!("WHATSAPP_{}_AUTH_KEY", env_segment(app_id))
+}
+
+/// The environment variable that overrides a tenant's auth key:
+/// `WHATSAPP_<APP>_<COMPANY>_AUTH_KEY`, each id normalised as in [`auth_key_env`].
+pub fn tenant_auth_key_env(app_id: &str, company_id: &str) -> String {
+    format!(
+        "WHATSAPP_{}_{}_AUTH_KEY",
+        env_segment(app_id),
+        env_segment(company_id)
+    )
+}
+
+/// An id as part of a variable name: ASCII letters and digits upper-cased, the rest as `_`.
+fn env_segment(id: &str) -> String {
+    id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_uppercase()
@@ -227,8 +285,7 @@ pub fn auth_key_env(app_id: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("WHATSAPP_{app}_AUTH_KEY")
+        .collect()
 }
 
 impl Settings {
@@ -306,10 +363,26 @@ impl Loader<'_> {
         let actions = self.actions(raw.actions)?;
         let dashboard = self.dashboard(raw.dashboard, &twilio.api_base)?;
         let mut apps = BTreeMap::new();
+        for id in raw.apps.keys() {
+            self.check_app_id(id)?;
+        }
+        // Which setting each auth key variable belongs to, so a tenant's can't shadow another's.
+        let mut key_vars: BTreeMap<String, String> = raw
+            .apps
+            .keys()
+            .map(|id| (auth_key_env(id), format!("apps.{id}")))
+            .collect();
         for (id, app) in raw.apps {
-            self.check_app_id(&id)?;
             let whatsapp = app.whatsapp.map(|w| self.whatsapp(&id, w)).transpose()?;
-            apps.insert(id.clone(), Arc::new(App { id, whatsapp }));
+            let tenants = self.tenants(&id, whatsapp.as_ref(), app.tenants, &mut key_vars)?;
+            apps.insert(
+                id.clone(),
+                Arc::new(App {
+                    id,
+                    whatsapp,
+                    tenants,
+                }),
+            );
         }
         Ok(Settings {
             source: self.path.to_path_buf(),
@@ -613,6 +686,112 @@ impl Loader<'_> {
             validate_signatures: raw.validate_signatures,
         })
     }
+
+    fn tenants(
+        &self,
+        app: &str,
+        whatsapp: Option<&Whatsapp>,
+        raw: BTreeMap<String, raw::Tenant>,
+        key_vars: &mut BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, Tenant>, SettingsError> {
+        let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+        for (company, raw) in raw {
+            let key = |k: &str| format!("apps.{app}.tenants.{company}{k}");
+            check_company_id(&company).map_err(|e| {
+                // The id is the table's key: name it escaped, as it may hold anything.
+                self.invalid(
+                    format!("apps.{app}.tenants.{}", company.escape_debug()),
+                    e.to_string(),
+                )
+            })?;
+            let account_id = raw.account_id.trim().to_string();
+            if !is_account_sid(&account_id) {
+                return Err(self.invalid(
+                    key(".account_id"),
+                    "must be \"AC\" followed by 32 hexadecimal characters: the tenant's own Twilio account, as shown in its console",
+                ));
+            }
+            if whatsapp.is_some_and(|w| w.account_id == account_id) {
+                return Err(self.invalid(
+                    key(".account_id"),
+                    format!("is apps.{app}.WHATSAPP's own account; a tenant entry is for another Twilio project, so remove it"),
+                ));
+            }
+            if let Some(other) = tenants.values().find(|t| t.account_id == account_id) {
+                return Err(self.invalid(
+                    key(".account_id"),
+                    format!(
+                        "is also apps.{app}.tenants.{}'s account, so a send from it could not tell which company's callback URL to give Twilio; keep one entry per Twilio project",
+                        other.company
+                    ),
+                ));
+            }
+            let var = tenant_auth_key_env(app, &company);
+            if let Some(owner) = key_vars.insert(var.clone(), key("")) {
+                return Err(self.invalid(
+                    key(""),
+                    format!("its auth key variable {var} is also {owner}'s; rename the company or the app so they differ in letters or digits"),
+                ));
+            }
+            let auth_key = self
+                .env
+                .var(&var)
+                .or(raw.auth_key)
+                .filter(|k| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    self.invalid(
+                        key(".auth_key"),
+                        format!(
+                            "is missing: set the tenant's Twilio auth token in the file or in {var}"
+                        ),
+                    )
+                })?;
+            tenants.insert(
+                company.clone(),
+                Tenant {
+                    company,
+                    account_id,
+                    auth_key: SecretString::from(auth_key.trim().to_string()),
+                },
+            );
+        }
+        Ok(tenants)
+    }
+}
+
+/// The longest company id accepted, in characters.
+pub const MAX_COMPANY_ID_CHARS: usize = 64;
+
+/// Why a company id is refused. Company ids come from callback URLs, `--company` and tenant
+/// entries, and end up in paths, logs and callback URLs; messages never repeat the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CompanyIdError {
+    #[error("a company id must not be empty; NODEFINED is the convention for none")]
+    Empty,
+    #[error("a company id must not be \".\" or \"..\"")]
+    Dots,
+    #[error("a company id may have at most {MAX_COMPANY_ID_CHARS} characters")]
+    TooLong,
+    #[error("a company id must not contain '/' or control characters")]
+    Character,
+}
+
+/// The company id rule, for callback URLs, `--company` and tenant entries alike: not empty, not
+/// `.` or `..`, at most [`MAX_COMPANY_ID_CHARS`] characters, without `/` or control characters.
+pub fn check_company_id(id: &str) -> Result<(), CompanyIdError> {
+    if id.is_empty() {
+        return Err(CompanyIdError::Empty);
+    }
+    if id == "." || id == ".." {
+        return Err(CompanyIdError::Dots);
+    }
+    if id.chars().nth(MAX_COMPANY_ID_CHARS).is_some() {
+        return Err(CompanyIdError::TooLong);
+    }
+    if id.chars().any(|c| c == '/' || c.is_control()) {
+        return Err(CompanyIdError::Character);
+    }
+    Ok(())
 }
 
 /// The id rule shared by apps and actions. Action ids name files in `actions/` and app ids appear
@@ -782,6 +961,15 @@ mod raw {
     pub struct App {
         #[serde(rename = "WHATSAPP")]
         pub whatsapp: Option<Whatsapp>,
+        #[serde(default)]
+        pub tenants: BTreeMap<String, Tenant>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tenant {
+        pub account_id: String,
+        pub auth_key: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -951,6 +1139,166 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
         assert!(err.contains("settings.example.toml"), "{err}");
+    }
+
+    const TENANT: &str = r#"
+        [apps.crm.tenants.ACME]
+        account_id = "ACfedcba9876543210fedcba9876543210"
+        auth_key = "tenant-file-secret"
+    "#;
+
+    #[test]
+    fn a_tenant_project_signs_its_companys_callbacks_and_the_app_its_own() {
+        use secrecy::ExposeSecret;
+        let s = load(&format!("{GOOD}{TENANT}"), &[]).unwrap();
+        let app = &s.apps["crm"];
+        let tenant = &app.tenants["ACME"];
+        assert_eq!(tenant.company, "ACME");
+        let key = |company, account| {
+            app.callback_key(company, account)
+                .map(|k| k.expose_secret())
+        };
+        let (tenant_account, app_account) = (
+            tenant.account_id.as_str(),
+            "AC0123456789abcdef0123456789abcdef",
+        );
+        assert_eq!(key("ACME", tenant_account), Some("tenant-file-secret"));
+        assert_eq!(key("ACME", app_account), Some("file-secret"));
+        assert_eq!(key("OTHER", app_account), Some("file-secret"));
+        assert_eq!(
+            key("OTHER", tenant_account),
+            None,
+            "only at its own company's URL"
+        );
+        assert_eq!(key("ACME", "AC00000000000000000000000000000000"), None);
+        assert_eq!(
+            app.tenant_by_account(tenant_account)
+                .map(|t| t.company.as_str()),
+            Some("ACME")
+        );
+        assert!(app.tenant_by_account(app_account).is_none());
+
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("tenant-file-secret") && !debug.contains("file-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_a_tenants_auth_key() {
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            tenant_auth_key_env("crm", "Acme Srl"),
+            "WHATSAPP_CRM_ACME_SRL_AUTH_KEY"
+        );
+        let s = load(
+            &format!("{GOOD}{TENANT}"),
+            &[("WHATSAPP_CRM_ACME_AUTH_KEY", "tenant-env-secret")],
+        )
+        .unwrap();
+        let tenant = &s.apps["crm"].tenants["ACME"];
+        assert_eq!(tenant.auth_key.expose_secret(), "tenant-env-secret");
+
+        let keyless = TENANT.replace("auth_key = \"tenant-file-secret\"", "");
+        let err = load(&format!("{GOOD}{keyless}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps.crm.tenants.ACME.auth_key"), "{err}");
+        assert!(err.contains("WHATSAPP_CRM_ACME_AUTH_KEY"), "{err}");
+    }
+
+    #[test]
+    fn tenant_entries_are_checked_at_load_without_printing_a_secret() {
+        let cases = [
+            (
+                TENANT.replace("ACfedcba", "XXfedcba"),
+                "apps.crm.tenants.ACME.account_id",
+            ),
+            (
+                TENANT.replace(
+                    "ACfedcba9876543210fedcba9876543210",
+                    "AC0123456789abcdef0123456789abcdef",
+                ),
+                "own account",
+            ),
+            (
+                format!(
+                    "{TENANT}{}",
+                    TENANT.replace("tenants.ACME", "tenants.OTHER")
+                ),
+                "is also apps.crm.tenants.ACME's account",
+            ),
+            (
+                TENANT.replace("tenants.ACME", "tenants.\"..\""),
+                "must not be \".\" or \"..\"",
+            ),
+            (TENANT.replace("tenants.ACME", "tenants.\"a/b\""), "'/'"),
+            (
+                TENANT.replace("tenants.ACME", "tenants.\"a\\nb\""),
+                "apps.crm.tenants.a\\nb",
+            ),
+            (
+                TENANT.replace("tenants.ACME", &format!("tenants.{}", "x".repeat(65))),
+                "at most 64",
+            ),
+            (TENANT.replace("account_id", "acount_id"), "acount_id"),
+            // An app whose auth key variable is the tenant's.
+            (
+                format!("{TENANT}[apps.crm_acme]\n"),
+                "WHATSAPP_CRM_ACME_AUTH_KEY is also apps.crm_acme's",
+            ),
+        ];
+        for (tenant, expected) in cases {
+            let err = load(&format!("{GOOD}{tenant}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_example_tenant_section_loads_once_uncommented() {
+        let example = include_str!("../settings.example.toml");
+        let start = example
+            .find("# [apps.crm.tenants.ACME]")
+            .expect("the example has one");
+        let tenant: String = example[start..]
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let text = format!("{}{tenant}", &example[..start]);
+        let s = load(&text, &[]).unwrap();
+        assert_eq!(s.apps["crm"].tenants["ACME"].company, "ACME");
+    }
+
+    #[test]
+    fn company_ids_follow_one_rule() {
+        for good in [
+            "ACME",
+            "NODEFINED",
+            "Acme Srl",
+            "a.b",
+            "...",
+            "€uro",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(check_company_id(good), Ok(()), "{good:?}");
+        }
+        let bad = [
+            ("", CompanyIdError::Empty),
+            (".", CompanyIdError::Dots),
+            ("..", CompanyIdError::Dots),
+            (&"x".repeat(65), CompanyIdError::TooLong),
+            ("a/b", CompanyIdError::Character),
+            ("a\nb", CompanyIdError::Character),
+            ("a\u{1b}[31m", CompanyIdError::Character),
+            ("a\u{7f}", CompanyIdError::Character),
+        ];
+        for (id, error) in bad {
+            assert_eq!(check_company_id(id), Err(error), "{id:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,48 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// The most characters of one untrusted value a log line carries; the rest is cut, with `…`.
+pub const MAX_LOGGED_CHARS: usize = 64;
+
+/// Text from a request (path parameters, form values, a URL) as a log line may carry it: every
+/// character a terminal or a log reader could take for structure (newlines, escapes, quotes,
+/// other control characters) escaped as in a Rust string literal, and cut at
+/// [`MAX_LOGGED_CHARS`]. A `%0A` can't forge a log line and a `%1B` can't drive a terminal.
+/// Log it with `%`: `tracing::info!(company = %telemetry::untrusted(&company))`.
+pub fn untrusted(text: &str) -> Untrusted<'_> {
+    Untrusted {
+        text,
+        max_chars: MAX_LOGGED_CHARS,
+    }
+}
+
+/// See [`untrusted`].
+#[derive(Debug, Clone, Copy)]
+pub struct Untrusted<'a> {
+    text: &'a str,
+    max_chars: usize,
+}
+
+impl Untrusted<'_> {
+    /// Allows up to `max_chars` characters, for values longer than an id, such as URLs.
+    pub fn max_chars(self, max_chars: usize) -> Self {
+        Self { max_chars, ..self }
+    }
+}
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut chars = self.text.chars();
+        for c in chars.by_ref().take(self.max_chars) {
+            std::fmt::Display::fmt(&c.escape_debug(), f)?;
+        }
+        if chars.next().is_some() {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -54,7 +96,8 @@ pub fn callback_received() {
     metrics::counter!("whatsapp_callbacks_received_total").increment(1);
 }
 
-/// `reason` is one of a fixed set: signature, unknown_app, media_type, too_large, malformed, store.
+/// `reason` is one of a fixed set: signature, unknown_app, account, media_type, too_large,
+/// malformed, store.
 pub fn callback_rejected(reason: &'static str) {
     metrics::counter!("whatsapp_callbacks_rejected_total", "reason" => reason).increment(1);
 }
@@ -86,4 +129,25 @@ pub fn send(outcome: &'static str, error_code: Option<i64>) {
 
 pub fn twilio_latency(elapsed: Duration) {
     metrics::histogram!("whatsapp_twilio_request_seconds").record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_cut() {
+        assert_eq!(untrusted("Acme Srl €").to_string(), "Acme Srl €");
+        assert_eq!(
+            untrusted("x\nFORGED\u{1b}[31m\"q\"").to_string(),
+            "x\\nFORGED\\u{1b}[31m\\\"q\\\""
+        );
+        let long = "a".repeat(MAX_LOGGED_CHARS + 1);
+        assert_eq!(
+            untrusted(&long).to_string(),
+            format!("{}…", &long[..MAX_LOGGED_CHARS])
+        );
+        assert_eq!(untrusted(&long[1..]).to_string(), long[1..]);
+        assert_eq!(untrusted("abcdef").max_chars(3).to_string(), "abc…");
+    }
 }

@@ -71,8 +71,13 @@ pub fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatcher) -> 
         redact: settings
             .apps
             .values()
-            .filter_map(|app| app.whatsapp.as_ref())
-            .map(|w| w.auth_key.clone())
+            .flat_map(|app| {
+                let tenants = app.tenants.values().map(|t| t.auth_key.clone());
+                app.whatsapp
+                    .iter()
+                    .map(|w| w.auth_key.clone())
+                    .chain(tenants)
+            })
             .collect(),
         trusted_proxies: settings.dashboard.trusted_proxies.clone().into(),
         settings,

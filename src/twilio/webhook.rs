@@ -52,7 +52,7 @@ pub struct StatusCallback {
     pub to: Option<String>,
     /// `From`, without the `whatsapp:` channel prefix.
     pub from: Option<String>,
-    /// `AccountSid`: the Twilio account (project) the message belongs to.
+    /// `AccountSid`: the Twilio project that sent the message, whose token signs the callback.
     pub account_sid: Option<String>,
     /// Every field in the order received.
     pub fields: Vec<(String, String)>,
@@ -201,6 +201,7 @@ mod tests {
         assert_eq!(callback.error_code.as_deref(), Some("63016"));
         assert_eq!(callback.to.as_deref(), Some("+393331234567"));
         assert_eq!(callback.from.as_deref(), Some("+14155238886"));
+        assert_eq!(callback.account_sid.as_deref(), Some("AC1"));
         assert_eq!(callback.fields.len(), 6);
         assert_eq!(
             callback.fields[1].1, "whatsapp:+393331234567",
@@ -209,6 +210,13 @@ mod tests {
 
         let bare = StatusCallback::parse(b"AccountSid=AC1").unwrap();
         assert_eq!((bare.sid, bare.status, bare.error_code), (None, None, None));
+        assert_eq!(bare.account_sid.as_deref(), Some("AC1"));
+        assert_eq!(
+            StatusCallback::parse(b"MessageSid=SM1")
+                .unwrap()
+                .account_sid,
+            None
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use whatsapp_host::store::{EventFilter, EventState};
-use whatsapp_host::twilio::signature;
+use whatsapp_host::twilio::{self, signature};
 use wiremock::MockServer;
 
 use crate::helpers::stand_ins::mock_twilio;
@@ -237,20 +237,230 @@ async fn both_callback_routes_store_and_dispatch() {
 }
 
 #[tokio::test]
-async fn callback_for_an_unknown_app_is_not_found() {
+async fn an_unknown_app_gets_the_same_answer_as_a_bad_signature() {
     let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
+    let fields = status_fields("SM00000000000000000000000000000010", "sent");
+    let mut answers = Vec::new();
     for url in [
         app.callback_url("nosuchapp", "ACME"),
         format!("{}/whatsapp/nosuchapp/ACME", app.base_url),
     ] {
-        let fields = status_fields("SM00000000000000000000000000000010", "sent");
-        let response = app.post_signed_as(&url, &url, &fields).await;
-        assert_eq!(response.status(), 404, "{url}");
+        answers.push((
+            "an unknown app",
+            app.post_signed_as(&url, &url, &fields).await,
+        ));
+    }
+    let url = app.callback_url(APP, "ACME");
+    let forged = app
+        .post_form(&url, &fields, Some("bm90IGEgc2lnbmF0dXJl"), None)
+        .await;
+    answers.push(("a bad signature", forged));
+    answers.push((
+        "no signature",
+        app.post_form(&url, &fields, None, None).await,
+    ));
+    let mut seen = Vec::new();
+    for (what, response) in answers {
+        let status = response.status().as_u16();
+        seen.push((what, status, response.text().await.unwrap()));
+    }
+    for (what, status, body) in &seen {
+        assert_eq!(
+            (*status, body.as_str()),
+            (403, whatsapp_host::server::CALLBACK_REFUSED),
+            "{what}"
+        );
     }
     assert!(app.all_events().await.is_empty(), "nothing stored");
     assert_still_serving(&app, "SM00000000000000000000000000000011").await;
     assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_callback_from_another_account_is_refused_like_a_bad_signature() {
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
+    let url = app.callback_url(APP, "ACME");
+    let sid = "SM00000000000000000000000000000080";
+    // Correctly signed with the app's token, but naming another project, or none.
+    let other_account = twilio::simulate::status_callback_fields(
+        sid,
+        "AC11111111111111111111111111111111",
+        FROM,
+        "+393331234567",
+        "failed",
+    );
+    let mut no_account = status_fields(sid, "failed");
+    no_account.retain(|(k, _)| k != "AccountSid");
+    for (what, fields) in [
+        ("another account", &other_account),
+        ("no account", &no_account),
+    ] {
+        let response = app.post_signed_as(&url, &url, fields).await;
+        assert_eq!(response.status(), 403, "{what}");
+        assert_eq!(
+            response.text().await.unwrap(),
+            whatsapp_host::server::CALLBACK_REFUSED,
+            "{what}"
+        );
+    }
+    assert!(app.all_events().await.is_empty(), "nothing stored");
+    assert_still_serving(&app, sid).await;
+    assert_eq!(sent_bodies(&twilio).await.len(), 1, "only the good one ran");
+    app.stop().await;
+}
+
+/// Posts a signed callback over a bare TCP connection with the request target exactly as given:
+/// HTTP clients resolve `.` and `..` segments before sending, as browsers do, but an attacker's
+/// need not. Returns the status and body.
+async fn post_target_as_is(
+    app: &TestApp,
+    target: &str,
+    fields: &[(String, String)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = app.base_url.trim_start_matches("http://");
+    let signed = format!("{}{target}", app.base_url);
+    let body = serde_urlencoded::to_string(fields).unwrap();
+    let request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {authority}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         X-Twilio-Signature: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len(),
+        signature::sign(AUTH_KEY, &signed, fields),
+    );
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+#[tokio::test]
+async fn a_company_id_that_is_dots_too_long_or_has_slashes_or_control_characters_is_refused() {
+    let (app, twilio) = spawn_app_with_twilio(ECHO_VO).await;
+    let fields = status_fields("SM00000000000000000000000000000081", "sent");
+    let too_long = "x".repeat(65);
+    let bad = [
+        (".", "must not be \".\" or \"..\""),
+        ("..", "must not be \".\" or \"..\""),
+        ("a%2Fb", "'/'"),
+        ("a%0Ab", "control characters"),
+        ("a%1B%5B31m", "control characters"),
+        ("a%7F", "control characters"),
+        (too_long.as_str(), "at most 64 characters"),
+    ];
+    for (company, expected) in bad {
+        for route in ["/whatsapp/callback/crm", "/whatsapp/crm"] {
+            let target = format!("{route}/{company}");
+            let (status, body) = post_target_as_is(&app, &target, &fields).await;
+            assert_eq!(status, 400, "{target}: {body}");
+            assert!(body.contains("company id"), "{target}: {body}");
+            assert!(body.contains(expected), "{target}: {body}");
+        }
+    }
+    // 64 characters, dots inside an id and non-ASCII letters are fine.
+    for company in ["x".repeat(64), "a.b".into(), "%E2%82%ACuro".into()] {
+        let target = format!("/whatsapp/callback/crm/{company}");
+        let (status, body) = post_target_as_is(&app, &target, &fields).await;
+        assert_eq!(status, 200, "{target}: {body}");
+    }
+    app.wait_for_events(1, EventState::Done).await;
+    assert_eq!(
+        sent_bodies(&twilio).await.len(),
+        1,
+        "one event: the sid repeats"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn newlines_and_escapes_from_a_request_never_reach_the_log_raw() {
+    use std::process::Stdio;
+    // The real binary, its log read from stderr as an operator's log shipper would.
+    let config = TestConfig::on_status("utils.info('status ' + vo.MessageStatus);");
+    let addr = free_addr();
+    config.write(addr);
+    let log = config.dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = tokio::process::Command::from(config.command())
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the whatsapp-host binary starts");
+    let base_url = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !http
+        .get(format!("{base_url}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never became healthy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A forged line after %0A, and a terminal colour after %1B, in each path parameter.
+    let forged = "x%0AFORGED%20INFO%20all%20is%20well%1B%5B31m";
+    let fields = status_fields("SM00000000000000000000000000000082", "sent");
+    let mut answers = Vec::new();
+    for (url, status) in [
+        (format!("{base_url}/whatsapp/callback/{APP}/{forged}"), 400),
+        (format!("{base_url}/whatsapp/callback/{forged}/ACME"), 403),
+        (format!("{base_url}/whatsapp/{forged}/{forged}"), 400),
+    ] {
+        let response = signed_callback(&http, &url, &fields).send().await.unwrap();
+        answers.push((url, status, response.status()));
+    }
+    // And in an unsigned form's sid, which the refusal's log names.
+    let mut unsigned = fields.clone();
+    for (k, v) in unsigned.iter_mut() {
+        if k == "MessageSid" {
+            *v = "x\nFORGED INFO all is well\u{1b}[31m".into();
+        }
+    }
+    let url = callback_url(&base_url, APP, "ACME");
+    let response = http.post(&url).form(&unsigned).send().await.unwrap();
+    answers.push((url, 403, response.status()));
+
+    // Five values carry the text: wait until each has been logged, or for WAIT at most.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.matches("FORGED").count() >= 5 || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    child.kill().await.unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape reached the log:\n{text:?}"
+    );
+    assert!(
+        !text.lines().any(|line| line.starts_with("FORGED")),
+        "a forged line:\n{text}"
+    );
+    // Each value is there, escaped.
+    assert_eq!(
+        text.matches("x\\nFORGED INFO all is well\\u{1b}[31m")
+            .count(),
+        5,
+        "{text}"
+    );
+    for (url, expected, status) in answers {
+        assert_eq!(status, expected, "{url}");
+    }
 }
 
 #[tokio::test]

@@ -126,3 +126,36 @@ fn send_to_an_invalid_number_prints_a_failed_outcome_and_exits_1() {
     assert_eq!(outcome["status"], "failed");
     assert_eq!(outcome["error_code"], 21211);
 }
+
+#[test]
+fn a_company_that_is_not_a_valid_id_is_refused_before_anything_runs() {
+    let config = TestConfig::simulated();
+    let too_long = "x".repeat(65);
+    for (company, expected) in [
+        ("", "must not be empty"),
+        (".", "must not be \".\" or \"..\""),
+        ("..", "must not be \".\" or \"..\""),
+        ("a/b", "'/'"),
+        ("a\nb", "control characters"),
+        (too_long.as_str(), "at most 64 characters"),
+    ] {
+        let out = config.run(&[
+            "send",
+            "--app",
+            APP,
+            "--company",
+            company,
+            "--to",
+            "+393331234567",
+            "--message",
+            "hi",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{company:?}: {stderr}");
+        assert!(stderr.contains("--company"), "{company:?}: {stderr}");
+        assert!(stderr.contains(expected), "{company:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{company:?}: nothing was sent");
+    }
+    let out = config.run(&["run", "x.js", "--app", APP, "--company", ".."]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -16,3 +16,4 @@ mod outbound;
 mod prism;
 mod signature_examples;
 mod signed_url;
+mod tenants;

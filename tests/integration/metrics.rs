@@ -96,7 +96,7 @@ async fn counters_move_by_exactly_what_a_known_sequence_of_requests_did() {
             &[("MessageSid", "SM1"), ("MessageStatus", "sent")],
         )
         .await;
-    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.status(), 403);
     // A body over the limit.
     let huge = "x".repeat(whatsapp_host::server::MAX_CALLBACK_BYTES + 1);
     let too_large = app
