@@ -28,10 +28,7 @@ pub enum StoreError {
     #[error("no store at {path}: run `whatsapp-host serve` first, or check server.data_dir")]
     Missing { path: PathBuf },
     #[error("failed to open the store at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: BackendError },
     #[error(
         "the store at {path} was written by a newer whatsapp-host (schema version {found}; this build knows up to {known}): run the newer build, or point server.data_dir elsewhere"
     )]
@@ -47,7 +44,7 @@ pub enum StoreError {
     Upgrade {
         path: PathBuf,
         from: i64,
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("failed to create the data directory {path}: {source}")]
     CreateDir {
@@ -55,10 +52,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("store query failed: {0}")]
-    Query(#[source] rusqlite::Error),
+    Query(#[source] BackendError),
     /// Nothing in the write's group was applied.
     #[error("store commit failed, so the write was not applied: {source}")]
-    CommitFailed { source: Arc<rusqlite::Error> },
+    CommitFailed { source: BackendError },
     /// The write may be lost, and the store acknowledges no further writes.
     #[error(
         "the store's log could not be synced to disk ({source}); restart whatsapp-host once the disk is healthy"
@@ -66,6 +63,20 @@ pub enum StoreError {
     SyncFailed { source: Arc<std::io::Error> },
     #[error("the store is closed")]
     Closed,
+}
+
+/// What the database itself reported: the `source` of a [`StoreError`]. Opaque, so no caller
+/// depends on which backend the store runs on (SQLite today; PostgreSQL must fit behind the same
+/// error); it reads as the backend's own message. Built only inside `store`. Cloning is cheap:
+/// a failed group commit gives every write in the group the same cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    fn new(source: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+        BackendError(Arc::new(source))
+    }
 }
 
 /// A status callback as received, before it has an id. The message values are read by
@@ -242,9 +253,9 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.clone(),
-            source,
+            source: BackendError::new(source),
         };
         let writer = writer::Writer::start(&path)?;
         let reader = Connection::open(&path).map_err(open_err)?;
@@ -263,9 +274,9 @@ impl Store {
         if !path.try_exists().unwrap_or(true) {
             return Err(StoreError::Missing { path });
         }
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.clone(),
-            source,
+            source: BackendError::new(source),
         };
         let conn = Connection::open_with_flags(
             &path,
@@ -391,7 +402,7 @@ impl StoreReader {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().expect("store reader lock");
-            f(&conn).map_err(StoreError::Query)
+            f(&conn).map_err(|e| StoreError::Query(BackendError::new(e)))
         })
         .await
         .expect("store read panicked")
@@ -1059,6 +1070,25 @@ mod tests {
         let reader = Store::open_read_only(dir.path()).unwrap();
         let events = reader.events(EventFilter::default()).await.unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused_with_the_backends_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 4096]).unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a file of garbage opened as a store");
+        };
+        assert!(matches!(e, StoreError::Open { .. }), "{e}");
+        let cause = std::error::Error::source(&e).expect("the backend's error is the source");
+        assert!(cause.to_string().contains("not a database"), "{cause}");
+        assert!(
+            e.to_string().ends_with(&format!(
+                "{}: {cause}",
+                dir.path().join(FILE_NAME).display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

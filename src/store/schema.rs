@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::StoreError;
+use super::{BackendError, StoreError};
 
 /// The schema this build writes, kept in the file as `PRAGMA user_version`. Version 0 is the
 /// unversioned store of earlier builds.
@@ -113,9 +113,9 @@ CREATE INDEX messages_app ON messages(app, created_at);
 /// every upgrade from the file's version on, then records the new version. A store written by
 /// a newer build is refused rather than guessed at.
 pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open {
+    let open_err = |source: rusqlite::Error| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        source: BackendError::new(source),
     };
     // Immediate: a second process opening the same store waits here, then sees the new version.
     let tx = conn
@@ -145,7 +145,7 @@ pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreErro
                 .map_err(|source| StoreError::Upgrade {
                     path: path.to_path_buf(),
                     from: from as i64,
-                    source,
+                    source: BackendError::new(source),
                 })?;
             tracing::info!(store = %path.display(), from, to = from + 1, "upgraded the store's schema");
         }
