@@ -13,7 +13,7 @@ use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{ApiBase, ProcessEnv, Settings};
-use crate::store::{EventFilter, EventState, MessageFilter, Store};
+use crate::store::{EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader};
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
 
@@ -399,12 +399,28 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
     }
 }
 
+/// The store for `events` and `messages`, opened read-only. Before a server has received
+/// anything there is no store file: that reads as an empty store, as it did when these commands
+/// created one, with a hint on stderr; nothing is written.
+fn read_store(data_dir: &Path) -> anyhow::Result<StoreReader> {
+    match Store::open_read_only(data_dir) {
+        Err(StoreError::Missing { path }) => {
+            eprintln!(
+                "no store at {} yet: nothing has been received",
+                path.display()
+            );
+            Ok(StoreReader::empty(path)?)
+        }
+        opened => Ok(opened?),
+    }
+}
+
 async fn list_events(
     settings: Arc<Settings>,
     filter: EventFilter,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = Store::open_read_only(&settings.server.data_dir)?;
+    let store = read_store(&settings.server.data_dir)?;
     let events = store.events(filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -439,7 +455,7 @@ async fn list_messages(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = Store::open_read_only(&settings.server.data_dir)?;
+    let store = read_store(&settings.server.data_dir)?;
     let result = match sid {
         Some(sid) => {
             let Some((message, events)) = store.message(&sid).await? else {

@@ -388,6 +388,19 @@ impl StoreReader {
         }
     }
 
+    /// A reader of an empty store, for `path` where no store has been created yet: every
+    /// listing is empty and every lookup finds nothing, exactly as in a fresh store. The empty
+    /// store is held in memory; nothing is written to `path` or beside it.
+    pub fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.clone(),
+            source: BackendError::new(source),
+        };
+        let mut conn = Connection::open_in_memory().map_err(open_err)?;
+        schema::set_up(&mut conn, &path)?;
+        Ok(StoreReader::new(conn, path))
+    }
+
     /// The store file, for messages that point the operator at it.
     pub fn path(&self) -> &Path {
         &self.path
@@ -1070,6 +1083,25 @@ mod tests {
         let reader = Store::open_read_only(dir.path()).unwrap();
         let events = reader.events(EventFilter::default()).await.unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_reader_finds_nothing_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join(FILE_NAME);
+        let reader = StoreReader::empty(path.clone()).unwrap();
+        assert_eq!(reader.path(), path);
+        assert!(
+            reader
+                .events(EventFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let messages = reader.messages(MessageFilter::default()).await.unwrap();
+        assert!(messages.is_empty());
+        assert!(reader.message("SM1").await.unwrap().is_none());
+        assert!(!dir.path().join("data").exists());
     }
 
     #[test]
