@@ -268,7 +268,8 @@ impl Store {
 
     /// Opens the store in `data_dir` for reading only, for commands that run beside a server:
     /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
-    /// The store must exist already; this never creates it.
+    /// The store must exist already; this never creates it. A store written by a newer build is
+    /// refused, as [`Store::open`] refuses it.
     pub fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
         let path = data_dir.join(FILE_NAME);
         if !path.try_exists().unwrap_or(true) {
@@ -286,6 +287,7 @@ impl Store {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        schema::known_version(&conn, &path)?;
         Ok(StoreReader::new(conn, path))
     }
 
@@ -1083,6 +1085,31 @@ mod tests {
         let reader = Store::open_read_only(dir.path()).unwrap();
         let events = reader.events(EventFilter::default()).await.unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_refuses_a_store_written_by_a_newer_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let Err(e) = Store::open_read_only(dir.path()) else {
+            panic!("a store of a newer schema opened");
+        };
+        assert!(
+            matches!(e, StoreError::NewerSchema { found, known, .. }
+                if found == schema::VERSION + 1 && known == schema::VERSION),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer whatsapp-host"), "{e}");
+        // The current version still opens.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION)
+            .unwrap();
+        drop(conn);
+        Store::open_read_only(dir.path()).unwrap();
     }
 
     #[tokio::test]
