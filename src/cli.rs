@@ -535,9 +535,12 @@ async fn list_messages(
     Ok(result)
 }
 
+/// A store time as an HTTP date in UTC (`Sun, 06 Nov 1994 08:49:37 GMT`); times before the
+/// epoch show as the epoch, and one past what the format can hold as its milliseconds.
 fn fmt_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    httpdate::fmt_http_date(t)
+    jiff::Timestamp::from_millisecond(ms.max(0))
+        .and_then(|t| jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&t))
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
@@ -591,5 +594,18 @@ async fn simulate_callback(
             eprintln!("error: posting the callback to {url} failed: {e}");
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_times_print_as_http_dates_in_utc() {
+        assert_eq!(fmt_ms(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(fmt_ms(784_111_777_999), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(fmt_ms(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(fmt_ms(i64::MAX), i64::MAX.to_string());
     }
 }
