@@ -13,7 +13,7 @@ use crate::outbound::{Account, Caller, Media, SendRequest};
 use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
-use crate::store::{EventFilter, EventState, MessageFilter, Store};
+use crate::store::{EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader};
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
 
@@ -413,12 +413,28 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
     }
 }
 
+/// The store for `events` and `messages`, opened read-only. Before a server has received
+/// anything there is no store file: that reads as an empty store, as it did when these commands
+/// created one, with a hint on stderr; nothing is written.
+fn read_store(data_dir: &Path) -> anyhow::Result<StoreReader> {
+    match Store::open_read_only(data_dir) {
+        Err(StoreError::Missing { path }) => {
+            eprintln!(
+                "no store at {} yet: nothing has been received",
+                path.display()
+            );
+            Ok(StoreReader::empty(path)?)
+        }
+        opened => Ok(opened?),
+    }
+}
+
 async fn list_events(
     settings: Arc<Settings>,
     filter: EventFilter,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = Store::open_read_only(&settings.server.data_dir)?;
+    let store = read_store(&settings.server.data_dir)?;
     let events = store.events(filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -453,7 +469,7 @@ async fn list_messages(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = Store::open_read_only(&settings.server.data_dir)?;
+    let store = read_store(&settings.server.data_dir)?;
     let result = match sid {
         Some(sid) => {
             let Some((message, events)) = store.message(&sid).await? else {
@@ -533,9 +549,12 @@ async fn list_messages(
     Ok(result)
 }
 
+/// A store time as an HTTP date in UTC (`Sun, 06 Nov 1994 08:49:37 GMT`); times before the
+/// epoch show as the epoch, and one past what the format can hold as its milliseconds.
 fn fmt_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    httpdate::fmt_http_date(t)
+    jiff::Timestamp::from_millisecond(ms.max(0))
+        .and_then(|t| jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&t))
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
@@ -589,5 +608,18 @@ async fn simulate_callback(
             eprintln!("error: posting the callback to {url} failed: {e}");
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_times_print_as_http_dates_in_utc() {
+        assert_eq!(fmt_ms(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(fmt_ms(784_111_777_999), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(fmt_ms(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(fmt_ms(i64::MAX), i64::MAX.to_string());
     }
 }

@@ -169,14 +169,20 @@ impl Dispatcher {
     }
 
     /// Runs an event now, once, with a fresh set of attempts, and records the outcome; for
-    /// `whatsapp-host replay`. A failure is left for the next start to retry.
+    /// `whatsapp-host replay`. A failure is left for the next start to retry. The event is in
+    /// the backlog only while it runs.
     pub async fn replay_once(&self, event: Event) -> Result<(), DispatchError> {
         let mut work = Work::from(event);
         work.attempts = 0;
         self.inner.backlog.fetch_add(1, Ordering::Relaxed);
         match self.inner.attempt(work).await {
             Attempt::Done => Ok(()),
-            Attempt::Retry { error, .. } | Attempt::Dead(error) => Err(error),
+            Attempt::Dead(error) => Err(error),
+            // Not retried from here, so it leaves the backlog; `Done` and `Dead` already left.
+            Attempt::Retry { error, .. } => {
+                self.inner.leave_backlog();
+                Err(error)
+            }
         }
     }
 
@@ -288,8 +294,13 @@ impl Inner {
     }
 
     fn finished(&self, outcome: &'static str) {
-        self.backlog.fetch_sub(1, Ordering::Relaxed);
         crate::telemetry::action(outcome);
+        self.leave_backlog();
+    }
+
+    /// Takes one event off the backlog: it is done, dead, or no longer waiting here for a retry.
+    fn leave_backlog(&self) {
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
         crate::telemetry::backlog(self.backlog.load(Ordering::Relaxed));
     }
 
@@ -463,6 +474,23 @@ mod tests {
             "{last_error}"
         );
         assert!(last_error.contains("[apps.gone]"), "{last_error}");
+        services.dispatcher.shutdown(Duration::from_secs(1)).await;
+        services.store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_once_that_fails_and_would_be_retried_leaves_the_backlog_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path());
+        let before = services.dispatcher.backlog();
+        let event = stored(&services, "crm").await;
+        for _ in 0..3 {
+            let error = services.dispatcher.replay_once(event.clone()).await;
+            assert!(matches!(error, Err(DispatchError::Action(_))), "{error:?}");
+            let event = failed(&services, event.id).await;
+            assert!(event.next_attempt_at.is_some(), "a retry is due later");
+            assert_eq!(services.dispatcher.backlog(), before);
+        }
         services.dispatcher.shutdown(Duration::from_secs(1)).await;
         services.store.close().await;
     }

@@ -28,10 +28,7 @@ pub enum StoreError {
     #[error("no store at {path}: run `whatsapp-host serve` first, or check server.data_dir")]
     Missing { path: PathBuf },
     #[error("failed to open the store at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: BackendError },
     #[error(
         "the store at {path} was written by a newer whatsapp-host (schema version {found}; this build knows up to {known}): run the newer build, or point server.data_dir elsewhere"
     )]
@@ -47,7 +44,7 @@ pub enum StoreError {
     Upgrade {
         path: PathBuf,
         from: i64,
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("failed to create the data directory {path}: {source}")]
     CreateDir {
@@ -55,10 +52,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("store query failed: {0}")]
-    Query(#[source] rusqlite::Error),
+    Query(#[source] BackendError),
     /// Nothing in the write's group was applied.
     #[error("store commit failed, so the write was not applied: {source}")]
-    CommitFailed { source: Arc<rusqlite::Error> },
+    CommitFailed { source: BackendError },
     /// The write may be lost, and the store acknowledges no further writes.
     #[error(
         "the store's log could not be synced to disk ({source}); restart whatsapp-host once the disk is healthy"
@@ -66,6 +63,20 @@ pub enum StoreError {
     SyncFailed { source: Arc<std::io::Error> },
     #[error("the store is closed")]
     Closed,
+}
+
+/// What the database itself reported: the `source` of a [`StoreError`]. Opaque, so no caller
+/// depends on which backend the store runs on (SQLite today; PostgreSQL must fit behind the same
+/// error); it reads as the backend's own message. Built only inside `store`. Cloning is cheap:
+/// a failed group commit gives every write in the group the same cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    fn new(source: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+        BackendError(Arc::new(source))
+    }
 }
 
 /// A status callback as received, before it has an id. The message values are read by
@@ -242,9 +253,9 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.clone(),
-            source,
+            source: BackendError::new(source),
         };
         let writer = writer::Writer::start(&path)?;
         let reader = Connection::open(&path).map_err(open_err)?;
@@ -257,15 +268,16 @@ impl Store {
 
     /// Opens the store in `data_dir` for reading only, for commands that run beside a server:
     /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
-    /// The store must exist already; this never creates it.
+    /// The store must exist already; this never creates it. A store written by a newer build is
+    /// refused, as [`Store::open`] refuses it.
     pub fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
         let path = data_dir.join(FILE_NAME);
         if !path.try_exists().unwrap_or(true) {
             return Err(StoreError::Missing { path });
         }
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.clone(),
-            source,
+            source: BackendError::new(source),
         };
         let conn = Connection::open_with_flags(
             &path,
@@ -275,6 +287,7 @@ impl Store {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        schema::known_version(&conn, &path)?;
         Ok(StoreReader::new(conn, path))
     }
 
@@ -377,6 +390,19 @@ impl StoreReader {
         }
     }
 
+    /// A reader of an empty store, for `path` where no store has been created yet: every
+    /// listing is empty and every lookup finds nothing, exactly as in a fresh store. The empty
+    /// store is held in memory; nothing is written to `path` or beside it.
+    pub fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.clone(),
+            source: BackendError::new(source),
+        };
+        let mut conn = Connection::open_in_memory().map_err(open_err)?;
+        schema::set_up(&mut conn, &path)?;
+        Ok(StoreReader::new(conn, path))
+    }
+
     /// The store file, for messages that point the operator at it.
     pub fn path(&self) -> &Path {
         &self.path
@@ -391,7 +417,7 @@ impl StoreReader {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().expect("store reader lock");
-            f(&conn).map_err(StoreError::Query)
+            f(&conn).map_err(|e| StoreError::Query(BackendError::new(e)))
         })
         .await
         .expect("store read panicked")
@@ -1059,6 +1085,69 @@ mod tests {
         let reader = Store::open_read_only(dir.path()).unwrap();
         let events = reader.events(EventFilter::default()).await.unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_refuses_a_store_written_by_a_newer_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let Err(e) = Store::open_read_only(dir.path()) else {
+            panic!("a store of a newer schema opened");
+        };
+        assert!(
+            matches!(e, StoreError::NewerSchema { found, known, .. }
+                if found == schema::VERSION + 1 && known == schema::VERSION),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer whatsapp-host"), "{e}");
+        // The current version still opens.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION)
+            .unwrap();
+        drop(conn);
+        Store::open_read_only(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_empty_reader_finds_nothing_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join(FILE_NAME);
+        let reader = StoreReader::empty(path.clone()).unwrap();
+        assert_eq!(reader.path(), path);
+        assert!(
+            reader
+                .events(EventFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let messages = reader.messages(MessageFilter::default()).await.unwrap();
+        assert!(messages.is_empty());
+        assert!(reader.message("SM1").await.unwrap().is_none());
+        assert!(!dir.path().join("data").exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused_with_the_backends_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 4096]).unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a file of garbage opened as a store");
+        };
+        assert!(matches!(e, StoreError::Open { .. }), "{e}");
+        let cause = std::error::Error::source(&e).expect("the backend's error is the source");
+        assert!(cause.to_string().contains("not a database"), "{cause}");
+        assert!(
+            e.to_string().ends_with(&format!(
+                "{}: {cause}",
+                dir.path().join(FILE_NAME).display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

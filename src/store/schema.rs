@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::StoreError;
+use super::{BackendError, StoreError};
 
 /// The schema this build writes, kept in the file as `PRAGMA user_version`. Version 0 is the
 /// unversioned store of earlier builds.
@@ -113,24 +113,15 @@ CREATE INDEX messages_app ON messages(app, created_at);
 /// every upgrade from the file's version on, then records the new version. A store written by
 /// a newer build is refused rather than guessed at.
 pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open {
+    let open_err = |source: rusqlite::Error| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        source: BackendError::new(source),
     };
     // Immediate: a second process opening the same store waits here, then sees the new version.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(open_err)?;
-    let found: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(open_err)?;
-    if found > VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.to_path_buf(),
-            found,
-            known: VERSION,
-        });
-    }
+    let found = known_version(&tx, path)?;
     // A new file is at version 0 too, but has no tables: it gets the current schema directly.
     let has_tables: bool = tx
         .query_row(
@@ -145,7 +136,7 @@ pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreErro
                 .map_err(|source| StoreError::Upgrade {
                     path: path.to_path_buf(),
                     from: from as i64,
-                    source,
+                    source: BackendError::new(source),
                 })?;
             tracing::info!(store = %path.display(), from, to = from + 1, "upgraded the store's schema");
         }
@@ -154,6 +145,25 @@ pub(super) fn set_up(conn: &mut Connection, path: &Path) -> Result<(), StoreErro
     tx.pragma_update(None, "user_version", VERSION)
         .map_err(open_err)?;
     tx.commit().map_err(open_err)
+}
+
+/// The schema version of the store on `conn`, refusing a store written by a newer build: its
+/// tables may mean something this build would misread.
+pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: BackendError::new(source),
+        })?;
+    if found > VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            known: VERSION,
+        });
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{DispatchResult, Inserted, NewEvent, SendRecord, StoreError};
+use super::{BackendError, DispatchResult, Inserted, NewEvent, SendRecord, StoreError};
 
 /// Most writes a group commit takes at once; bounds the latency of the last one in a group.
 const MAX_GROUP: usize = 2048;
@@ -46,9 +46,9 @@ impl Writer {
     /// Opens the writer's connection to `path`, creates or upgrades the schema and starts the
     /// writer thread.
     pub(super) fn start(path: &Path) -> Result<Writer, StoreError> {
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            source: BackendError::new(source),
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         super::configure(&conn).map_err(open_err)?;
@@ -164,7 +164,7 @@ impl Op {
 #[derive(Clone)]
 enum GroupFailed {
     /// The transaction could not begin or commit: nothing in the group was applied.
-    Commit(Arc<rusqlite::Error>),
+    Commit(BackendError),
     /// The log could not be synced: the group may be lost, and nothing later is acknowledged.
     Sync(Arc<io::Error>),
 }
@@ -256,7 +256,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "store commit failed; the writes in this group were not acknowledged");
-                    let why = GroupFailed::Commit(Arc::new(e));
+                    let why = GroupFailed::Commit(BackendError::new(e));
                     for reply in replies {
                         reply.send(Err(&why));
                     }
@@ -413,7 +413,7 @@ impl Reply {
         match self {
             Reply::Event(tx, own) => {
                 let answer = match group {
-                    Ok(()) => own.map_err(StoreError::Query),
+                    Ok(()) => own.map_err(|e| StoreError::Query(BackendError::new(e))),
                     Err(why) => Err(why.to_error()),
                 };
                 let _ = tx.send(answer);

@@ -3,7 +3,7 @@
 //! so a fresh clone shows the whole loop without a Twilio account.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -49,7 +49,10 @@ impl Simulator {
     /// Answers like Twilio's 201 and schedules the status callbacks Twilio would send.
     pub fn create_message(&self, creds: Credentials<'_>, message: &NewMessage) -> Value {
         let sid = new_sid("SM");
-        let now = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
+        let now = jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
+            .expect("the present is a four-digit year")
+            .replace("GMT", "+0000");
         let resource = json!({
             "account_sid": creds.account_sid,
             "api_version": "2010-04-01",

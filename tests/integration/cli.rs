@@ -1,4 +1,4 @@
-//! The `whatsapp-host` binary as users run it: `check`, `run`, `send`, `messages` and the
+//! The `whatsapp-host` binary as users run it: `check`, `run`, `send`, `events`, `messages` and the
 //! settings errors they see.
 
 use crate::helpers::*;
@@ -158,4 +158,58 @@ fn a_company_that_is_not_a_valid_id_is_refused_before_anything_runs() {
     }
     let out = config.run(&["run", "x.js", "--app", APP, "--company", ".."]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `events` and `messages`, as text and as JSON.
+const LISTINGS: [&[&str]; 4] = [
+    &["events"],
+    &["events", "--json"],
+    &["messages"],
+    &["messages", "--json"],
+];
+
+#[test]
+fn events_and_messages_before_anything_was_received_list_nothing_and_create_no_store() {
+    let config = TestConfig::simulated();
+    let fresh: Vec<String> = LISTINGS
+        .iter()
+        .map(|args| {
+            let out = config.run(args);
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}{stderr}");
+            assert!(
+                stderr.contains("no store at") && stderr.contains("nothing has been received"),
+                "{args:?}: {stderr}"
+            );
+            stdout
+        })
+        .collect();
+    assert!(
+        !config.data_dir().exists(),
+        "a listing created the data directory"
+    );
+    assert!(fresh[0].trim_start().starts_with("id"), "{}", fresh[0]);
+    assert_eq!(fresh[0].lines().count(), 1, "only the header: {}", fresh[0]);
+    assert_eq!(fresh[1].trim(), "[]");
+    assert_eq!(fresh[2], "");
+    assert_eq!(fresh[3].trim(), "[]");
+
+    let out = config.run(&["messages", "--sid", "SM1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no message with sid SM1"), "{stderr}");
+    assert!(!config.data_dir().exists());
+
+    // Byte for byte what an empty store prints, without the hint.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = whatsapp_host::store::Store::open(&config.data_dir()).unwrap();
+        store.close().await;
+    });
+    for (args, fresh) in LISTINGS.iter().zip(&fresh) {
+        let out = config.run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(&text(&out.stdout), fresh, "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("nothing has been received"), "{stderr}");
+    }
 }

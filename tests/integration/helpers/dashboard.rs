@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use whatsapp_host::outbound::{Account, Caller, Media, SendOutcome, SendRequest};
+use whatsapp_host::routes;
 
 use crate::helpers::{APP, TestApp, TestConfig};
 
@@ -21,8 +22,10 @@ impl TestConfig {
 }
 
 impl TestApp {
+    /// The dashboard's base URL on this server, under the web context of its `public_url`.
     pub fn dashboard_url(&self) -> String {
-        format!("{}/whatsapp/dashboard", self.base_url)
+        let context = routes::context(&self.services.settings.server.public_url);
+        format!("{}{}", self.base_url, routes::dashboard_base(context))
     }
 
     /// Logs in with the operator password; returns the `Cookie` header value for the session.
