@@ -145,6 +145,10 @@ impl From<&MediaError> for Failure {
             MediaError::TooLarge { .. } => codes::MEDIA_TOO_LARGE,
             MediaError::UnsupportedType { .. } => codes::UNSUPPORTED_MEDIA_TYPE,
             MediaError::Unreadable { .. }
+            | MediaError::NotHttps { .. }
+            | MediaError::NonPublicAddress { .. }
+            | MediaError::Redirected { .. }
+            | MediaError::BucketNotAllowed { .. }
             | MediaError::NoSigner(_)
             | MediaError::Signing { .. } => codes::INVALID_MEDIA_URL,
         };
@@ -505,8 +509,34 @@ mod tests {
             ),
             (
                 MediaError::Unreadable {
-                    url,
+                    url: url.clone(),
                     detail: "404".into(),
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::NotHttps { url: url.clone() },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::NonPublicAddress {
+                    url: url.clone(),
+                    address: [10, 0, 0, 1].into(),
+                    kind: media::AddressKind::Private,
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::Redirected {
+                    url,
+                    location: "https://example.org/".into(),
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::BucketNotAllowed {
+                    app: "crm".into(),
+                    bucket: "tickets".into(),
                 },
                 codes::INVALID_MEDIA_URL,
             ),

@@ -10,6 +10,7 @@ mod cli;
 mod crash_safety;
 mod dashboard;
 mod dashboard_browser;
+mod media_guard;
 mod metrics;
 mod outbound;
 mod prism;
