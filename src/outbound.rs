@@ -315,6 +315,12 @@ impl Outbound {
             Media::None => None,
             Media::Url(url) => Some(url.clone()),
             Media::Object { bucket, file } => {
+                if !self.signer.is_configured() {
+                    return Err(UsageError::NoSigner(NoSigner));
+                }
+                if let Err(e) = allowed_bucket(caller, bucket) {
+                    return Ok(self.fail(caller, &req, account_sid, &from, Failure::from(&e)));
+                }
                 match self.signer.signed_get_url(bucket, file).await {
                     Ok(url) => Some(url),
                     Err(MediaError::NoSigner(e)) => return Err(UsageError::NoSigner(e)),
@@ -437,6 +443,24 @@ impl Outbound {
             tokio::time::sleep_until(last + SANDBOX_SPACING).await;
         }
         SandboxTurn(last)
+    }
+}
+
+/// The signing key is shared by every app, so an app signs only the buckets its
+/// `gcs_buckets` lists, in its own sends and its tenants' alike.
+fn allowed_bucket(caller: &Caller, bucket: &str) -> Result<(), MediaError> {
+    let listed = caller
+        .app
+        .whatsapp
+        .as_ref()
+        .is_some_and(|w| w.gcs_buckets.iter().any(|b| b == bucket));
+    if listed {
+        Ok(())
+    } else {
+        Err(MediaError::BucketNotAllowed {
+            app: caller.app.id.clone(),
+            bucket: bucket.to_string(),
+        })
     }
 }
 
