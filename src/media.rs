@@ -71,9 +71,10 @@ pub struct MediaInfo {
 /// Reads the first byte of a media URL to learn its size and type before Twilio fetches it.
 ///
 /// The URL comes from a script, so the probe must not become a way to read the host's own
-/// network: it has its own client (not Twilio's) that follows no redirect, uses no proxy, and
-/// resolves names through [`PublicOnly`], so it connects only to addresses that passed the
-/// check; IP literals, which are never resolved, are checked before the request.
+/// network. It has its own client (not Twilio's), which follows no redirect and, unless
+/// `[media] allow_local` is on, accepts only https, uses no proxy and resolves names through
+/// `PublicOnly`, so it connects only to addresses that passed the check; IP literals, which are
+/// never resolved, are checked before the request.
 #[derive(Clone)]
 pub struct Probe {
     http: reqwest::Client,
