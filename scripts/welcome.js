@@ -10,7 +10,8 @@ utils.info(`text message ${text.sid} is ${text.status}`);
 const noMedia = JSON.parse(utils.sendWhatsappMessage(to, "No attachment this time.", null));
 utils.info(`second message ${noMedia.sid} is ${noMedia.status}`);
 
-// (to, message, bucketName, fileName) signs a temporary Cloud Storage URL; it needs [gcs].
+// (to, message, bucketName, fileName) signs a temporary Cloud Storage URL; it needs [gcs] and
+// the bucket in the app's gcs_buckets.
 // utils.sendWhatsappMessage(to, "Your invoice", "acme-invoices", "2026/11/invoice-42.pdf");
 
 // Failures of the send itself are outcomes, not exceptions.

@@ -1,11 +1,16 @@
 //! Media: the only module that talks to Cloud Storage (V4 signed URLs, signed locally) and that
-//! probes media URLs for the size and type WhatsApp will accept.
+//! probes media URLs for the size and type WhatsApp will accept, over https, to public addresses
+//! only, without following redirects.
 
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::signer::Signer;
 use google_cloud_storage::builder::storage::SignedUrlBuilder;
-use reqwest::header;
+use reqwest::{header, redirect};
+use url::{Host, Url};
 
 use crate::settings;
 
@@ -28,6 +33,24 @@ pub enum MediaError {
     UnsupportedType { url: String, content_type: String },
     #[error("media at {url} could not be read: {detail}")]
     Unreadable { url: String, detail: String },
+    #[error("media url {url} must use https (set [media] allow_local = true for local stand-ins)")]
+    NotHttps { url: String },
+    #[error(
+        "media url {url} resolves to {address}, {kind}; only public addresses are fetched (set [media] allow_local = true for local stand-ins)"
+    )]
+    NonPublicAddress {
+        url: String,
+        address: IpAddr,
+        kind: AddressKind,
+    },
+    #[error(
+        "media url {url} redirects to {location}; redirects are not followed: pass the final url"
+    )]
+    Redirected { url: String, location: String },
+    #[error(
+        "app {app:?} may not sign urls for bucket {bucket:?}: add it to gcs_buckets in [apps.{app}.WHATSAPP]"
+    )]
+    BucketNotAllowed { app: String, bucket: String },
     #[error(transparent)]
     NoSigner(#[from] NoSigner),
     #[error("failed to sign a url for gs://{bucket}/{object}: {detail}")]
@@ -46,28 +69,53 @@ pub struct MediaInfo {
 }
 
 /// Reads the first byte of a media URL to learn its size and type before Twilio fetches it.
+///
+/// The URL comes from a script, so the probe must not become a way to read the host's own
+/// network. It has its own client (not Twilio's), which follows no redirect and, unless
+/// `[media] allow_local` is on, accepts only https, uses no proxy and resolves names through
+/// `PublicOnly`, so it connects only to addresses that passed the check; IP literals, which are
+/// never resolved, are checked before the request.
 #[derive(Clone)]
 pub struct Probe {
     http: reqwest::Client,
     max_bytes: u64,
     timeout: Duration,
+    /// `[media] allow_local`: plain http and any address, for local stand-ins.
+    allow_local: bool,
 }
 
 impl Probe {
-    pub fn new(http: reqwest::Client, max_bytes: u64, timeout: Duration) -> Self {
-        Self {
-            http,
-            max_bytes,
-            timeout,
+    /// Builds the probe and its client from `[media]`; `timeout` bounds each probe.
+    pub fn new(media: &settings::Media, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("whatsapp-host/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(redirect::Policy::none());
+        if !media.allow_local {
+            // A proxy would resolve the name itself, out of the resolver's reach.
+            builder = builder
+                .https_only(true)
+                .no_proxy()
+                .dns_resolver(Arc::new(PublicOnly));
         }
+        Ok(Self {
+            http: builder.build()?,
+            max_bytes: media.max_bytes,
+            timeout,
+            allow_local: media.allow_local,
+        })
     }
 
-    /// Fails when the URL is unreadable, too large or of a type WhatsApp refuses.
+    /// Fails when the URL is not https, points at a non-public address, redirects, or is
+    /// unreadable, too large or of a type WhatsApp refuses.
     pub async fn check(&self, url: &str) -> Result<MediaInfo, MediaError> {
         let unreadable = |detail: String| MediaError::Unreadable {
             url: redact_query(url),
             detail,
         };
+        if !self.allow_local {
+            check_target(url)?;
+        }
         let response = self
             .http
             .get(url)
@@ -75,8 +123,26 @@ impl Probe {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| unreadable(e.without_url().to_string()))?;
+            .map_err(|e| match refusal_in(&e) {
+                Some(refused) => MediaError::NonPublicAddress {
+                    url: redact_query(url),
+                    address: refused.address,
+                    kind: refused.kind,
+                },
+                None => unreadable(e.without_url().to_string()),
+            })?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "an unnamed location".to_string(), redact_query);
+            return Err(MediaError::Redirected {
+                url: redact_query(url),
+                location,
+            });
+        }
         if !status.is_success() {
             return Err(unreadable(format!("it answered HTTP {status}")));
         }
@@ -119,6 +185,185 @@ impl Probe {
         }
         Ok(MediaInfo { size, content_type })
     }
+}
+
+/// The rules that need no DNS: https only, and an IP-literal host must be public (the
+/// resolver never sees literals, so this is their only check).
+fn check_target(url: &str) -> Result<(), MediaError> {
+    let parsed = Url::parse(url).map_err(|_| MediaError::Unreadable {
+        url: redact_query(url),
+        detail: "it is not a url".into(),
+    })?;
+    if parsed.scheme() != "https" {
+        return Err(MediaError::NotHttps {
+            url: redact_query(url),
+        });
+    }
+    let address = match parsed.host() {
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    match classify(address) {
+        Some(kind) => Err(MediaError::NonPublicAddress {
+            url: redact_query(url),
+            address,
+            kind,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why an address is not fetched: what it is, in words for the error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    Loopback,
+    /// RFC 1918 and IPv6 unique local (fc00::/7).
+    Private,
+    /// 169.254/16 and fe80::/10.
+    LinkLocal,
+    /// Cloud instance metadata: 169.254.169.254, fd00:ec2::254.
+    Metadata,
+    /// 0.0.0.0/8 and `::`.
+    Unspecified,
+    Broadcast,
+    /// Carrier-grade NAT, 100.64/10.
+    Shared,
+    Multicast,
+    /// Documentation, benchmarking, IETF protocol and future-use ranges.
+    Reserved,
+}
+
+impl fmt::Display for AddressKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressKind::Loopback => "a loopback address",
+            AddressKind::Private => "a private address",
+            AddressKind::LinkLocal => "a link-local address",
+            AddressKind::Metadata => "a cloud metadata address",
+            AddressKind::Unspecified => "an unspecified address",
+            AddressKind::Broadcast => "a broadcast address",
+            AddressKind::Shared => "a shared (carrier-grade NAT) address",
+            AddressKind::Multicast => "a multicast address",
+            AddressKind::Reserved => "a reserved address",
+        })
+    }
+}
+
+/// Cloud metadata services, named before the wider ranges they sit in.
+const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+
+/// `None` for a public address; otherwise what it is. IPv6 addresses that carry an IPv4 one
+/// (`::ffff:10.0.0.1`, NAT64's `64:ff9b::10.0.0.1`) are judged by that IPv4 address.
+pub fn classify(address: IpAddr) -> Option<AddressKind> {
+    match address {
+        IpAddr::V4(ip) => classify_v4(ip),
+        IpAddr::V6(ip) => classify_v6(ip),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> Option<AddressKind> {
+    let [a, b, c, _] = ip.octets();
+    Some(if ip == METADATA_V4 {
+        AddressKind::Metadata
+    } else if ip.is_loopback() {
+        AddressKind::Loopback
+    } else if ip.is_private() {
+        AddressKind::Private
+    } else if ip.is_link_local() {
+        AddressKind::LinkLocal
+    } else if a == 0 {
+        AddressKind::Unspecified
+    } else if ip.is_broadcast() {
+        AddressKind::Broadcast
+    } else if a == 100 && (b & 0xc0) == 64 {
+        AddressKind::Shared
+    } else if ip.is_multicast() {
+        AddressKind::Multicast
+    } else if ip.is_documentation()
+        || a >= 240
+        || (a == 198 && (b & 0xfe) == 18)
+        || (a == 192 && b == 0 && c == 0)
+    {
+        AddressKind::Reserved
+    } else {
+        return None;
+    })
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Option<AddressKind> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return classify_v4(v4);
+    }
+    let s = ip.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        return classify_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    Some(if ip == METADATA_V6 {
+        AddressKind::Metadata
+    } else if ip.is_loopback() {
+        AddressKind::Loopback
+    } else if ip.is_unspecified() {
+        AddressKind::Unspecified
+    } else if ip.is_unique_local() {
+        AddressKind::Private
+    } else if ip.is_unicast_link_local() {
+        AddressKind::LinkLocal
+    } else if ip.is_multicast() {
+        AddressKind::Multicast
+    } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] & 0xffc0) == 0xfec0 || s[0] == 0 {
+        // Documentation, deprecated site-local, and the rest of ::/16 (IPv4-compatible).
+        AddressKind::Reserved
+    } else {
+        return None;
+    })
+}
+
+/// The probe's resolver: resolves with the system's resolver, then refuses the name when any
+/// address it has is not public, so the connection can only go to an address that was checked.
+#[derive(Debug)]
+struct PublicOnly;
+
+/// A name refused by [`PublicOnly`]; found again in reqwest's error chain by [`refusal_in`].
+#[derive(Debug, thiserror::Error)]
+#[error("{address} is {kind}")]
+struct Refused {
+    address: IpAddr,
+    kind: AddressKind,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(refused) = addrs.iter().find_map(|a| {
+                classify(a.ip()).map(|kind| Refused {
+                    address: a.ip(),
+                    kind,
+                })
+            }) {
+                return Err(refused.into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The resolver's refusal, when that is why a request failed.
+fn refusal_in(error: &reqwest::Error) -> Option<&Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// `bytes 0-0/17825792` → 17825792. An unknown total (`*`) gives `None`.
@@ -275,6 +520,106 @@ mod tests {
         for bad in ["text/html", "application/json", "application/zip", "text"] {
             assert!(!is_accepted_type(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn addresses_inside_the_network_are_classified_and_public_ones_pass() {
+        use AddressKind::*;
+        let cases = [
+            ("127.0.0.1", Some(Loopback)),
+            ("127.255.0.9", Some(Loopback)),
+            ("10.0.0.1", Some(Private)),
+            ("172.16.5.4", Some(Private)),
+            ("192.168.1.1", Some(Private)),
+            ("169.254.169.254", Some(Metadata)),
+            ("169.254.1.1", Some(LinkLocal)),
+            ("0.0.0.0", Some(Unspecified)),
+            ("0.1.2.3", Some(Unspecified)),
+            ("255.255.255.255", Some(Broadcast)),
+            ("100.64.0.1", Some(Shared)),
+            ("100.127.255.254", Some(Shared)),
+            ("224.0.0.1", Some(Multicast)),
+            ("240.0.0.1", Some(Reserved)),
+            ("192.0.2.7", Some(Reserved)),
+            ("198.18.0.1", Some(Reserved)),
+            ("192.0.0.170", Some(Reserved)),
+            ("::1", Some(Loopback)),
+            ("::", Some(Unspecified)),
+            ("fd00:ec2::254", Some(Metadata)),
+            ("fc00::1", Some(Private)),
+            ("fd12:3456::1", Some(Private)),
+            ("fe80::1", Some(LinkLocal)),
+            ("ff02::1", Some(Multicast)),
+            ("2001:db8::1", Some(Reserved)),
+            ("::ffff:127.0.0.1", Some(Loopback)),
+            ("::ffff:10.0.0.1", Some(Private)),
+            ("::ffff:169.254.169.254", Some(Metadata)),
+            ("64:ff9b::a00:1", Some(Private)),
+            ("::127.0.0.1", Some(Reserved)),
+            ("8.8.8.8", None),
+            ("100.63.255.255", None),
+            ("100.128.0.1", None),
+            ("172.32.0.1", None),
+            ("142.250.180.14", None),
+            ("2a00:1450:4002:400::200e", None),
+            ("::ffff:8.8.8.8", None),
+            ("64:ff9b::808:808", None),
+        ];
+        for (text, expected) in cases {
+            let address: IpAddr = text.parse().unwrap();
+            assert_eq!(classify(address), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn only_https_urls_to_public_literals_pass_the_first_check() {
+        assert!(check_target("https://media.example.com/a.jpg").is_ok());
+        assert!(check_target("https://8.8.8.8/a.jpg").is_ok());
+        let err = check_target("http://media.example.com/a.jpg?token=abc").unwrap_err();
+        assert!(matches!(err, MediaError::NotHttps { .. }), "{err}");
+        assert!(err.to_string().contains("must use https"), "{err}");
+        assert!(!err.to_string().contains("token=abc"), "{err}");
+        // WHATWG parsing turns these spellings into IPv4 literals, as reqwest will.
+        for url in [
+            "https://0x7f000001/a",
+            "https://2130706433/a",
+            "https://127.1/a",
+            "https://[::ffff:127.0.0.1]/a",
+        ] {
+            let err = check_target(url).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    MediaError::NonPublicAddress {
+                        kind: AddressKind::Loopback,
+                        ..
+                    }
+                ),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused_by_the_resolver() {
+        let media = settings::Media {
+            check: true,
+            max_bytes: 1,
+            allow_local: false,
+        };
+        let probe = Probe::new(&media, Duration::from_secs(5)).unwrap();
+        let err = probe.check("https://localhost:9/a.jpg").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MediaError::NonPublicAddress {
+                    kind: AddressKind::Loopback,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("a loopback address"), "{err}");
     }
 
     #[test]

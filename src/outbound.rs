@@ -145,6 +145,10 @@ impl From<&MediaError> for Failure {
             MediaError::TooLarge { .. } => codes::MEDIA_TOO_LARGE,
             MediaError::UnsupportedType { .. } => codes::UNSUPPORTED_MEDIA_TYPE,
             MediaError::Unreadable { .. }
+            | MediaError::NotHttps { .. }
+            | MediaError::NonPublicAddress { .. }
+            | MediaError::Redirected { .. }
+            | MediaError::BucketNotAllowed { .. }
             | MediaError::NoSigner(_)
             | MediaError::Signing { .. } => codes::INVALID_MEDIA_URL,
         };
@@ -318,6 +322,12 @@ impl Outbound {
             Media::None => None,
             Media::Url(url) => Some(url.clone()),
             Media::Object { bucket, file } => {
+                if !self.signer.is_configured() {
+                    return Err(UsageError::NoSigner(NoSigner));
+                }
+                if let Err(e) = allowed_bucket(caller, bucket) {
+                    return Ok(self.fail(caller, &req, account_sid, &from, Failure::from(&e)));
+                }
                 match self.signer.signed_get_url(bucket, file).await {
                     Ok(url) => Some(url),
                     Err(MediaError::NoSigner(e)) => return Err(UsageError::NoSigner(e)),
@@ -443,6 +453,24 @@ impl Outbound {
     }
 }
 
+/// The signing key is shared by every app, so an app signs only the buckets its
+/// `gcs_buckets` lists, in its own sends and its tenants' alike.
+fn allowed_bucket(caller: &Caller, bucket: &str) -> Result<(), MediaError> {
+    let listed = caller
+        .app
+        .whatsapp
+        .as_ref()
+        .is_some_and(|w| w.gcs_buckets.iter().any(|b| b == bucket));
+    if listed {
+        Ok(())
+    } else {
+        Err(MediaError::BucketNotAllowed {
+            app: caller.app.id.clone(),
+            bucket: bucket.to_string(),
+        })
+    }
+}
+
 /// A sandbox sender's turn to send; dropping it, once Twilio answered, starts the 3 s wait.
 struct SandboxTurn(tokio::sync::OwnedMutexGuard<Option<Instant>>);
 
@@ -512,8 +540,34 @@ mod tests {
             ),
             (
                 MediaError::Unreadable {
-                    url,
+                    url: url.clone(),
                     detail: "404".into(),
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::NotHttps { url: url.clone() },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::NonPublicAddress {
+                    url: url.clone(),
+                    address: [10, 0, 0, 1].into(),
+                    kind: media::AddressKind::Private,
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::Redirected {
+                    url,
+                    location: "https://example.org/".into(),
+                },
+                codes::INVALID_MEDIA_URL,
+            ),
+            (
+                MediaError::BucketNotAllowed {
+                    app: "crm".into(),
+                    bucket: "tickets".into(),
                 },
                 codes::INVALID_MEDIA_URL,
             ),

@@ -154,6 +154,11 @@ fn warn_about_unsafe_settings(settings: &Settings) {
             "SIMULATE MODE: twilio.api_base = \"simulate\"; no message leaves this machine and callbacks are generated locally"
         );
     }
+    if settings.media.allow_local {
+        tracing::warn!(
+            "MEDIA URLS MAY REACH INSIDE THIS NETWORK ([media] allow_local = true): the media check fetches plain http and loopback, private and metadata addresses; use this for local stand-ins only"
+        );
+    }
     for app in settings.apps.values() {
         if let Some(w) = &app.whatsapp
             && !w.validate_signatures

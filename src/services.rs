@@ -50,8 +50,9 @@ impl Services {
             .pool_max_idle_per_host(64)
             .build()
             .context("failed to build the HTTP client")?;
-        let twilio = twilio::Client::new(&settings.twilio, http.clone()).with_retry(retry);
-        let probe = Probe::new(http, settings.media.max_bytes, settings.twilio.timeout);
+        let twilio = twilio::Client::new(&settings.twilio, http).with_retry(retry);
+        let probe = Probe::new(&settings.media, settings.twilio.timeout)
+            .context("failed to build the media probe's HTTP client")?;
         let signer = UrlSigner::from_settings(settings.gcs.as_ref())?;
         let outbound = Arc::new(Outbound::new(
             settings.clone(),

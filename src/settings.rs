@@ -101,6 +101,10 @@ pub struct Media {
     /// Probe media URLs for size and type before sending.
     pub check: bool,
     pub max_bytes: u64,
+    /// Lets the probe fetch over plain http and from loopback, private, link-local and
+    /// metadata addresses. Off by default: an action's URL must not reach inside the network.
+    /// For local stand-ins and tests; the server warns at start when it is on.
+    pub allow_local: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +202,9 @@ pub struct Whatsapp {
     pub sandbox: bool,
     pub default_country_code: String,
     pub validate_signatures: bool,
+    /// The Cloud Storage buckets this app may sign URLs for. The signing key is shared by every
+    /// app, so without this list one app could sign another's objects; empty refuses all.
+    pub gcs_buckets: Vec<String>,
 }
 
 impl Whatsapp {
@@ -228,8 +235,18 @@ pub enum SettingsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("settings file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The file is not TOML of the expected shape. Built from the position, the key and a
+    /// message with any value taken out, never from the offending line: that line may hold a
+    /// secret (an unquoted `auth_key = 9876543210123` is an integer where a string belongs).
+    #[error("settings file {path} is not valid: {}{message}", parse_location(*position, key.as_deref()))]
+    Parse {
+        path: PathBuf,
+        /// 1-based line and column where the problem starts, when toml knows it.
+        position: Option<(usize, usize)>,
+        /// The key path, such as `apps.crm.WHATSAPP.auth_key`, when known.
+        key: Option<String>,
+        message: String,
+    },
     #[error("settings file {path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
@@ -315,10 +332,7 @@ impl Settings {
 
     /// Validates settings given as TOML text; `path` is used for messages and relative paths.
     pub fn from_toml(text: &str, path: &Path, env: &dyn Env) -> Result<Settings, SettingsError> {
-        let raw: raw::File = toml::from_str(text).map_err(|e| SettingsError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        let raw: raw::File = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         Loader {
             path,
@@ -327,6 +341,114 @@ impl Settings {
         }
         .build(raw)
     }
+}
+
+/// "line 3, column 12, key apps.crm.WHATSAPP.auth_key: ", or what of it is known.
+fn parse_location(position: Option<(usize, usize)>, key: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some((line, column)) = position {
+        parts.push(format!("line {line}, column {column}"));
+    }
+    if let Some(key) = key {
+        parts.push(format!("key {key}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        parts.join(", ") + ": "
+    }
+}
+
+/// A [`SettingsError::Parse`] from toml's error, without its rendering: toml's `Display` quotes
+/// the offending line, and serde's message quotes the offending value.
+fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> SettingsError {
+    let position = error.span().map(|span| line_and_column(text, span.start));
+    let key = keys_of(error).or_else(|| error.span().and_then(|span| key_before(text, span.start)));
+    SettingsError::Parse {
+        path: path.to_path_buf(),
+        position,
+        key,
+        message: without_values(error.message()),
+    }
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// The dotted key path toml collected while deserializing. toml prints it, as "in `a.b`", only
+/// when it has no input to quote, so the error is shown that way and the path read back.
+fn keys_of(error: &toml::de::Error) -> Option<String> {
+    let mut bare = error.clone();
+    bare.set_input(None);
+    let shown = bare.to_string();
+    let rest = shown.strip_prefix(error.message())?.trim();
+    let keys = rest.strip_prefix("in `")?.strip_suffix('`')?;
+    (!keys.is_empty()).then(|| keys.to_string())
+}
+
+/// For a syntax error in a value, the key written before `=` on the same line, under the
+/// `[table]` it is in. Only key-shaped text is taken, so no value can slip through.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text.get(line_start..offset)?.split_once('=')?;
+    let key = key.trim();
+    if !is_key_shaped(key) {
+        return None;
+    }
+    let table = text[..line_start].lines().rev().find_map(|line| {
+        let line = line.trim();
+        let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+        let inner = inner.trim_start_matches('[').trim_end_matches(']').trim();
+        is_key_shaped(inner).then_some(inner)
+    });
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// Bare or dotted TOML keys: letters, digits, `_`, `-` and `.`.
+fn is_key_shaped(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// serde names the value it did not expect ("invalid type: integer `9876543210123`, expected a
+/// string"); keep only its kind ("integer"), since the value may be a secret.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (found, expected) = match rest.split_once(", expected ") {
+                Some((found, expected)) => (found, Some(expected)),
+                None => (rest, None),
+            };
+            let kind = found.split(['`', '"']).next().unwrap_or("").trim();
+            let mut out = prefix.trim_end().to_string();
+            if !kind.is_empty() {
+                out = format!("{out} {kind}");
+            }
+            if let Some(expected) = expected {
+                out = format!("{out}, expected {expected}");
+            }
+            return out;
+        }
+    }
+    message.to_string()
 }
 
 struct Loader<'a> {
@@ -358,6 +480,7 @@ impl Loader<'_> {
         let media = Media {
             check: raw.media.check,
             max_bytes: raw.media.max_bytes,
+            allow_local: raw.media.allow_local,
         };
         let gcs = self.gcs(raw.gcs)?;
         let actions = self.actions(raw.actions)?;
@@ -676,6 +799,14 @@ impl Loader<'_> {
                 format!("{cb:?} is not an action id: use letters, digits, '_' and '-' only"),
             ));
         }
+        if let Some(bad) = raw.gcs_buckets.iter().find(|b| !is_bucket_name(b)) {
+            return Err(self.invalid(
+                key("gcs_buckets"),
+                format!(
+                    "{bad:?} is not a Cloud Storage bucket name: 3 to 222 lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+                ),
+            ));
+        }
         Ok(Whatsapp {
             account_id,
             auth_key: SecretString::from(auth_key.trim().to_string()),
@@ -684,6 +815,7 @@ impl Loader<'_> {
             sandbox: raw.sandbox,
             default_country_code,
             validate_signatures: raw.validate_signatures,
+            gcs_buckets: raw.gcs_buckets,
         })
     }
 
@@ -804,6 +936,23 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Cloud Storage's naming rules: 3–63 characters, or up to 222 with dots and at most 63 between
+/// them; lowercase letters, digits, `-`, `_` and `.`; a letter or digit at each end.
+pub fn is_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let limit = if name.contains('.') { 222 } else { 63 };
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (3..=limit).contains(&bytes.len())
+        && edge(bytes[0])
+        && edge(bytes[bytes.len() - 1])
+        && bytes
+            .iter()
+            .all(|&b| edge(b) || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .split('.')
+            .all(|part| !part.is_empty() && part.len() <= 63)
+}
+
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
 pub fn is_account_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -891,6 +1040,7 @@ mod raw {
     pub struct Media {
         pub check: bool,
         pub max_bytes: u64,
+        pub allow_local: bool,
     }
 
     impl Default for Media {
@@ -898,6 +1048,7 @@ mod raw {
             Self {
                 check: true,
                 max_bytes: 16 * 1024 * 1024,
+                allow_local: false,
             }
         }
     }
@@ -984,6 +1135,8 @@ mod raw {
         pub default_country_code: Option<String>,
         #[serde(default = "yes")]
         pub validate_signatures: bool,
+        #[serde(default)]
+        pub gcs_buckets: Vec<String>,
     }
 
     fn yes() -> bool {
@@ -1130,6 +1283,111 @@ mod tests {
                 .to_string();
             assert!(err.contains("twilio.timeout_seconds"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_unquoted_number_auth_key_is_located_without_echoing_it() {
+        let text = GOOD.replace("\"file-secret\"", "9876543210123");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("conf/host.toml"), "{err}");
+        assert!(err.contains("line 4, column 20"), "{err}");
+        assert!(err.contains("key apps.crm.WHATSAPP.auth_key"), "{err}");
+        assert!(
+            err.contains("invalid type: integer, expected a string"),
+            "{err}"
+        );
+        assert!(!err.contains("9876543210123"), "{err}");
+        assert!(
+            !err.contains("auth_key = "),
+            "the line is not quoted: {err}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_string_is_located_without_echoing_it() {
+        for (bad, what) in [
+            ("unquoted-secret-42", "must be quoted"),
+            ("\"open-secret-42", "invalid basic string"),
+            ("\"bad\\qescape-secret-42\"", "missing escaped value"),
+        ] {
+            let text = GOOD.replace("\"file-secret\"", bad);
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains("line 4, column"), "{bad}: {err}");
+            assert!(
+                err.contains("key apps.crm.WHATSAPP.auth_key"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains(what), "{bad}: {err}");
+            assert!(!err.contains("secret-42"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_password_of_the_wrong_type_is_not_echoed() {
+        let err = load(
+            &format!("{GOOD}\n[dashboard]\npassword = 123456789012345\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("key dashboard.password"), "{err}");
+        assert!(!err.contains("123456789012345"), "{err}");
+    }
+
+    #[test]
+    fn gcs_buckets_are_checked_against_cloud_storages_naming_rules() {
+        let with =
+            |list: &str| GOOD.replace("callback =", &format!("gcs_buckets = {list}\ncallback ="));
+        let s = load(
+            &with(r#"["tickets-eu", "acme.invoices.example.com", "a_b"]"#),
+            &[],
+        )
+        .unwrap();
+        let w = s.apps["crm"].whatsapp.as_ref().unwrap();
+        assert_eq!(
+            w.gcs_buckets,
+            ["tickets-eu", "acme.invoices.example.com", "a_b"]
+        );
+        assert!(
+            load(GOOD, &[]).unwrap().apps["crm"]
+                .whatsapp
+                .as_ref()
+                .unwrap()
+                .gcs_buckets
+                .is_empty()
+        );
+        for bad in [
+            "Tickets",
+            "ab",
+            "-tickets",
+            "tickets-",
+            "a..b",
+            "gs://tickets",
+            "tick ets",
+        ] {
+            let err = load(&with(&format!("[{bad:?}]")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("apps.crm.WHATSAPP.gcs_buckets"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("bucket name"), "{bad}: {err}");
+        }
+        assert!(is_bucket_name(&"a".repeat(63)));
+        assert!(!is_bucket_name(&"a".repeat(64)));
+        assert!(is_bucket_name(&format!(
+            "{}.{}",
+            "a".repeat(63),
+            "b".repeat(63)
+        )));
+    }
+
+    #[test]
+    fn media_allow_local_is_off_by_default() {
+        assert!(!load(GOOD, &[]).unwrap().media.allow_local);
+        let on = load(&format!("[media]\nallow_local = true\n{GOOD}"), &[]).unwrap();
+        assert!(on.media.allow_local);
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub const INVALID_TO: i64 = 21211;
 pub const INVALID_FROM: i64 = 21212;
 /// Twilio's code for a body over 1600 characters.
 pub const BODY_TOO_LONG: i64 = 21617;
-/// Twilio's code for a media URL that cannot be read (or, here, signed).
+/// Twilio's code for a media URL that cannot be read; here also one the media check will not
+/// fetch (not https, a non-public address, a redirect) or a bucket the app may not sign.
 pub const INVALID_MEDIA_URL: i64 = 21620;
 /// Twilio's code for a free-form message outside the 24-hour window; the simulator's failures
 /// carry it.
@@ -54,7 +55,7 @@ const MEANINGS: &[(i64, &str)] = &[
     ),
     (
         INVALID_MEDIA_URL,
-        "invalid media URL: it could not be read, or a Cloud Storage URL could not be signed",
+        "invalid media URL: it could not be read, is not https, points at a non-public address or redirects, or a Cloud Storage URL could not be signed (or its bucket is not in the app's gcs_buckets)",
     ),
     (
         30003,

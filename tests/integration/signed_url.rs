@@ -1,5 +1,6 @@
 //! Cloud Storage V4 signed URLs: made with a key generated at run time, then checked against
-//! Google's documented V4 algorithm rebuilt here independently, down to the RSA signature.
+//! Google's documented V4 algorithm rebuilt here independently, down to the RSA signature; and
+//! signed only for the buckets an app lists in `gcs_buckets`.
 
 use std::path::Path;
 
@@ -10,7 +11,11 @@ use url::Url;
 use whatsapp_host::media::UrlSigner;
 use whatsapp_host::settings::Settings;
 
-use crate::helpers::stand_ins::{CLIENT_EMAIL, ServiceAccount};
+use crate::helpers::host::{COMPANY, Host, Setup};
+use crate::helpers::stand_ins::{
+    CLIENT_EMAIL, ServiceAccount, TENANT_FROM, TENANT_SECRET, TENANT_SID, TwilioStandIn,
+};
+use crate::helpers::{ACCOUNT_SID, APP, TestConfig};
 
 /// Loads `[gcs]` the way the host does, from a settings file in `dir`.
 fn signer(dir: &Path, gcs_toml: &str) -> UrlSigner {
@@ -219,4 +224,144 @@ fn unusable_key_file_is_named_in_the_error_without_its_contents() {
     };
     assert!(err.contains("broken.json"), "{err}");
     assert!(!err.contains("not-really-a-key"), "the error shows the key");
+}
+
+// ---- gcs_buckets: which buckets an app may sign -------------------------------------------
+
+/// A second app, `shop`, that may sign only its own bucket.
+const SHOP: &str = r#"
+[apps.shop.WHATSAPP]
+account_id = "AC00000000000000000000000000000000"
+auth_key = "shop-auth-key"
+from_number = "+447911123456"
+gcs_buckets = ["shop-media"]
+"#;
+
+/// Sends `(to, message, bucket, file)` as `app`.
+async fn send_object(host: &Host, app: &str, bucket: &str, file: &str) -> serde_json::Value {
+    host.send_as(
+        app,
+        &format!(
+            "utils.sendWhatsappMessage('+39 333 123 4567', 'your file', '{bucket}', '{file}')"
+        ),
+    )
+    .await
+}
+
+/// Checks a bucket send was refused with 21620, naming the app, the bucket and the setting,
+/// with no URL in the message.
+fn assert_bucket_refused(outcome: &serde_json::Value, app: &str, bucket: &str) {
+    assert_eq!(outcome["sid"], serde_json::Value::Null, "{outcome}");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert_eq!(outcome["error_code"], 21620, "{outcome}");
+    let message = outcome["error_message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "app {app:?} may not sign urls for bucket {bucket:?}"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("gcs_buckets in [apps.{app}.WHATSAPP]")),
+        "{message}"
+    );
+    assert!(!message.contains("X-Goog-Signature"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_not_in_gcs_buckets_is_refused_and_nothing_is_signed_or_sent() {
+    let twilio = TwilioStandIn::start().await;
+    let host = Host::with_twilio(&twilio).await;
+    let outcome = send_object(&host, APP, "payroll", "2024/march.pdf").await;
+    assert_bucket_refused(&outcome, APP, "payroll");
+
+    let tenant = host
+        .send(&format!(
+            "utils.sendWhatsappMessage('{TENANT_SID}', '{TENANT_SECRET}', '{TENANT_FROM}', '3331234567', 'receipt', 'payroll', 'r/7.pdf')"
+        ))
+        .await;
+    assert_bucket_refused(&tenant, APP, "payroll");
+
+    assert!(host.probes().await.is_empty(), "a signed url was fetched");
+    assert!(twilio.requests().await.is_empty(), "twilio got a create");
+    host.services.store.flush().await.unwrap();
+    let messages = host
+        .services
+        .store
+        .messages(whatsapp_host::store::MessageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+    for m in &messages {
+        assert_eq!(m.status, "failed");
+        assert_eq!(m.error_code.as_deref(), Some("21620"));
+        assert_eq!(m.company, COMPANY);
+        assert!(m.media.as_deref().unwrap().starts_with("gs://payroll/"));
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.account_sid.as_deref() == Some(ACCOUNT_SID))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_signs_only_its_own_buckets_and_none_without_the_list() {
+    let twilio = TwilioStandIn::start().await;
+    let setup = Setup {
+        gcs_buckets: Vec::new(),
+        extra: SHOP.into(),
+        ..Setup::default()
+    };
+    let host = Host::start(&twilio.uri(), setup).await;
+    // crm lists no bucket: even the usual ones are refused.
+    let outcome = send_object(&host, APP, "tickets", "t-1.pdf").await;
+    assert_bucket_refused(&outcome, APP, "tickets");
+    let outcome = send_object(&host, APP, "shop-media", "menu.pdf").await;
+    assert_bucket_refused(&outcome, APP, "shop-media");
+    let outcome = send_object(&host, "shop", "tickets", "t-1.pdf").await;
+    assert_bucket_refused(&outcome, "shop", "tickets");
+    assert!(twilio.requests().await.is_empty());
+    assert!(host.probes().await.is_empty());
+
+    let outcome = send_object(&host, "shop", "shop-media", "menu.pdf").await;
+    assert!(outcome["sid"].is_string(), "{outcome}");
+    let probes = host.probes().await;
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].url.path(), "/shop-media/menu.pdf");
+}
+
+#[test]
+fn send_with_a_bucket_outside_gcs_buckets_prints_a_failed_outcome_and_exits_1() {
+    let mut config = TestConfig::on_status("").api_base("simulate");
+    let key = ServiceAccount::create(config.dir.path());
+    config.extra = key.gcs_toml(600, None);
+    config.gcs_buckets = vec!["tickets".into()];
+    // The signed URL would point at Google; the check must not go there from a test.
+    config.media_check = false;
+    config.write("127.0.0.1:9".parse().unwrap());
+    let send = |bucket: &str| {
+        config.run(&[
+            "send",
+            "--app",
+            APP,
+            "--to",
+            "3331234567",
+            "--message",
+            "hi",
+            "--bucket",
+            bucket,
+            "--file",
+            "a.pdf",
+        ])
+    };
+    let refused = send("payroll");
+    assert_eq!(refused.status.code(), Some(1));
+    let outcome: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_bucket_refused(&outcome, APP, "payroll");
+
+    let allowed = send("tickets");
+    let outcome: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert!(allowed.status.success(), "{outcome}");
+    assert!(outcome["sid"].is_string(), "{outcome}");
 }

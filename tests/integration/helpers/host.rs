@@ -17,6 +17,8 @@ use crate::helpers::{TestConfig, fast_retry};
 
 /// The company every send is made for.
 pub const COMPANY: &str = "ACME";
+/// The buckets the usual host's app may sign URLs for (`gcs_buckets`): the ones tests send from.
+pub const BUCKETS: &[&str] = &["tickets-eu", "receipts", "tickets"];
 /// Sends run without an HTTP server; the listen address only shapes the callback URL.
 const LISTEN: &str = "127.0.0.1:0";
 
@@ -27,6 +29,10 @@ pub struct Setup {
     /// Whether `[gcs]` names a service-account key (signed URLs point at the media server).
     pub gcs: bool,
     pub media_check: bool,
+    /// `[media] allow_local`: on by default, since the media server is a local http stand-in.
+    pub media_allow_local: bool,
+    /// The app's `gcs_buckets`; [`BUCKETS`] by default.
+    pub gcs_buckets: Vec<String>,
     pub app_toml: String,
     pub extra: String,
     pub retry: RetryPolicy,
@@ -38,6 +44,8 @@ impl Default for Setup {
             media: None,
             gcs: true,
             media_check: true,
+            media_allow_local: true,
+            gcs_buckets: BUCKETS.iter().map(|b| b.to_string()).collect(),
             app_toml: String::new(),
             extra: String::new(),
             retry: fast_retry(),
@@ -64,6 +72,8 @@ impl Host {
         let mut config = TestConfig::new().api_base(api_base);
         let key = ServiceAccount::create(config.dir.path());
         config.media_check = setup.media_check;
+        config.media_allow_local = setup.media_allow_local;
+        config.gcs_buckets = setup.gcs_buckets;
         config.app_toml = setup.app_toml;
         config.extra = setup.extra;
         if setup.gcs {

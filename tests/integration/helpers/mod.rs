@@ -46,6 +46,10 @@ pub struct TestConfig {
     /// Extra keys for the `[server]` section.
     pub server_toml: String,
     pub media_check: bool,
+    /// `[media] allow_local`: lets the media check fetch the local http stand-ins.
+    pub media_allow_local: bool,
+    /// The app's `gcs_buckets`, the buckets it may sign URLs for.
+    pub gcs_buckets: Vec<String>,
 }
 
 impl TestConfig {
@@ -61,6 +65,8 @@ impl TestConfig {
             app_toml: String::new(),
             server_toml: String::new(),
             media_check: true,
+            media_allow_local: false,
+            gcs_buckets: Vec::new(),
         }
     }
 
@@ -130,6 +136,7 @@ timeout_seconds = 2
 
 [media]
 check = {media_check}
+allow_local = {media_allow_local}
 
 [actions]
 retry_base_ms = 20
@@ -141,11 +148,14 @@ workers = 2
 account_id = "{ACCOUNT_SID}"
 auth_key = "{AUTH_KEY}"
 from_number = "{FROM}"
+gcs_buckets = {gcs_buckets:?}
 {callback}{app_toml}
 {extra}
 "#,
             api_base = self.api_base,
             media_check = self.media_check,
+            media_allow_local = self.media_allow_local,
+            gcs_buckets = self.gcs_buckets,
             actions_toml = self.actions_toml,
             app_toml = self.app_toml,
             server_toml = self.server_toml,
