@@ -99,10 +99,6 @@ impl Application {
             .map(|admin| admin.local_addr().expect("a bound listener has an address"))
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until `shutdown` completes, then stops accepting, stops the dispatcher (runs in
     /// flight get `shutdown_grace_seconds` to finish; its loop ends and is awaited) and closes
     /// the store.

@@ -80,11 +80,6 @@ pub struct ConnectionLimits {
 }
 
 impl Server {
-    /// The path prefix every route lives under: `/platform` for `https://host/platform`, or `""`.
-    pub fn context(&self) -> String {
-        routes::context(&self.public_url).to_string()
-    }
-
     /// The callback URL with `{appId}` and `{companyId}` placeholders, for logs and `check`.
     pub fn callback_url_pattern(&self) -> String {
         routes::callback_url_pattern(&self.public_url)
@@ -1340,7 +1335,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.server.context(), "/platform");
+        assert_eq!(routes::context(&s.server.public_url), "/platform");
         assert_eq!(
             s.server.callback_url("crm", "ACME"),
             "https://p.example.com/platform/whatsapp/callback/crm/ACME"

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use boa_engine::context::HostHooks;
@@ -133,7 +133,6 @@ struct Shared {
     outbound: Arc<Outbound>,
     runtime: tokio::runtime::Handle,
     limits: Limits,
-    live_workers: AtomicUsize,
     /// The origin of [`Progress::started`].
     epoch: Instant,
 }
@@ -169,7 +168,6 @@ impl Engine {
             outbound,
             runtime: tokio::runtime::Handle::current(),
             limits,
-            live_workers: AtomicUsize::new(0),
             epoch: Instant::now(),
         });
         for _ in 0..workers.max(1) {
@@ -182,23 +180,9 @@ impl Engine {
         })
     }
 
-    /// Action ids that were found, in order.
-    pub fn actions(&self) -> impl Iterator<Item = &str> {
-        self.shared.sources.keys().map(String::as_str)
-    }
-
-    pub fn has_action(&self, id: &str) -> bool {
-        self.shared.sources.contains_key(id)
-    }
-
     /// Actions that failed to compile at start; `/healthz` is unhealthy while any exist.
     pub fn compile_errors(&self) -> &[RunError] {
         &self.compile_errors
-    }
-
-    /// Threads currently serving jobs (abandoned ones excluded).
-    pub fn live_workers(&self) -> usize {
-        self.shared.live_workers.load(Ordering::Relaxed)
     }
 
     /// Runs a program on a free worker. The budget counts from when a worker picks the job up;
@@ -330,14 +314,10 @@ pub fn check_script(name: &str, source: &str) -> Result<(), RunError> {
 
 fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<()> {
     let shared = shared.clone();
-    shared.live_workers.fetch_add(1, Ordering::Relaxed);
     let spawned = std::thread::Builder::new()
         .name("js-worker".into())
         .stack_size(WORKER_STACK)
-        .spawn(move || {
-            worker(&shared);
-            shared.live_workers.fetch_sub(1, Ordering::Relaxed);
-        });
+        .spawn(move || worker(&shared));
     spawned.map(|_| ())
 }
 

@@ -192,10 +192,6 @@ impl Client {
         self
     }
 
-    pub fn is_simulated(&self) -> bool {
-        self.simulator.is_some()
-    }
-
     /// In simulate mode, waits until the simulated callbacks of every send have been posted.
     pub async fn settle(&self) {
         if let Some(simulator) = &self.simulator {
