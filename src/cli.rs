@@ -18,8 +18,9 @@ use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
 
 /// The company id used when a tenant has none.
-pub const NO_COMPANY: &str = "NODEFINED";
+pub(crate) const NO_COMPANY: &str = "NODEFINED";
 
+/// The command line: `pub` so `main.rs` can parse it and hand it to [`run`].
 #[derive(Parser, Debug)]
 #[command(
     name = "whatsapp-host",
@@ -29,16 +30,16 @@ pub const NO_COMPANY: &str = "NODEFINED";
 pub struct Cli {
     /// Settings file [default: $WHATSAPP_HOST_SETTINGS, else whatsapp-host.toml]
     #[arg(long, global = true, value_name = "PATH")]
-    pub settings: Option<PathBuf>,
+    pub(crate) settings: Option<PathBuf>,
     /// Log format
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve the callback endpoint, the dashboard and /metrics.
     Serve {
         /// Once listening, run this script (for example scripts/welcome.js) with --app.
@@ -224,7 +225,7 @@ async fn serve(settings: Arc<Settings>, first: Option<(PathBuf, Caller)>) -> any
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

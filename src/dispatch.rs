@@ -19,13 +19,13 @@ use crate::store::{DispatchResult, Event, Store, now_ms};
 
 /// One event on its way to an action.
 #[derive(Debug, Clone)]
-pub struct Work {
-    pub event_id: i64,
-    pub app: String,
-    pub company: String,
-    pub fields: Vec<(String, String)>,
+pub(crate) struct Work {
+    pub(crate) event_id: i64,
+    pub(crate) app: String,
+    pub(crate) company: String,
+    pub(crate) fields: Vec<(String, String)>,
     /// Attempts already made.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 impl From<Event> for Work {
@@ -43,7 +43,7 @@ impl From<Event> for Work {
 /// Why an event's dispatch failed: what is recorded as its `last_error` and what `replay`
 /// reports.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DispatchError {
+pub(crate) enum DispatchError {
     /// The event names an app that has left the settings file since the callback was stored.
     #[error(
         "app {app:?} is no longer in the settings file {}: add its [apps.{app}] section back and replay the event",
@@ -57,7 +57,7 @@ pub enum DispatchError {
 
 impl DispatchError {
     /// The message and, when the action threw, its stack: what operators need to fix it.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             DispatchError::Action(e) => e.detail(),
             other => other.to_string(),
@@ -87,7 +87,7 @@ enum Attempt {
 /// on the next start). Runs in flight get the grace period, then the loop's task is awaited.
 /// The loop also ends once every handle is dropped: it and the retries hold only a weak sender.
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     tx: mpsc::UnboundedSender<Work>,
     inner: Arc<Inner>,
 }
@@ -114,7 +114,7 @@ struct Inner {
 impl Dispatcher {
     /// Starts the dispatch loop; [`Dispatcher::shutdown`] stops it. Must run inside a tokio
     /// runtime.
-    pub fn start(settings: Arc<Settings>, store: Store, engine: Engine) -> Dispatcher {
+    pub(crate) fn start(settings: Arc<Settings>, store: Store, engine: Engine) -> Dispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = (settings.actions.workers * 4).max(4) as u32;
         let inner = Arc::new(Inner {
@@ -134,14 +134,14 @@ impl Dispatcher {
     }
 
     /// Submits a newly stored event.
-    pub fn submit(&self, work: Work) {
+    pub(crate) fn submit(&self, work: Work) {
         self.inner.backlog.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::backlog(self.backlog());
         let _ = self.tx.send(work);
     }
 
     /// Resubmits every event the store holds as pending or failed; returns how many.
-    pub async fn recover(&self) -> Result<usize, crate::store::StoreError> {
+    pub(crate) async fn recover(&self) -> Result<usize, crate::store::StoreError> {
         let events = self.inner.store.undispatched_events().await?;
         let count = events.len();
         let now = now_ms();
@@ -162,7 +162,7 @@ impl Dispatcher {
     }
 
     /// Runs an event again now, with a fresh set of attempts, whatever its state.
-    pub fn replay(&self, event: Event) {
+    pub(crate) fn replay(&self, event: Event) {
         let mut work = Work::from(event);
         work.attempts = 0;
         self.submit(work);
@@ -171,7 +171,7 @@ impl Dispatcher {
     /// Runs an event now, once, with a fresh set of attempts, and records the outcome; for
     /// `whatsapp-host replay`. A failure is left for the next start to retry. The event is in
     /// the backlog only while it runs.
-    pub async fn replay_once(&self, event: Event) -> Result<(), DispatchError> {
+    pub(crate) async fn replay_once(&self, event: Event) -> Result<(), DispatchError> {
         let mut work = Work::from(event);
         work.attempts = 0;
         self.inner.backlog.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +186,7 @@ impl Dispatcher {
         }
     }
 
-    pub fn backlog(&self) -> i64 {
+    pub(crate) fn backlog(&self) -> i64 {
         self.inner.backlog.load(Ordering::Relaxed)
     }
 
@@ -194,7 +194,7 @@ impl Dispatcher {
     /// in flight get up to `grace` to finish, then the loop's task is awaited. Returns whether
     /// every run finished in time; events not finished stay pending in the store and run on the
     /// next start.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
+    pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.shutdown.cancel();
         let drained = self.drain(grace).await;
         let task = self.inner.task.lock().expect("dispatcher task lock").take();

@@ -38,16 +38,16 @@ use tower::ServiceExt;
 use crate::settings::ConnectionLimits;
 
 /// One listener and the routes it serves.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Names the listener in logs: `main` or `admin`.
-    pub name: &'static str,
-    pub listener: TcpListener,
-    pub router: Router,
+    pub(crate) name: &'static str,
+    pub(crate) listener: TcpListener,
+    pub(crate) router: Router,
 }
 
 /// Serves every endpoint until `shutdown` completes, then stops accepting and waits for open
 /// connections to finish. Each connection's limits bound that wait.
-pub async fn serve(
+pub(crate) async fn serve(
     endpoints: Vec<Endpoint>,
     limits: &ConnectionLimits,
     shutdown: impl Future<Output = ()>,

@@ -18,18 +18,23 @@
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the `whatsapp-host` commands.
 
+#![warn(unreachable_pub)]
+// The docs are for people working on the crate (`cargo doc --document-private-items`), so they
+// link to crate-private modules and items freely.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
-pub mod dashboard;
-pub mod dispatch;
-pub mod edge;
+mod dashboard;
+mod dispatch;
+mod edge;
 pub mod js;
 pub mod media;
 pub mod outbound;
-pub mod phone;
+mod phone;
 pub mod routes;
 pub mod server;
 pub mod services;
 pub mod settings;
 pub mod store;
-pub mod telemetry;
+mod telemetry;
 pub mod twilio;

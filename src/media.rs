@@ -63,9 +63,9 @@ pub enum MediaError {
 
 /// What a probe learned about a media URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaInfo {
-    pub size: Option<u64>,
-    pub content_type: Option<String>,
+pub(crate) struct MediaInfo {
+    pub(crate) size: Option<u64>,
+    pub(crate) content_type: Option<String>,
 }
 
 /// Reads the first byte of a media URL to learn its size and type before Twilio fetches it.
@@ -76,7 +76,7 @@ pub struct MediaInfo {
 /// `PublicOnly`, so it connects only to addresses that passed the check; IP literals, which are
 /// never resolved, are checked before the request.
 #[derive(Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     http: reqwest::Client,
     max_bytes: u64,
     timeout: Duration,
@@ -86,7 +86,7 @@ pub struct Probe {
 
 impl Probe {
     /// Builds the probe and its client from `[media]`; `timeout` bounds each probe.
-    pub fn new(media: &settings::Media, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(media: &settings::Media, timeout: Duration) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("whatsapp-host/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -108,7 +108,7 @@ impl Probe {
 
     /// Fails when the URL is not https, points at a non-public address, redirects, or is
     /// unreadable, too large or of a type WhatsApp refuses.
-    pub async fn check(&self, url: &str) -> Result<MediaInfo, MediaError> {
+    pub(crate) async fn check(&self, url: &str) -> Result<MediaInfo, MediaError> {
         let unreadable = |detail: String| MediaError::Unreadable {
             url: redact_query(url),
             detail,
@@ -256,7 +256,7 @@ const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x025
 
 /// `None` for a public address; otherwise what it is. IPv6 addresses that carry an IPv4 one
 /// (`::ffff:10.0.0.1`, NAT64's `64:ff9b::10.0.0.1`) are judged by that IPv4 address.
-pub fn classify(address: IpAddr) -> Option<AddressKind> {
+pub(crate) fn classify(address: IpAddr) -> Option<AddressKind> {
     match address {
         IpAddr::V4(ip) => classify_v4(ip),
         IpAddr::V6(ip) => classify_v6(ip),
@@ -372,7 +372,7 @@ fn total_from_content_range(value: &str) -> Option<u64> {
 }
 
 /// Images, audio, video, PDF and office documents: what WhatsApp delivers as media.
-pub fn is_accepted_type(content_type: &str) -> bool {
+pub(crate) fn is_accepted_type(content_type: &str) -> bool {
     let (kind, subtype) = content_type.split_once('/').unwrap_or((content_type, ""));
     match kind {
         "image" | "audio" | "video" => true,
@@ -389,7 +389,7 @@ pub fn is_accepted_type(content_type: &str) -> bool {
 }
 
 /// Signed URLs carry a signature in their query; keep it out of errors and logs.
-pub fn redact_query(url: &str) -> String {
+pub(crate) fn redact_query(url: &str) -> String {
     match url.split_once('?') {
         Some((base, _)) => format!("{base}?…"),
         None => url.to_string(),
@@ -418,13 +418,13 @@ impl std::fmt::Debug for UrlSigner {
 #[derive(Debug, thiserror::Error)]
 #[error("failed to load the cloud storage service account key {path}: {detail}")]
 pub struct SignerLoadError {
-    pub path: String,
-    pub detail: String,
+    pub(crate) path: String,
+    pub(crate) detail: String,
 }
 
 impl UrlSigner {
     /// A signer that refuses every request with a message saying how to configure one.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self {
             signer: None,
             ttl: Duration::from_secs(3600),
@@ -467,7 +467,7 @@ impl UrlSigner {
         })
     }
 
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.signer.is_some()
     }
 

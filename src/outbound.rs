@@ -20,11 +20,11 @@ use crate::telemetry;
 use crate::twilio::{self, Credentials, NewMessage, TwilioError, address, codes};
 
 /// Twilio's limit on a message body, in characters.
-pub const MAX_BODY_CHARS: usize = 1600;
+pub(crate) const MAX_BODY_CHARS: usize = 1600;
 /// Twilio's sandbox sender accepts one message every 3 s.
-pub const SANDBOX_SPACING: Duration = Duration::from_secs(3);
+pub(crate) const SANDBOX_SPACING: Duration = Duration::from_secs(3);
 /// The Twilio WhatsApp sandbox number, throttled also when a tenant sends from it.
-pub const SANDBOX_NUMBER: &str = "+14155238886";
+pub(crate) const SANDBOX_NUMBER: &str = "+14155238886";
 
 /// Whose Twilio account sends.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub struct Failure {
 
 impl Failure {
     /// A refusal before Twilio was called, with the code Twilio would have given.
-    pub fn refused(code: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn refused(code: i64, message: impl Into<String>) -> Self {
         Failure {
             code: Some(code),
             message: message.into(),
@@ -203,7 +203,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(
+    pub(crate) fn new(
         settings: Arc<Settings>,
         twilio: twilio::Client,
         probe: media::Probe,
@@ -218,10 +218,6 @@ impl Outbound {
             store,
             sandbox_senders: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn settings(&self) -> &Arc<Settings> {
-        &self.settings
     }
 
     /// Waits for work a send left running: in simulate mode, its status callbacks.

@@ -11,14 +11,14 @@ use crate::twilio::address;
 /// A checked number in E.164 (`+393331234567`). Only [`normalize`] makes one, so holding an
 /// `E164` means the number was validated against its country's numbering plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct E164(String);
+pub(crate) struct E164(String);
 
 impl E164 {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         self.0
     }
 }
@@ -52,9 +52,9 @@ impl From<E164> for String {
 /// Why a number was refused. The message quotes the input so the script author can find it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{input:?} is not a valid phone number: {reason}")]
-pub struct PhoneError {
-    pub input: String,
-    pub reason: &'static str,
+pub(crate) struct PhoneError {
+    pub(crate) input: String,
+    pub(crate) reason: &'static str,
 }
 
 /// Normalizes a number to E.164 (`+393331234567`).
@@ -63,7 +63,7 @@ pub struct PhoneError {
 /// `default_country_code`, so a trunk `0` (as in UK `07911…`) is dropped the way locals expect.
 ///
 /// A WhatsApp address as Twilio writes it (`whatsapp:+…`) is read as its number.
-pub fn normalize(input: &str, default_country_code: &str) -> Result<E164, PhoneError> {
+pub(crate) fn normalize(input: &str, default_country_code: &str) -> Result<E164, PhoneError> {
     let error = |reason| PhoneError {
         input: input.to_string(),
         reason,

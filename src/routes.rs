@@ -6,9 +6,9 @@
 use url::Url;
 
 /// Liveness and readiness: store writable, actions compiled, dispatch backlog.
-pub const HEALTHZ: &str = "/healthz";
+pub(crate) const HEALTHZ: &str = "/healthz";
 /// Prometheus metrics.
-pub const METRICS: &str = "/metrics";
+pub(crate) const METRICS: &str = "/metrics";
 
 /// The segment every WhatsApp path starts with, under the web context.
 const WHATSAPP: &str = "whatsapp";
@@ -19,7 +19,7 @@ const DASHBOARD: &str = "dashboard";
 
 /// Segments directly under `/whatsapp/` that the host uses itself. The short callback route
 /// `/whatsapp/{app}/{company}` would shadow them, so no app id may be one of these.
-pub const RESERVED_APP_IDS: &[&str] = &[CALLBACK, DASHBOARD];
+pub(crate) const RESERVED_APP_IDS: &[&str] = &[CALLBACK, DASHBOARD];
 
 /// The web context every route lives under: the path of `public_url` without its trailing `/`,
 /// so `/platform` for `https://host/platform/`, or `""` for `https://host`.
@@ -29,13 +29,13 @@ pub fn context(public_url: &Url) -> &str {
 
 /// The documented callback route, as an axum path with `app_id` and `company_id` captures:
 /// `{context}/whatsapp/callback/{app_id}/{company_id}`.
-pub fn callback_route(context: &str) -> String {
+pub(crate) fn callback_route(context: &str) -> String {
     format!("{context}/{WHATSAPP}/{CALLBACK}/{{app_id}}/{{company_id}}")
 }
 
 /// The short callback route people paste into Twilio's console, with the same captures:
 /// `{context}/whatsapp/{app_id}/{company_id}`.
-pub fn short_callback_route(context: &str) -> String {
+pub(crate) fn short_callback_route(context: &str) -> String {
     format!("{context}/{WHATSAPP}/{{app_id}}/{{company_id}}")
 }
 
@@ -47,7 +47,7 @@ pub fn dashboard_base(context: &str) -> String {
 
 /// Where an app id sits in the short route, for messages that explain why an id is reserved:
 /// `/whatsapp/{app_id}/…`.
-pub fn app_segment(app_id: &str) -> String {
+pub(crate) fn app_segment(app_id: &str) -> String {
     format!("/{WHATSAPP}/{app_id}/…")
 }
 
@@ -64,7 +64,7 @@ pub fn callback_url(public_url: &Url, app_id: &str, company_id: &str) -> String 
 
 /// The callback URL with literal `{appId}` and `{companyId}` placeholders, for logs and
 /// `whatsapp-host check` (the placeholders are not percent-encoded).
-pub fn callback_url_pattern(public_url: &Url) -> String {
+pub(crate) fn callback_url_pattern(public_url: &Url) -> String {
     let base = public_url.as_str().trim_end_matches('/');
     format!("{base}/{WHATSAPP}/{CALLBACK}/{{appId}}/{{companyId}}")
 }

@@ -30,14 +30,14 @@ const MAX_LOGGED_URL_CHARS: usize = 256;
 
 /// Shared by every handler.
 #[derive(Clone)]
-pub struct AppState {
-    pub services: Services,
+pub(crate) struct AppState {
+    pub(crate) services: Services,
     /// `scheme://host[:port]` of `public_url`: what Twilio signs, joined with the request path.
     origin: Arc<str>,
 }
 
 impl AppState {
-    pub fn settings(&self) -> &Arc<Settings> {
+    pub(crate) fn settings(&self) -> &Arc<Settings> {
         &self.services.settings
     }
 }
@@ -86,6 +86,7 @@ impl Application {
         })
     }
 
+    /// The main listener's address; with port 0 in the settings, the port the OS chose.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -97,10 +98,6 @@ impl Application {
         self.admin
             .as_ref()
             .map(|admin| admin.local_addr().expect("a bound listener has an address"))
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
     }
 
     /// Serves until `shutdown` completes, then stops accepting, stops the dispatcher (runs in
@@ -172,7 +169,7 @@ fn warn_about_unsafe_settings(settings: &Settings) {
 }
 
 /// Every route, under the web context taken from `public_url`.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let services = &state.services;
     let dashboard = crate::dashboard::routes(
         services.settings.clone(),
@@ -194,7 +191,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `/healthz` and `/metrics`: part of [`router`], or alone on `server.admin_listen` when set.
-pub fn admin_router(state: AppState) -> Router {
+pub(crate) fn admin_router(state: AppState) -> Router {
     Router::new()
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::METRICS, get(metrics))

@@ -17,13 +17,17 @@ use crate::twilio;
 /// The long-lived parts of a running host. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
+    /// The validated settings every part was built from.
     pub settings: Arc<Settings>,
+    /// The one store handle; `pub` so tests and benches can read what a run stored.
     pub store: Store,
+    /// The send path; `pub` so tests can send as a script would, without the engine.
     pub outbound: Arc<Outbound>,
+    /// The JS workers; `pub` so benches and tests can run actions and scripts directly.
     pub engine: Engine,
     /// Runs stored events through their actions. Started here so the server and `replay` share
     /// one; its loop idles until something submits, and stops on [`Dispatcher::shutdown`].
-    pub dispatcher: Dispatcher,
+    pub(crate) dispatcher: Dispatcher,
 }
 
 impl Services {

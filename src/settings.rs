@@ -13,141 +13,140 @@ use url::Url;
 
 use crate::routes;
 use crate::twilio;
-pub use crate::twilio::ApiBase;
+pub(crate) use crate::twilio::ApiBase;
 
 /// Where settings are read from when neither `--settings` nor the environment names a file.
-pub const DEFAULT_PATH: &str = "whatsapp-host.toml";
+pub(crate) const DEFAULT_PATH: &str = "whatsapp-host.toml";
 /// Environment variable that names the settings file.
-pub const PATH_ENV: &str = "WHATSAPP_HOST_SETTINGS";
+pub(crate) const PATH_ENV: &str = "WHATSAPP_HOST_SETTINGS";
 /// Environment variable that holds the dashboard password, so it can stay out of the file.
-pub const DASHBOARD_PASSWORD_ENV: &str = "WHATSAPP_HOST_DASHBOARD_PASSWORD";
+pub(crate) const DASHBOARD_PASSWORD_ENV: &str = "WHATSAPP_HOST_DASHBOARD_PASSWORD";
 /// The shortest dashboard password accepted, in characters. Simulate mode accepts shorter ones
 /// (the committed demo settings use `demo`), and the server warns at start.
-pub const MIN_DASHBOARD_PASSWORD_CHARS: usize = 12;
+pub(crate) const MIN_DASHBOARD_PASSWORD_CHARS: usize = 12;
 /// Default country code for numbers written without an international prefix.
-pub const DEFAULT_COUNTRY_CODE: &str = "39";
+pub(crate) const DEFAULT_COUNTRY_CODE: &str = "39";
 
 /// Everything the host needs to run, validated. Cheap to share: handed around as `Arc<Settings>`.
 #[derive(Debug)]
 pub struct Settings {
     /// The file these settings came from, so later errors can point at it.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
+    /// `[server]`: where the host listens and the URL Twilio calls.
     pub server: Server,
-    pub twilio: twilio::Config,
-    pub media: Media,
+    pub(crate) twilio: twilio::Config,
+    pub(crate) media: Media,
+    /// `[gcs]`: signing `gs://` media URLs; `None` when the section is absent.
     pub gcs: Option<Gcs>,
-    pub actions: Actions,
-    pub dashboard: Dashboard,
+    pub(crate) actions: Actions,
+    pub(crate) dashboard: Dashboard,
     /// Applications by id. A `BTreeMap` so listings and `check` output are stable.
     pub apps: BTreeMap<String, Arc<App>>,
 }
 
 #[derive(Debug, Clone)]
+/// The `[server]` section, checked.
 pub struct Server {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// The URL Twilio calls. Its origin is what Twilio signs; its path is the web context.
     pub public_url: Url,
-    pub data_dir: PathBuf,
-    pub actions_dir: PathBuf,
-    pub scripts_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) actions_dir: PathBuf,
+    pub(crate) scripts_dir: PathBuf,
     /// How long shutdown waits for in-flight dispatches before closing the store.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// A second listener for `/healthz` and `/metrics`, so they need not be public. When set,
     /// the main listener no longer answers them.
-    pub admin_listen: Option<SocketAddr>,
+    pub(crate) admin_listen: Option<SocketAddr>,
     /// What every listener allows one connection.
-    pub limits: ConnectionLimits,
+    pub(crate) limits: ConnectionLimits,
 }
 
 /// The edge's limits per connection, so slow or large clients can't hold the host's memory or
 /// its connections: each is a bound on what one client may pin, and for how long.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// A request's head must arrive within this, counted from the connection's start or from the
     /// end of the previous response, so it also bounds a kept-alive connection waiting for its
     /// next request.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// A request's whole body must arrive within this after its head; a total, not a gap between
     /// reads, so trickling one byte at a time does not extend it.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// A connection is closed when no request is being handled and no byte has moved either way
     /// for this long: covers clients that stop reading a response.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// The largest request head, and the size of each connection's read buffer.
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// Open connections per listener; one more is closed as soon as it is accepted.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Server {
-    /// The path prefix every route lives under: `/platform` for `https://host/platform`, or `""`.
-    pub fn context(&self) -> String {
-        routes::context(&self.public_url).to_string()
-    }
-
     /// The callback URL with `{appId}` and `{companyId}` placeholders, for logs and `check`.
-    pub fn callback_url_pattern(&self) -> String {
+    pub(crate) fn callback_url_pattern(&self) -> String {
         routes::callback_url_pattern(&self.public_url)
     }
 
     /// The URL Twilio should call for an app and company: the documented callback route.
-    pub fn callback_url(&self, app_id: &str, company_id: &str) -> String {
+    pub(crate) fn callback_url(&self, app_id: &str, company_id: &str) -> String {
         routes::callback_url(&self.public_url, app_id, company_id)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct Media {
+pub(crate) struct Media {
     /// Probe media URLs for size and type before sending.
-    pub check: bool,
-    pub max_bytes: u64,
+    pub(crate) check: bool,
+    pub(crate) max_bytes: u64,
     /// Lets the probe fetch over plain http and from loopback, private, link-local and
     /// metadata addresses. Off by default: an action's URL must not reach inside the network.
     /// For local stand-ins and tests; the server warns at start when it is on.
     pub allow_local: bool,
 }
 
+/// `[gcs]`: how `gs://` media URLs are signed. `pub` because `media::UrlSigner` is built from it.
 #[derive(Debug, Clone)]
 pub struct Gcs {
     /// Path of the service-account JSON key; read at start, never logged.
-    pub service_account_key: PathBuf,
-    pub signed_url_ttl: Duration,
-    pub endpoint: Option<String>,
+    pub(crate) service_account_key: PathBuf,
+    pub(crate) signed_url_ttl: Duration,
+    pub(crate) endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub struct Actions {
+pub(crate) struct Actions {
     /// Wall-clock budget for one action run.
-    pub budget: Duration,
+    pub(crate) budget: Duration,
     /// Wall-clock budget for a whole script run from the command line.
-    pub script_budget: Duration,
-    pub max_attempts: u32,
+    pub(crate) script_budget: Duration,
+    pub(crate) max_attempts: u32,
     /// First retry delay; doubles each attempt up to `retry_max`.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    pub workers: usize,
-    pub loop_iteration_limit: u64,
-    pub recursion_limit: usize,
+    pub(crate) retry_base: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) workers: usize,
+    pub(crate) loop_iteration_limit: u64,
+    pub(crate) recursion_limit: usize,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Dashboard {
+pub(crate) struct Dashboard {
     /// `None` disables the dashboard.
-    pub password: Option<SecretString>,
+    pub(crate) password: Option<SecretString>,
     /// Proxies whose `X-Forwarded-For` is believed when they are the TCP peer; without them
     /// every login is attributed to the peer address.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One application, its WHATSAPP parameters and its tenants' own Twilio projects.
 #[derive(Debug)]
 pub struct App {
-    pub id: String,
+    pub(crate) id: String,
     /// `None` when the app has no `[apps.<id>.WHATSAPP]` section: sends with its parameters throw.
-    pub whatsapp: Option<Whatsapp>,
+    pub(crate) whatsapp: Option<Whatsapp>,
     /// `[apps.<id>.tenants.<companyId>]`: companies that send from their own Twilio project, by
     /// company id. Twilio signs such a project's callbacks with that project's token.
-    pub tenants: BTreeMap<String, Tenant>,
+    pub(crate) tenants: BTreeMap<String, Tenant>,
 }
 
 impl App {
@@ -155,7 +154,7 @@ impl App {
     /// company's tenant's when the account is that tenant's, the app's own when it is the app's.
     /// `None` when the account is neither, so the callback is refused: one app's owner can't
     /// pass off another project's callbacks as this app's.
-    pub fn callback_key(&self, company: &str, account_sid: &str) -> Option<&SecretString> {
+    pub(crate) fn callback_key(&self, company: &str, account_sid: &str) -> Option<&SecretString> {
         if let Some(tenant) = self.tenants.get(company)
             && tenant.account_id == account_sid
         {
@@ -169,13 +168,13 @@ impl App {
 
     /// The configured tenant whose Twilio project is `account_sid`, so a tenant send can ask
     /// Twilio for that tenant's callback URL. Account ids are unique among an app's tenants.
-    pub fn tenant_by_account(&self, account_sid: &str) -> Option<&Tenant> {
+    pub(crate) fn tenant_by_account(&self, account_sid: &str) -> Option<&Tenant> {
         self.tenants.values().find(|t| t.account_id == account_sid)
     }
 
     /// Whether this app's callbacks must carry a valid signature. Only an app's
     /// `validate_signatures = false` turns the check off, for all of its callbacks.
-    pub fn validates_signatures(&self) -> bool {
+    pub(crate) fn validates_signatures(&self) -> bool {
         self.whatsapp.as_ref().is_none_or(|w| w.validate_signatures)
     }
 }
@@ -184,24 +183,24 @@ impl App {
 /// pass accountId, secretKey and fromNr) get the callback URL for its company, and the callbacks
 /// posted there are checked with its token.
 #[derive(Debug, Clone)]
-pub struct Tenant {
+pub(crate) struct Tenant {
     /// The company id: the table's key, and the last segment of the tenant's callback URL.
-    pub company: String,
-    pub account_id: String,
-    pub auth_key: SecretString,
+    pub(crate) company: String,
+    pub(crate) account_id: String,
+    pub(crate) auth_key: SecretString,
 }
 
 #[derive(Debug, Clone)]
-pub struct Whatsapp {
-    pub account_id: String,
-    pub auth_key: SecretString,
+pub(crate) struct Whatsapp {
+    pub(crate) account_id: String,
+    pub(crate) auth_key: SecretString,
     /// E.164, with the leading `+`.
-    pub from_number: crate::phone::E164,
+    pub(crate) from_number: crate::phone::E164,
     /// Action id run for each callback; `None` stores events without running anything.
-    pub callback: Option<String>,
-    pub sandbox: bool,
-    pub default_country_code: String,
-    pub validate_signatures: bool,
+    pub(crate) callback: Option<String>,
+    pub(crate) sandbox: bool,
+    pub(crate) default_country_code: String,
+    pub(crate) validate_signatures: bool,
     /// The Cloud Storage buckets this app may sign URLs for. The signing key is shared by every
     /// app, so without this list one app could sign another's objects; empty refuses all.
     pub gcs_buckets: Vec<String>,
@@ -209,7 +208,7 @@ pub struct Whatsapp {
 
 impl Whatsapp {
     /// The parameters a script may read with `utils.getParameter`: all but the auth key.
-    pub fn public_parameter(&self, name: &str) -> Option<serde_json::Value> {
+    pub(crate) fn public_parameter(&self, name: &str) -> Option<serde_json::Value> {
         use serde_json::Value;
         Some(match name {
             "account_id" => Value::from(self.account_id.clone()),
@@ -261,7 +260,7 @@ pub trait Env {
 }
 
 /// The real process environment.
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
@@ -278,13 +277,13 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 /// The environment variable that overrides an app's auth key: `WHATSAPP_<APP>_AUTH_KEY`.
-pub fn auth_key_env(app_id: &str) -> String {
+pub(crate) fn auth_key_env(app_id: &str) -> String {
     format!("WHATSAPP_{}_AUTH_KEY", env_segment(app_id))
 }
 
 /// The environment variable that overrides a tenant's auth key:
 /// `WHATSAPP_<APP>_<COMPANY>_AUTH_KEY`, each id normalised as in [`auth_key_env`].
-pub fn tenant_auth_key_env(app_id: &str, company_id: &str) -> String {
+pub(crate) fn tenant_auth_key_env(app_id: &str, company_id: &str) -> String {
     format!(
         "WHATSAPP_{}_{}_AUTH_KEY",
         env_segment(app_id),
@@ -307,7 +306,7 @@ fn env_segment(id: &str) -> String {
 
 impl Settings {
     /// Picks the settings path: the flag, then `WHATSAPP_HOST_SETTINGS`, then `whatsapp-host.toml`.
-    pub fn resolve_path(flag: Option<&Path>, env: &dyn Env) -> PathBuf {
+    pub(crate) fn resolve_path(flag: Option<&Path>, env: &dyn Env) -> PathBuf {
         flag.map(Path::to_path_buf)
             .or_else(|| env.var(PATH_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
@@ -892,12 +891,12 @@ impl Loader<'_> {
 }
 
 /// The longest company id accepted, in characters.
-pub const MAX_COMPANY_ID_CHARS: usize = 64;
+pub(crate) const MAX_COMPANY_ID_CHARS: usize = 64;
 
 /// Why a company id is refused. Company ids come from callback URLs, `--company` and tenant
 /// entries, and end up in paths, logs and callback URLs; messages never repeat the id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CompanyIdError {
+pub(crate) enum CompanyIdError {
     #[error("a company id must not be empty; NODEFINED is the convention for none")]
     Empty,
     #[error("a company id must not be \".\" or \"..\"")]
@@ -910,7 +909,7 @@ pub enum CompanyIdError {
 
 /// The company id rule, for callback URLs, `--company` and tenant entries alike: not empty, not
 /// `.` or `..`, at most [`MAX_COMPANY_ID_CHARS`] characters, without `/` or control characters.
-pub fn check_company_id(id: &str) -> Result<(), CompanyIdError> {
+pub(crate) fn check_company_id(id: &str) -> Result<(), CompanyIdError> {
     if id.is_empty() {
         return Err(CompanyIdError::Empty);
     }
@@ -928,7 +927,7 @@ pub fn check_company_id(id: &str) -> Result<(), CompanyIdError> {
 
 /// The id rule shared by apps and actions. Action ids name files in `actions/` and app ids appear
 /// in callback URLs and environment variable names, so both are restricted to safe characters.
-pub fn is_valid_id(id: &str) -> bool {
+pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -954,7 +953,7 @@ pub fn is_bucket_name(name: &str) -> bool {
 }
 
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
-pub fn is_account_sid(s: &str) -> bool {
+pub(crate) fn is_account_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -964,38 +963,38 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct File {
+    pub(crate) struct File {
         #[serde(default)]
-        pub server: Server,
+        pub(crate) server: Server,
         #[serde(default)]
-        pub twilio: Twilio,
+        pub(crate) twilio: Twilio,
         #[serde(default)]
-        pub media: Media,
+        pub(crate) media: Media,
         #[serde(default)]
-        pub gcs: Gcs,
+        pub(crate) gcs: Gcs,
         #[serde(default)]
-        pub actions: Actions,
+        pub(crate) actions: Actions,
         #[serde(default)]
-        pub dashboard: Dashboard,
+        pub(crate) dashboard: Dashboard,
         #[serde(default)]
-        pub apps: BTreeMap<String, App>,
+        pub(crate) apps: BTreeMap<String, App>,
     }
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Server {
-        pub listen: String,
-        pub public_url: String,
-        pub data_dir: PathBuf,
-        pub actions_dir: PathBuf,
-        pub scripts_dir: PathBuf,
-        pub shutdown_grace_seconds: u64,
-        pub admin_listen: Option<String>,
-        pub header_timeout_ms: u64,
-        pub body_timeout_ms: u64,
-        pub idle_timeout_ms: u64,
-        pub max_header_bytes: usize,
-        pub max_connections: usize,
+    pub(crate) struct Server {
+        pub(crate) listen: String,
+        pub(crate) public_url: String,
+        pub(crate) data_dir: PathBuf,
+        pub(crate) actions_dir: PathBuf,
+        pub(crate) scripts_dir: PathBuf,
+        pub(crate) shutdown_grace_seconds: u64,
+        pub(crate) admin_listen: Option<String>,
+        pub(crate) header_timeout_ms: u64,
+        pub(crate) body_timeout_ms: u64,
+        pub(crate) idle_timeout_ms: u64,
+        pub(crate) max_header_bytes: usize,
+        pub(crate) max_connections: usize,
     }
 
     impl Default for Server {
@@ -1019,10 +1018,10 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Twilio {
-        pub api_base: String,
-        pub timeout_seconds: f64,
-        pub simulate_step_ms: u64,
+    pub(crate) struct Twilio {
+        pub(crate) api_base: String,
+        pub(crate) timeout_seconds: f64,
+        pub(crate) simulate_step_ms: u64,
     }
 
     impl Default for Twilio {
@@ -1037,9 +1036,9 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Media {
-        pub check: bool,
-        pub max_bytes: u64,
+    pub(crate) struct Media {
+        pub(crate) check: bool,
+        pub(crate) max_bytes: u64,
         pub allow_local: bool,
     }
 
@@ -1055,10 +1054,10 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Gcs {
-        pub service_account_key: Option<PathBuf>,
-        pub signed_url_ttl_seconds: u64,
-        pub endpoint: Option<String>,
+    pub(crate) struct Gcs {
+        pub(crate) service_account_key: Option<PathBuf>,
+        pub(crate) signed_url_ttl_seconds: u64,
+        pub(crate) endpoint: Option<String>,
     }
 
     impl Default for Gcs {
@@ -1073,15 +1072,15 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Actions {
-        pub budget_ms: u64,
-        pub script_budget_ms: u64,
-        pub max_attempts: u32,
-        pub retry_base_ms: u64,
-        pub retry_max_ms: u64,
-        pub workers: usize,
-        pub loop_iteration_limit: u64,
-        pub recursion_limit: usize,
+    pub(crate) struct Actions {
+        pub(crate) budget_ms: u64,
+        pub(crate) script_budget_ms: u64,
+        pub(crate) max_attempts: u32,
+        pub(crate) retry_base_ms: u64,
+        pub(crate) retry_max_ms: u64,
+        pub(crate) workers: usize,
+        pub(crate) loop_iteration_limit: u64,
+        pub(crate) recursion_limit: usize,
     }
 
     impl Default for Actions {
@@ -1101,40 +1100,40 @@ mod raw {
 
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
-    pub struct Dashboard {
-        pub password: Option<String>,
+    pub(crate) struct Dashboard {
+        pub(crate) password: Option<String>,
         #[serde(default)]
-        pub trusted_proxies: Vec<String>,
+        pub(crate) trusted_proxies: Vec<String>,
     }
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct App {
+    pub(crate) struct App {
         #[serde(rename = "WHATSAPP")]
-        pub whatsapp: Option<Whatsapp>,
+        pub(crate) whatsapp: Option<Whatsapp>,
         #[serde(default)]
-        pub tenants: BTreeMap<String, Tenant>,
+        pub(crate) tenants: BTreeMap<String, Tenant>,
     }
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct Tenant {
-        pub account_id: String,
-        pub auth_key: Option<String>,
+    pub(crate) struct Tenant {
+        pub(crate) account_id: String,
+        pub(crate) auth_key: Option<String>,
     }
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct Whatsapp {
-        pub account_id: String,
-        pub auth_key: Option<String>,
-        pub from_number: String,
-        pub callback: Option<String>,
+    pub(crate) struct Whatsapp {
+        pub(crate) account_id: String,
+        pub(crate) auth_key: Option<String>,
+        pub(crate) from_number: String,
+        pub(crate) callback: Option<String>,
         #[serde(default)]
-        pub sandbox: bool,
-        pub default_country_code: Option<String>,
+        pub(crate) sandbox: bool,
+        pub(crate) default_country_code: Option<String>,
         #[serde(default = "yes")]
-        pub validate_signatures: bool,
+        pub(crate) validate_signatures: bool,
         #[serde(default)]
         pub gcs_buckets: Vec<String>,
     }
@@ -1598,7 +1597,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.server.context(), "/platform");
+        assert_eq!(routes::context(&s.server.public_url), "/platform");
         assert_eq!(
             s.server.callback_url("crm", "ACME"),
             "https://p.example.com/platform/whatsapp/callback/crm/ACME"

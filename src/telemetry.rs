@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Pretty,
@@ -17,7 +17,7 @@ pub enum LogFormat {
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the default `info` filter.
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -32,14 +32,14 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// The most characters of one untrusted value a log line carries; the rest is cut, with `…`.
-pub const MAX_LOGGED_CHARS: usize = 64;
+pub(crate) const MAX_LOGGED_CHARS: usize = 64;
 
 /// Text from a request (path parameters, form values, a URL) as a log line may carry it: every
 /// character a terminal or a log reader could take for structure (newlines, escapes, quotes,
 /// other control characters) escaped as in a Rust string literal, and cut at
 /// [`MAX_LOGGED_CHARS`]. A `%0A` can't forge a log line and a `%1B` can't drive a terminal.
 /// Log it with `%`: `tracing::info!(company = %telemetry::untrusted(&company))`.
-pub fn untrusted(text: &str) -> Untrusted<'_> {
+pub(crate) fn untrusted(text: &str) -> Untrusted<'_> {
     Untrusted {
         text,
         max_chars: MAX_LOGGED_CHARS,
@@ -48,14 +48,14 @@ pub fn untrusted(text: &str) -> Untrusted<'_> {
 
 /// See [`untrusted`].
 #[derive(Debug, Clone, Copy)]
-pub struct Untrusted<'a> {
+pub(crate) struct Untrusted<'a> {
     text: &'a str,
     max_chars: usize,
 }
 
 impl Untrusted<'_> {
     /// Allows up to `max_chars` characters, for values longer than an id, such as URLs.
-    pub fn max_chars(self, max_chars: usize) -> Self {
+    pub(crate) fn max_chars(self, max_chars: usize) -> Self {
         Self { max_chars, ..self }
     }
 }
@@ -76,7 +76,7 @@ impl std::fmt::Display for Untrusted<'_> {
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use.
-pub fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&[
@@ -92,42 +92,42 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-pub fn callback_received() {
+pub(crate) fn callback_received() {
     metrics::counter!("whatsapp_callbacks_received_total").increment(1);
 }
 
 /// `reason` is one of a fixed set: signature, unknown_app, account, media_type, too_large,
 /// malformed, store.
-pub fn callback_rejected(reason: &'static str) {
+pub(crate) fn callback_rejected(reason: &'static str) {
     metrics::counter!("whatsapp_callbacks_rejected_total", "reason" => reason).increment(1);
 }
 
-pub fn callback_stored(duplicate: bool) {
+pub(crate) fn callback_stored(duplicate: bool) {
     let kind = if duplicate { "duplicate" } else { "new" };
     metrics::counter!("whatsapp_callbacks_stored_total", "kind" => kind).increment(1);
 }
 
-pub fn dispatch_latency(elapsed: Duration) {
+pub(crate) fn dispatch_latency(elapsed: Duration) {
     metrics::histogram!("whatsapp_dispatch_seconds").record(elapsed.as_secs_f64());
 }
 
 /// `outcome`: done, failed (will retry) or dead.
-pub fn action(outcome: &'static str) {
+pub(crate) fn action(outcome: &'static str) {
     metrics::counter!("whatsapp_actions_total", "outcome" => outcome).increment(1);
 }
 
-pub fn backlog(events: i64) {
+pub(crate) fn backlog(events: i64) {
     metrics::gauge!("whatsapp_dispatch_backlog").set(events as f64);
 }
 
 /// One send, by outcome and error code (`""` on success).
-pub fn send(outcome: &'static str, error_code: Option<i64>) {
+pub(crate) fn send(outcome: &'static str, error_code: Option<i64>) {
     let code = error_code.map(|c| c.to_string()).unwrap_or_default();
     metrics::counter!("whatsapp_sends_total", "outcome" => outcome, "error_code" => code)
         .increment(1);
 }
 
-pub fn twilio_latency(elapsed: Duration) {
+pub(crate) fn twilio_latency(elapsed: Duration) {
     metrics::histogram!("whatsapp_twilio_request_seconds").record(elapsed.as_secs_f64());
 }
 

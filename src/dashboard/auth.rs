@@ -15,34 +15,34 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The session cookie's name.
-pub const COOKIE: &str = "whatsapp_host_session";
+pub(crate) const COOKIE: &str = "whatsapp_host_session";
 /// How long a login lasts. Sessions live in memory, so a restart also ends them.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Failed logins from one client (see [`client_key`]) allowed within [`FAILURE_WINDOW`] before
 /// it gets 429.
-pub const MAX_FAILURES: usize = 5;
+pub(crate) const MAX_FAILURES: usize = 5;
 /// Failed logins from all clients together allowed within [`FAILURE_WINDOW`]. Past it every
 /// client gets 429 until the oldest of them leaves the window, so guessing from many addresses
 /// is bounded too. The cost: such an attack also locks the operator out for that long.
-pub const MAX_FAILURES_OVERALL: usize = 100;
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const MAX_FAILURES_OVERALL: usize = 100;
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Bounds memory: clients with a failure on record at once. Past this, records whose failures
 /// have all left the window are dropped, then the one whose last failure is oldest.
-pub const MAX_TRACKED_CLIENTS: usize = 10_000;
+pub(crate) const MAX_TRACKED_CLIENTS: usize = 10_000;
 /// Bounds memory: the oldest session is dropped to make room past this many.
 const MAX_SESSIONS: usize = 1024;
 
 /// A logged-in operator's session.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// Must accompany every POST from this session; pages embed it in their forms.
-    pub csrf: String,
+    pub(crate) csrf: String,
     expires: Instant,
 }
 
 /// What a login attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Login {
+pub(crate) enum Login {
     Accepted,
     /// A wrong password; it is on record.
     Wrong,
@@ -52,7 +52,7 @@ pub enum Login {
 
 /// Why logins are refused for now, and how long until the next try may count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lockout {
+pub(crate) enum Lockout {
     /// This client failed [`MAX_FAILURES`] times within the window.
     Client(Duration),
     /// All clients together failed [`MAX_FAILURES_OVERALL`] times within the window.
@@ -60,7 +60,7 @@ pub enum Lockout {
 }
 
 impl Lockout {
-    pub fn wait(self) -> Duration {
+    pub(crate) fn wait(self) -> Duration {
         match self {
             Lockout::Client(wait) | Lockout::Everyone(wait) => wait,
         }
@@ -68,7 +68,7 @@ impl Lockout {
 }
 
 /// Password, sessions and the failed-login record. One per server.
-pub struct Auth {
+pub(crate) struct Auth {
     /// SHA-256 of the password: comparing digests takes the same time whatever the candidate's
     /// length, and the password itself is not kept.
     password_digest: [u8; 32],
@@ -79,7 +79,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(password: &SecretString) -> Self {
+    pub(crate) fn new(password: &SecretString) -> Self {
         Self {
             password_digest: digest(password.expose_secret()),
             sessions: Mutex::new(HashMap::new()),
@@ -88,13 +88,13 @@ impl Auth {
     }
 
     /// Whether `candidate` is the operator password, in time independent of where they differ.
-    pub fn is_password(&self, candidate: &str) -> bool {
+    pub(crate) fn is_password(&self, candidate: &str) -> bool {
         digest(candidate).ct_eq(&self.password_digest).into()
     }
 
     /// Checks a password sent from `ip`, unless that client or everyone is locked out; records
     /// a wrong one and clears the client's record on the right one.
-    pub fn log_in(&self, ip: IpAddr, candidate: &str) -> Login {
+    pub(crate) fn log_in(&self, ip: IpAddr, candidate: &str) -> Login {
         self.log_in_at(ip, candidate, Instant::now())
     }
 
@@ -116,7 +116,7 @@ impl Auth {
     }
 
     /// Starts a session; returns its cookie token and the session.
-    pub fn start_session(&self) -> (String, Session) {
+    pub(crate) fn start_session(&self) -> (String, Session) {
         self.start_session_at(Instant::now())
     }
 
@@ -141,7 +141,7 @@ impl Auth {
     }
 
     /// The live session a cookie token names, if any.
-    pub fn session(&self, token: &str) -> Option<Session> {
+    pub(crate) fn session(&self, token: &str) -> Option<Session> {
         let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("sessions lock");
         match sessions.get(token) {
@@ -154,7 +154,7 @@ impl Auth {
         }
     }
 
-    pub fn end_session(&self, token: &str) {
+    pub(crate) fn end_session(&self, token: &str) {
         self.sessions.lock().expect("sessions lock").remove(token);
     }
 }
@@ -162,7 +162,7 @@ impl Auth {
 /// The unit failed logins are counted by: an IPv4 address, or an IPv6 /64, the block one
 /// subscriber usually gets, so walking through its addresses gains nothing. An IPv4-mapped IPv6
 /// address (`::ffff:192.0.2.1`) counts as its IPv4 address.
-pub fn client_key(ip: IpAddr) -> IpNet {
+pub(crate) fn client_key(ip: IpAddr) -> IpNet {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpNet::V6(Ipv6Net::new_assert(v6, 64).trunc()),
         v4 => IpNet::from(v4),
@@ -174,7 +174,7 @@ pub fn client_key(ip: IpAddr) -> IpNet {
 /// (every address left of it was written by the client and could be anything). When all are
 /// trusted, the left-most; when the chain breaks (an entry that is not an address), the last
 /// trusted hop before the break.
-pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.to_canonical();
     if !is_trusted(&client) {
@@ -316,12 +316,12 @@ fn push_bounded(times: &mut VecDeque<Instant>, now: Instant, limit: usize) {
 }
 
 /// Whether a submitted CSRF token is the session's, in constant time.
-pub fn csrf_matches(session: &Session, submitted: &str) -> bool {
+pub(crate) fn csrf_matches(session: &Session, submitted: &str) -> bool {
     digest(submitted).ct_eq(&digest(&session.csrf)).into()
 }
 
 /// Reads one cookie from a `Cookie` request header.
-pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -333,7 +333,7 @@ pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The `Set-Cookie` value for a session token, scoped to the dashboard's path.
-pub fn session_cookie(token: &str, path: &str, secure: bool) -> String {
+pub(crate) fn session_cookie(token: &str, path: &str, secure: bool) -> String {
     format!(
         "{COOKIE}={token}; Path={path}; Max-Age={}; HttpOnly; SameSite=Strict{}",
         SESSION_TTL.as_secs(),
@@ -342,7 +342,7 @@ pub fn session_cookie(token: &str, path: &str, secure: bool) -> String {
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
-pub fn cleared_cookie(path: &str, secure: bool) -> String {
+pub(crate) fn cleared_cookie(path: &str, secure: bool) -> String {
     format!(
         "{COOKIE}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }

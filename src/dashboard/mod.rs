@@ -42,12 +42,12 @@ const PAGE_SIZE: usize = 50;
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// What the dashboard answers on every route while no password is configured.
-pub const DISABLED: &str = "the dashboard is disabled: set `password` under [dashboard] in the settings file, or the WHATSAPP_HOST_DASHBOARD_PASSWORD environment variable, then restart whatsapp-host\n";
+pub(crate) const DISABLED: &str = "the dashboard is disabled: set `password` under [dashboard] in the settings file, or the WHATSAPP_HOST_DASHBOARD_PASSWORD environment variable, then restart whatsapp-host\n";
 
 /// The dashboard's routes, ready to merge into the server's router. Logs whether it is on.
 /// Takes only what the pages need: the settings, the store they read and the dispatcher that
 /// replays.
-pub fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatcher) -> Router {
+pub(crate) fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatcher) -> Router {
     let base = routes::dashboard_base(routes::context(&settings.server.public_url));
     let Some(password) = &settings.dashboard.password else {
         tracing::info!(

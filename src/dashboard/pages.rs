@@ -10,27 +10,27 @@ use crate::twilio::codes;
 use super::utc;
 
 /// What every page needs to draw links and forms.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     /// `{context}/whatsapp/dashboard`.
-    pub base: &'a str,
+    pub(crate) base: &'a str,
     /// The session's CSRF token, embedded in every POST form.
-    pub csrf: &'a str,
+    pub(crate) csrf: &'a str,
     /// App ids from the settings, for the filter menus.
-    pub apps: Vec<&'a str>,
+    pub(crate) apps: Vec<&'a str>,
     /// Changes when the embedded CSS or JS changes, so browsers fetch the new one.
-    pub asset_version: &'a str,
+    pub(crate) asset_version: &'a str,
 }
 
 /// A page before layout: the part that live updates replace is `live`.
-pub struct Page {
-    pub title: String,
+pub(crate) struct Page {
+    pub(crate) title: String,
     /// Drawn above the live region and left alone by live updates (so typing is not lost).
-    pub controls: Option<Markup>,
-    pub live: Markup,
+    pub(crate) controls: Option<Markup>,
+    pub(crate) live: Markup,
 }
 
 /// Statuses a message can have, in the order they happen.
-pub const STATUSES: &[&str] = &[
+pub(crate) const STATUSES: &[&str] = &[
     "accepted",
     "scheduled",
     "queued",
@@ -46,32 +46,32 @@ pub const STATUSES: &[&str] = &[
 /// The filters of the messages list, as typed (echoed back into the form and the links).
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
-pub struct MessageQuery {
-    pub app: String,
-    pub company: String,
-    pub status: String,
+pub(crate) struct MessageQuery {
+    pub(crate) app: String,
+    pub(crate) company: String,
+    pub(crate) status: String,
     /// A sid, or a phone number (any part of it).
-    pub q: String,
+    pub(crate) q: String,
     /// `datetime-local` values, read as UTC.
-    pub since: String,
-    pub until: String,
+    pub(crate) since: String,
+    pub(crate) until: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub before: String,
+    pub(crate) before: String,
 }
 
 /// The filters of the events list.
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
-pub struct EventQuery {
-    pub app: String,
-    pub state: String,
-    pub sid: String,
+pub(crate) struct EventQuery {
+    pub(crate) app: String,
+    pub(crate) state: String,
+    pub(crate) sid: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub before: String,
+    pub(crate) before: String,
 }
 
 /// The whole document around a page.
-pub fn layout(view: &View, page: Page, etag: &str) -> Markup {
+pub(crate) fn layout(view: &View, page: Page, etag: &str) -> Markup {
     let base = view.base;
     html! {
         (DOCTYPE)
@@ -114,7 +114,7 @@ fn head(base: &str, title: &str, asset_version: &str) -> Markup {
 }
 
 /// The login form. `next` is where a correct password leads.
-pub fn login(base: &str, asset_version: &str, next: &str, error: Option<&str>) -> Markup {
+pub(crate) fn login(base: &str, asset_version: &str, next: &str, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -137,7 +137,7 @@ pub fn login(base: &str, asset_version: &str, next: &str, error: Option<&str>) -
 }
 
 /// A short page that says what went wrong and what to do.
-pub fn problem(base: &str, asset_version: &str, title: &str, message: &str) -> Markup {
+pub(crate) fn problem(base: &str, asset_version: &str, title: &str, message: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -155,7 +155,12 @@ pub fn problem(base: &str, asset_version: &str, title: &str, message: &str) -> M
 }
 
 /// The messages list with its filter form.
-pub fn messages(view: &View, query: &MessageQuery, rows: &[Message], older: Option<i64>) -> Page {
+pub(crate) fn messages(
+    view: &View,
+    query: &MessageQuery,
+    rows: &[Message],
+    older: Option<i64>,
+) -> Page {
     let base = view.base;
     let controls = html! {
         form.filters method="get" action=(base) {
@@ -217,7 +222,7 @@ pub fn messages(view: &View, query: &MessageQuery, rows: &[Message], older: Opti
 }
 
 /// One message: what happened to it, in order.
-pub fn message(view: &View, m: &Message, events: &[Event]) -> Page {
+pub(crate) fn message(view: &View, m: &Message, events: &[Event]) -> Page {
     let base = view.base;
     let sent_here = m.account_sid.is_some();
     let failed_actions = events
@@ -324,7 +329,7 @@ fn verdict(m: &Message, events: &[Event]) -> String {
 }
 
 /// The events list with its filter form.
-pub fn events(view: &View, query: &EventQuery, rows: &[Event], older: Option<i64>) -> Page {
+pub(crate) fn events(view: &View, query: &EventQuery, rows: &[Event], older: Option<i64>) -> Page {
     let base = view.base;
     let events_url = format!("{base}/events");
     let controls = html! {
@@ -390,7 +395,7 @@ pub fn events(view: &View, query: &EventQuery, rows: &[Event], older: Option<i64
 }
 
 /// One event: its dispatch state, the action's error and stack, and the fields Twilio posted.
-pub fn event(view: &View, e: &Event, replayed: bool) -> Page {
+pub(crate) fn event(view: &View, e: &Event, replayed: bool) -> Page {
     let base = view.base;
     let (error, stack) = match &e.last_error {
         Some(text) => match text.split_once('\n') {
@@ -500,7 +505,7 @@ fn first_line(text: &str) -> &str {
 }
 
 /// A message's page: by sid, or by row id when a failed send has none.
-pub fn message_href(base: &str, m: &Message) -> String {
+pub(crate) fn message_href(base: &str, m: &Message) -> String {
     match &m.sid {
         Some(sid) => format!("{base}/messages/{}", path_segment(sid)),
         None => format!("{base}/messages/{}", m.id),
@@ -508,7 +513,7 @@ pub fn message_href(base: &str, m: &Message) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters, so any sid is one path segment.
-pub fn path_segment(text: &str) -> String {
+pub(crate) fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -6,17 +6,17 @@ use jiff::civil::DateTime;
 use jiff::tz::Offset;
 
 /// `YYYY-MM-DD HH:MM:SS` for milliseconds since the Unix epoch.
-pub fn format(ms: i64) -> String {
+pub(crate) fn format(ms: i64) -> String {
     civil(ms).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// Like [`format`] with milliseconds, for timelines where several callbacks share a second.
-pub fn format_precise(ms: i64) -> String {
+pub(crate) fn format_precise(ms: i64) -> String {
     civil(ms).strftime("%Y-%m-%d %H:%M:%S.%3f").to_string()
 }
 
 /// Reads `YYYY-MM-DDTHH:MM[:SS]` (what a `datetime-local` input sends) as UTC milliseconds.
-pub fn parse_input(text: &str) -> Option<i64> {
+pub(crate) fn parse_input(text: &str) -> Option<i64> {
     let text = text.trim().replacen(' ', "T", 1);
     let datetime = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
         .into_iter()

@@ -5,13 +5,13 @@
 //! This module does no I/O of its own: the functions scripts call live in [`runtime`] and hand
 //! their work to plain Rust services.
 
-pub mod runtime;
+pub(crate) mod runtime;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use boa_engine::context::HostHooks;
@@ -49,7 +49,7 @@ pub enum RunError {
 
 impl RunError {
     /// The stack trace, when the script threw one.
-    pub fn stack(&self) -> Option<&str> {
+    pub(crate) fn stack(&self) -> Option<&str> {
         match self {
             RunError::Threw { stack, .. } => stack.as_deref(),
             _ => None,
@@ -57,7 +57,7 @@ impl RunError {
     }
 
     /// The message and, where there is one, the stack: what operators need to fix it.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self.stack() {
             Some(stack) if !stack.is_empty() => format!("{self}\n{stack}"),
             _ => self.to_string(),
@@ -78,18 +78,18 @@ pub enum Program {
 }
 
 /// The completion value of a run, as JSON where it has one.
-pub type RunOutput = Option<serde_json::Value>;
+pub(crate) type RunOutput = Option<serde_json::Value>;
 
 /// Limits applied to every context.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Wall-clock budget of one action run.
-    pub budget: Duration,
+    pub(crate) budget: Duration,
     /// Wall-clock budget of a whole script (`run`, `serve --run`): scripts may send many
     /// messages, each possibly waiting for the sandbox's 3-second spacing.
-    pub script_budget: Duration,
-    pub loop_iterations: u64,
-    pub recursion: usize,
+    pub(crate) script_budget: Duration,
+    pub(crate) loop_iterations: u64,
+    pub(crate) recursion: usize,
 }
 
 impl From<&settings::Actions> for Limits {
@@ -133,7 +133,6 @@ struct Shared {
     outbound: Arc<Outbound>,
     runtime: tokio::runtime::Handle,
     limits: Limits,
-    live_workers: AtomicUsize,
     /// The origin of [`Progress::started`].
     epoch: Instant,
 }
@@ -151,7 +150,7 @@ impl Engine {
     /// `workers` threads, each of which compiles the actions into its own locked-down context.
     ///
     /// Must be called inside a tokio runtime: sends made by scripts run on it.
-    pub fn start(
+    pub(crate) fn start(
         actions_dir: &Path,
         workers: usize,
         limits: Limits,
@@ -169,7 +168,6 @@ impl Engine {
             outbound,
             runtime: tokio::runtime::Handle::current(),
             limits,
-            live_workers: AtomicUsize::new(0),
             epoch: Instant::now(),
         });
         for _ in 0..workers.max(1) {
@@ -182,23 +180,9 @@ impl Engine {
         })
     }
 
-    /// Action ids that were found, in order.
-    pub fn actions(&self) -> impl Iterator<Item = &str> {
-        self.shared.sources.keys().map(String::as_str)
-    }
-
-    pub fn has_action(&self, id: &str) -> bool {
-        self.shared.sources.contains_key(id)
-    }
-
     /// Actions that failed to compile at start; `/healthz` is unhealthy while any exist.
-    pub fn compile_errors(&self) -> &[RunError] {
+    pub(crate) fn compile_errors(&self) -> &[RunError] {
         &self.compile_errors
-    }
-
-    /// Threads currently serving jobs (abandoned ones excluded).
-    pub fn live_workers(&self) -> usize {
-        self.shared.live_workers.load(Ordering::Relaxed)
     }
 
     /// Runs a program on a free worker. The budget counts from when a worker picks the job up;
@@ -262,7 +246,7 @@ impl Engine {
 }
 
 /// The actions in `dir` by id; files whose names are not valid action ids are skipped with a warning.
-pub fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
+pub(crate) fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
     let mut sources = load_sources(dir)?;
     sources.retain(|id, _| {
         let valid = settings::is_valid_id(id);
@@ -277,7 +261,7 @@ pub fn load_actions(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
 /// Every `*.js` file in `dir`, by file stem; a missing folder holds none. The engine and
 /// `check` both read through this (actions via [`load_actions`]), so `check` sees exactly the
 /// files the server loads.
-pub fn load_sources(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
+pub(crate) fn load_sources(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
     let mut sources = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -301,7 +285,7 @@ pub fn load_sources(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
 }
 
 /// Compiles every action and script once in a throwaway context; used at start and by `check`.
-pub fn check_compiles(sources: &BTreeMap<String, String>, limits: &Limits) -> Vec<RunError> {
+pub(crate) fn check_compiles(sources: &BTreeMap<String, String>, limits: &Limits) -> Vec<RunError> {
     let mut context = match new_context(limits) {
         Ok(c) => c,
         Err(e) => return vec![e],
@@ -313,7 +297,7 @@ pub fn check_compiles(sources: &BTreeMap<String, String>, limits: &Limits) -> Ve
 }
 
 /// Checks that a script parses, without running it.
-pub fn check_script(name: &str, source: &str) -> Result<(), RunError> {
+pub(crate) fn check_script(name: &str, source: &str) -> Result<(), RunError> {
     let mut context = open_context(&Limits {
         budget: Duration::from_secs(1),
         script_budget: Duration::from_secs(1),
@@ -330,14 +314,10 @@ pub fn check_script(name: &str, source: &str) -> Result<(), RunError> {
 
 fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<()> {
     let shared = shared.clone();
-    shared.live_workers.fetch_add(1, Ordering::Relaxed);
     let spawned = std::thread::Builder::new()
         .name("js-worker".into())
         .stack_size(WORKER_STACK)
-        .spawn(move || {
-            worker(&shared);
-            shared.live_workers.fetch_sub(1, Ordering::Relaxed);
-        });
+        .spawn(move || worker(&shared));
     spawned.map(|_| ())
 }
 

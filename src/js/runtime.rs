@@ -13,10 +13,10 @@ use tracing::Level;
 use crate::outbound::{Account, Caller, Media, Outbound, SendRequest, UsageError};
 
 /// What the running job is: set in the context before every run, read by native functions.
-pub struct Current {
-    pub caller: Caller,
-    pub outbound: Arc<Outbound>,
-    pub runtime: tokio::runtime::Handle,
+pub(crate) struct Current {
+    pub(crate) caller: Caller,
+    pub(crate) outbound: Arc<Outbound>,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
@@ -42,7 +42,7 @@ const CONSOLE: &[(&str, usize, Native)] = &[
 ];
 
 /// Installs `utils` and `console` as read-only globals.
-pub fn install(context: &mut Context) -> JsResult<()> {
+pub(crate) fn install(context: &mut Context) -> JsResult<()> {
     for (name, table) in [("utils", UTILS), ("console", CONSOLE)] {
         let mut object = ObjectInitializer::new(context);
         for (fname, arity, f) in table {
@@ -68,7 +68,10 @@ pub fn install(context: &mut Context) -> JsResult<()> {
 /// unique-shaped object: the result is the same ordinary object (writable, enumerable,
 /// configurable data properties in field order, a repeated name keeping its last value) for
 /// less, because every event's record takes the same shape transitions.
-pub fn string_record(fields: &[(String, String)], context: &mut Context) -> JsResult<JsObject> {
+pub(crate) fn string_record(
+    fields: &[(String, String)],
+    context: &mut Context,
+) -> JsResult<JsObject> {
     let mut record = ObjectInitializer::with_native_data(OrdinaryObject, context);
     for (k, v) in fields {
         record.property(

@@ -82,22 +82,22 @@ impl BackendError {
 /// A status callback as received, before it has an id. The message values are read by
 /// `twilio::webhook`; the store keeps them in columns and `fields` as they came.
 #[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub app: String,
-    pub company: String,
-    pub message_sid: Option<String>,
-    pub message_status: Option<String>,
-    pub error_code: Option<String>,
+pub(crate) struct NewEvent {
+    pub(crate) app: String,
+    pub(crate) company: String,
+    pub(crate) message_sid: Option<String>,
+    pub(crate) message_status: Option<String>,
+    pub(crate) error_code: Option<String>,
     /// The recipient's number, without a channel prefix.
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// The sender's number, without a channel prefix.
-    pub from: Option<String>,
-    pub fields: Vec<(String, String)>,
-    pub idempotency_token: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) fields: Vec<(String, String)>,
+    pub(crate) idempotency_token: Option<String>,
     /// The Twilio account the callback names (`AccountSid`), when it names one: a status event
     /// moves only a message of the same app and, when both know it, the same account.
-    pub account_sid: Option<String>,
-    pub received_at: i64,
+    pub(crate) account_sid: Option<String>,
+    pub(crate) received_at: i64,
 }
 
 impl NewEvent {
@@ -112,12 +112,13 @@ impl NewEvent {
 
 /// The result of storing a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
+pub(crate) enum Inserted {
     New(i64),
     /// Already stored: acknowledge again, but do not dispatch again.
     Duplicate,
 }
 
+/// Where a stored event is in dispatch. `pub` so callers can filter events by state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventState {
@@ -128,6 +129,7 @@ pub enum EventState {
 }
 
 impl EventState {
+    /// The name stored in the `state` column and shown to operators.
     pub fn as_str(self) -> &'static str {
         match self {
             EventState::Pending => "pending",
@@ -137,7 +139,7 @@ impl EventState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => EventState::Pending,
             "done" => EventState::Done,
@@ -151,87 +153,116 @@ impl EventState {
 /// A stored callback event with its dispatch state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// The row id: the order events were stored in, and the id replay and the dashboard use.
     pub id: i64,
+    /// The app whose callback URL received the event.
     pub app: String,
+    /// The company id from the callback URL.
     pub company: String,
-    pub received_at: i64,
+    pub(crate) received_at: i64,
+    /// Twilio's idempotency header, which makes a redelivered callback a duplicate.
     pub idempotency_token: Option<String>,
+    /// The message the callback is about.
     pub message_sid: Option<String>,
+    /// The status the callback reports.
     pub message_status: Option<String>,
-    pub error_code: Option<String>,
+    pub(crate) error_code: Option<String>,
+    /// Every form field as posted, in order.
     pub fields: Vec<(String, String)>,
+    /// Where the event is in dispatch.
     pub state: EventState,
+    /// Action runs so far.
     pub attempts: u32,
-    pub next_attempt_at: Option<i64>,
+    pub(crate) next_attempt_at: Option<i64>,
+    /// Why the last run failed, when it did.
     pub last_error: Option<String>,
+    /// When the event last changed, in Unix milliseconds.
     pub updated_at: i64,
 }
 
 /// One send as the outbound path saw it. Holds no secret.
 #[derive(Debug, Clone)]
-pub struct SendRecord {
-    pub sid: Option<String>,
-    pub app: String,
-    pub company: String,
-    pub account_sid: String,
-    pub to: String,
-    pub from: String,
-    pub body: String,
+pub(crate) struct SendRecord {
+    pub(crate) sid: Option<String>,
+    pub(crate) app: String,
+    pub(crate) company: String,
+    pub(crate) account_sid: String,
+    pub(crate) to: String,
+    pub(crate) from: String,
+    pub(crate) body: String,
     /// A public URL, or `gs://bucket/object` for signed media (the signature is not stored).
-    pub media: Option<String>,
-    pub status: String,
-    pub error_code: Option<i64>,
-    pub error_message: Option<String>,
-    pub at: i64,
+    pub(crate) media: Option<String>,
+    pub(crate) status: String,
+    pub(crate) error_code: Option<i64>,
+    pub(crate) error_message: Option<String>,
+    pub(crate) at: i64,
 }
 
 /// A message as operators see it: the send outcome, then the status callbacks moved it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
-    pub id: i64,
+    pub(crate) id: i64,
+    /// Twilio's message sid; `None` when the create failed before Twilio gave one.
     pub sid: Option<String>,
+    /// The app that sent it.
     pub app: String,
+    /// The company it was sent for.
     pub company: String,
+    /// The Twilio account it was sent from.
     pub account_sid: Option<String>,
+    /// The recipient, as sent.
     pub to: Option<String>,
+    /// The sender, as sent.
     pub from: Option<String>,
+    /// The text sent.
     pub body: Option<String>,
+    /// A public URL, or `gs://bucket/object` for signed media.
     pub media: Option<String>,
+    /// The latest status: the send's outcome, then each callback's, never going backwards.
     pub status: String,
+    /// Twilio's error code, from the send or a callback.
     pub error_code: Option<String>,
+    /// The error's message, when there is one.
     pub error_message: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
 /// What a dispatch attempt decided about an event.
 #[derive(Debug, Clone)]
-pub enum DispatchResult {
+pub(crate) enum DispatchResult {
     Done,
     Failed { error: String, next_attempt_at: i64 },
     Dead { error: String },
 }
 
+/// Which events [`Store::events`] returns, newest first. `pub` so the tests and tools can query.
 #[derive(Debug, Default, Clone)]
 pub struct EventFilter {
+    /// Only this app's events.
     pub app: Option<String>,
+    /// Only events in this state.
     pub state: Option<EventState>,
+    /// Only events about this message.
     pub message_sid: Option<String>,
+    /// Only events older than this id: the next page.
     pub before_id: Option<i64>,
+    /// At most this many: 0 means 100, and more than 10,000 means 10,000.
     pub limit: usize,
 }
 
+/// Which messages [`Store::messages`] returns, newest first. `pub` because that method is.
 #[derive(Debug, Default, Clone)]
 pub struct MessageFilter {
-    pub app: Option<String>,
-    pub company: Option<String>,
-    pub status: Option<String>,
+    pub(crate) app: Option<String>,
+    pub(crate) company: Option<String>,
+    pub(crate) status: Option<String>,
     /// Matches the sid, or the to/from number.
-    pub search: Option<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
-    pub before_id: Option<i64>,
-    pub limit: usize,
+    pub(crate) search: Option<String>,
+    pub(crate) since: Option<i64>,
+    pub(crate) until: Option<i64>,
+    pub(crate) before_id: Option<i64>,
+    pub(crate) limit: usize,
 }
 
 /// The store file's name inside `server.data_dir`.
@@ -270,7 +301,7 @@ impl Store {
     /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
     /// The store must exist already; this never creates it. A store written by a newer build is
     /// refused, as [`Store::open`] refuses it.
-    pub fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
+    pub(crate) fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
         let path = data_dir.join(FILE_NAME);
         if !path.try_exists().unwrap_or(true) {
             return Err(StoreError::Missing { path });
@@ -292,12 +323,12 @@ impl Store {
     }
 
     /// The store file, for messages that point the operator at it.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.reader.path()
     }
 
     /// Stores a callback and returns once it is durable (fsynced), or found to be a repeat.
-    pub async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+    pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         self.writer.insert_event(event).await
     }
 
@@ -305,7 +336,7 @@ impl Store {
     /// before any later write, so a callback for the same sid never overtakes it; a message
     /// that an early callback of the same app already created is completed rather than
     /// duplicated.
-    pub fn record_send(&self, record: SendRecord) {
+    pub(crate) fn record_send(&self, record: SendRecord) {
         if self.writer.record_send(record).is_err() {
             tracing::error!("the store is closed; a send was not recorded");
         }
@@ -313,7 +344,7 @@ impl Store {
 
     /// Records a dispatch outcome without waiting: losing it in a crash only means the event
     /// is dispatched again on restart, which at-least-once delivery allows.
-    pub fn finish_dispatch(&self, id: i64, attempts: u32, result: DispatchResult) {
+    pub(crate) fn finish_dispatch(&self, id: i64, attempts: u32, result: DispatchResult) {
         let _ = self.writer.finish_dispatch(id, attempts, result);
     }
 
@@ -376,7 +407,7 @@ impl Store {
 /// The read side of the store. [`Store`] reads through one; [`Store::open_read_only`] returns
 /// one alone, which has no way to write. Cloning is cheap; clones share the connection.
 #[derive(Clone)]
-pub struct StoreReader {
+pub(crate) struct StoreReader {
     /// A std mutex: reads run in `spawn_blocking` and never hold it across an await.
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
@@ -393,7 +424,7 @@ impl StoreReader {
     /// A reader of an empty store, for `path` where no store has been created yet: every
     /// listing is empty and every lookup finds nothing, exactly as in a fresh store. The empty
     /// store is held in memory; nothing is written to `path` or beside it.
-    pub fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
+    pub(crate) fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
         let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.clone(),
             source: BackendError::new(source),
@@ -404,7 +435,7 @@ impl StoreReader {
     }
 
     /// The store file, for messages that point the operator at it.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -424,7 +455,7 @@ impl StoreReader {
     }
 
     /// One event by id.
-    pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
+    pub(crate) async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
         self.read(move |c| {
             c.query_row(
                 &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
@@ -437,7 +468,7 @@ impl StoreReader {
     }
 
     /// Every event that still has to run: pending, or failed and waiting for a retry.
-    pub async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
+    pub(crate) async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE state IN ('pending','failed') ORDER BY id"
@@ -448,7 +479,7 @@ impl StoreReader {
     }
 
     /// Newest first.
-    pub async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
+    pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
         self.read(move |c| {
             let mut w = Where::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1=1"));
             if let Some(app) = filter.app {
@@ -472,7 +503,7 @@ impl StoreReader {
     }
 
     /// Newest first.
-    pub async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
+    pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
         self.read(move |c| {
             let mut w = Where::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE 1=1"));
             if let Some(app) = filter.app {
@@ -519,7 +550,10 @@ impl StoreReader {
     /// Sids are unique per app, so several apps may have a row for one sid (another app's
     /// callbacks naming it): this returns the one this host sent, else the oldest. Callers that
     /// know the app use [`StoreReader::app_message`].
-    pub async fn message(&self, sid: &str) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+    pub(crate) async fn message(
+        &self,
+        sid: &str,
+    ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         let sid = sid.to_string();
         self.read(move |c| {
             let message = c
@@ -538,7 +572,7 @@ impl StoreReader {
     }
 
     /// App `app`'s message `sid` and the events it recorded for it, oldest event first.
-    pub async fn app_message(
+    pub(crate) async fn app_message(
         &self,
         app: &str,
         sid: &str,

@@ -6,12 +6,12 @@
 const CHANNEL_PREFIX: &str = "whatsapp:";
 
 /// The number without Twilio's `whatsapp:` prefix; anything else is returned unchanged.
-pub fn strip_channel(address: &str) -> &str {
+pub(crate) fn strip_channel(address: &str) -> &str {
     address.strip_prefix(CHANNEL_PREFIX).unwrap_or(address)
 }
 
 /// The WhatsApp address Twilio expects for a number: `whatsapp:` followed by it.
-pub fn with_channel(number: &str) -> String {
+pub(crate) fn with_channel(number: &str) -> String {
     format!("{CHANNEL_PREFIX}{number}")
 }
 

@@ -3,30 +3,30 @@
 //! codes, and what Twilio's common WhatsApp codes mean, in words an operator can act on.
 
 /// Twilio's code for media over the size limit (16 MB for WhatsApp).
-pub const MEDIA_TOO_LARGE: i64 = 11751;
+pub(crate) const MEDIA_TOO_LARGE: i64 = 11751;
 /// Twilio's code for media of a content type WhatsApp does not accept.
-pub const UNSUPPORTED_MEDIA_TYPE: i64 = 12300;
+pub(crate) const UNSUPPORTED_MEDIA_TYPE: i64 = 12300;
 /// Twilio's code for an invalid `To` number.
-pub const INVALID_TO: i64 = 21211;
+pub(crate) const INVALID_TO: i64 = 21211;
 /// Twilio's code for an invalid `From` number.
-pub const INVALID_FROM: i64 = 21212;
+pub(crate) const INVALID_FROM: i64 = 21212;
 /// Twilio's code for a body over 1600 characters.
-pub const BODY_TOO_LONG: i64 = 21617;
+pub(crate) const BODY_TOO_LONG: i64 = 21617;
 /// Twilio's code for a media URL that cannot be read; here also one the media check will not
 /// fetch (not https, a non-public address, a redirect) or a bucket the app may not sign.
-pub const INVALID_MEDIA_URL: i64 = 21620;
+pub(crate) const INVALID_MEDIA_URL: i64 = 21620;
 /// Twilio's code for a free-form message outside the 24-hour window; the simulator's failures
 /// carry it.
-pub const OUTSIDE_SESSION_WINDOW: i64 = 63016;
+pub(crate) const OUTSIDE_SESSION_WINDOW: i64 = 63016;
 
 /// This host's code: Twilio could not be reached; nothing was sent.
-pub const UNREACHABLE: i64 = 90001;
+pub(crate) const UNREACHABLE: i64 = 90001;
 /// This host's code: the request timed out; the outcome is unknown.
-pub const TIMED_OUT: i64 = 90002;
+pub(crate) const TIMED_OUT: i64 = 90002;
 /// This host's code: the connection failed after the request was sent.
-pub const TRANSPORT: i64 = 90003;
+pub(crate) const TRANSPORT: i64 = 90003;
 /// This host's code: Twilio's answer could not be read.
-pub const BAD_RESPONSE: i64 = 90004;
+pub(crate) const BAD_RESPONSE: i64 = 90004;
 
 /// Twilio's error codes seen most with WhatsApp, and this host's own, with their meaning.
 const MEANINGS: &[(i64, &str)] = &[
@@ -117,7 +117,7 @@ const MEANINGS: &[(i64, &str)] = &[
 ];
 
 /// The meaning of an error code, when it is one of the common ones.
-pub fn meaning(code: i64) -> Option<&'static str> {
+pub(crate) fn meaning(code: i64) -> Option<&'static str> {
     MEANINGS
         .iter()
         .find(|(c, _)| *c == code)
@@ -125,7 +125,7 @@ pub fn meaning(code: i64) -> Option<&'static str> {
 }
 
 /// Like [`meaning`] for a code as stored (callbacks carry it as text).
-pub fn meaning_of(code: &str) -> Option<&'static str> {
+pub(crate) fn meaning_of(code: &str) -> Option<&'static str> {
     code.trim().parse().ok().and_then(meaning)
 }
 

@@ -2,11 +2,13 @@
 //! and error codes. It creates messages (with the retry rules that never send twice), reads and
 //! checks incoming webhooks (`webhook`), and in `simulate` mode stands in for Twilio entirely.
 
-pub mod address;
-pub mod codes;
+pub(crate) mod address;
+pub(crate) mod codes;
+/// `pub` so the tests and the bench example sign callbacks as Twilio does.
 pub mod signature;
+/// `pub` so the tests and benches build the callback fields simulate mode posts.
 pub mod simulate;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use url::Url;
 
 /// Where sends go: Twilio's API (or a stand-in at another base URL), or the built-in simulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiBase {
+pub(crate) enum ApiBase {
     Url(Url),
     /// `api_base = "simulate"`: sends are answered locally and the host posts itself callbacks.
     Simulate,
@@ -26,29 +28,29 @@ pub enum ApiBase {
 
 /// What the client needs from the `[twilio]` settings.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub api_base: ApiBase,
-    pub timeout: Duration,
+pub(crate) struct Config {
+    pub(crate) api_base: ApiBase,
+    pub(crate) timeout: Duration,
     /// Delay between simulated status callbacks (`simulate` mode only).
-    pub simulate_step: Duration,
+    pub(crate) simulate_step: Duration,
 }
 
 /// An account's credentials. The token is only exposed where the `Authorization` header is built.
 #[derive(Clone, Copy)]
-pub struct Credentials<'a> {
-    pub account_sid: &'a str,
-    pub auth_token: &'a SecretString,
+pub(crate) struct Credentials<'a> {
+    pub(crate) account_sid: &'a str,
+    pub(crate) auth_token: &'a SecretString,
 }
 
 /// A message to create, already validated: numbers are E.164 and the body fits.
 #[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub to: String,
-    pub from: String,
-    pub body: String,
-    pub media_url: Option<String>,
+pub(crate) struct NewMessage {
+    pub(crate) to: String,
+    pub(crate) from: String,
+    pub(crate) body: String,
+    pub(crate) media_url: Option<String>,
     /// Where Twilio should post status events; `None` leaves the console's setting in force.
-    pub status_callback: Option<String>,
+    pub(crate) status_callback: Option<String>,
 }
 
 impl NewMessage {
@@ -71,7 +73,7 @@ impl NewMessage {
 
 /// Why a create did not produce a message. Carries no secret.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum TwilioError {
+pub(crate) enum TwilioError {
     /// Twilio answered with an error resource.
     #[error("twilio refused the message ({http_status}): {message}")]
     Api {
@@ -96,7 +98,7 @@ pub enum TwilioError {
 
 impl TwilioError {
     /// The error code reported to scripts: Twilio's own where it gave one.
-    pub fn code(&self) -> Option<i64> {
+    pub(crate) fn code(&self) -> Option<i64> {
         match self {
             TwilioError::Api { code, .. } => *code,
             TwilioError::Unreachable { .. } => Some(codes::UNREACHABLE),
@@ -106,7 +108,7 @@ impl TwilioError {
         }
     }
 
-    pub fn http_status(&self) -> Option<u16> {
+    pub(crate) fn http_status(&self) -> Option<u16> {
         match self {
             TwilioError::Api { http_status, .. } | TwilioError::BadResponse { http_status, .. } => {
                 Some(*http_status)
@@ -115,7 +117,7 @@ impl TwilioError {
         }
     }
 
-    pub fn more_info(&self) -> Option<&str> {
+    pub(crate) fn more_info(&self) -> Option<&str> {
         match self {
             TwilioError::Api { more_info, .. } => more_info.as_deref(),
             _ => None,
@@ -123,7 +125,7 @@ impl TwilioError {
     }
 
     /// The message scripts see: Twilio's own text for API errors.
-    pub fn script_message(&self) -> String {
+    pub(crate) fn script_message(&self) -> String {
         match self {
             TwilioError::Api { message, .. } => message.clone(),
             other => other.to_string(),
@@ -134,8 +136,11 @@ impl TwilioError {
 /// When to try a create again. Only failures that prove nothing was sent are retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// Tries in all, the first included.
     pub attempts: u32,
+    /// The delay ceiling before the first retry; it doubles each retry, with jitter.
     pub base_delay: Duration,
+    /// The longest wait between tries, a `Retry-After` from Twilio included.
     pub max_delay: Duration,
 }
 
@@ -165,7 +170,7 @@ impl RetryPolicy {
 
 /// The Messages API client. One per process: it holds the connection pool.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     api_base: ApiBase,
     timeout: Duration,
@@ -174,7 +179,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(settings: &Config, http: reqwest::Client) -> Self {
+    pub(crate) fn new(settings: &Config, http: reqwest::Client) -> Self {
         let simulator = (settings.api_base == ApiBase::Simulate)
             .then(|| simulate::Simulator::new(http.clone(), settings.simulate_step));
         Self {
@@ -187,17 +192,13 @@ impl Client {
     }
 
     /// Replaces the retry policy; tests shorten the delays.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+    pub(crate) fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
-    pub fn is_simulated(&self) -> bool {
-        self.simulator.is_some()
-    }
-
     /// In simulate mode, waits until the simulated callbacks of every send have been posted.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         if let Some(simulator) = &self.simulator {
             simulator.settle().await;
         }
@@ -207,7 +208,7 @@ impl Client {
     ///
     /// 429s and connection failures are retried; a timeout or a 5xx is not, because Twilio has
     /// no idempotency key and a second create could deliver the message twice.
-    pub async fn create_message(
+    pub(crate) async fn create_message(
         &self,
         creds: Credentials<'_>,
         message: &NewMessage,

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use url::Url;
 
 /// The header Twilio signs every webhook request with.
-pub const HEADER: &str = "x-twilio-signature";
+pub(crate) const HEADER: &str = "x-twilio-signature";
 
 /// `base64(HMAC-SHA1(auth_token, url + each param name and value, names in byte order))`.
 ///

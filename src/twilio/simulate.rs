@@ -17,7 +17,7 @@ use super::{Credentials, NewMessage, address, codes, signature, webhook};
 const PROGRESSION: [&str; 3] = ["sent", "delivered", "read"];
 
 #[derive(Clone)]
-pub struct Simulator {
+pub(crate) struct Simulator {
     http: reqwest::Client,
     step: Duration,
     /// Callback sequences still posting, so a short-lived command can wait for them.
@@ -25,7 +25,7 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    pub fn new(http: reqwest::Client, step: Duration) -> Self {
+    pub(crate) fn new(http: reqwest::Client, step: Duration) -> Self {
         Self {
             http,
             step,
@@ -34,7 +34,7 @@ impl Simulator {
     }
 
     /// Waits until every scheduled callback has been posted.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         loop {
             let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
             if batch.is_empty() {
@@ -47,7 +47,7 @@ impl Simulator {
     }
 
     /// Answers like Twilio's 201 and schedules the status callbacks Twilio would send.
-    pub fn create_message(&self, creds: Credentials<'_>, message: &NewMessage) -> Value {
+    pub(crate) fn create_message(&self, creds: Credentials<'_>, message: &NewMessage) -> Value {
         let sid = new_sid("SM");
         let now = jiff::fmt::rfc2822::DateTimePrinter::new()
             .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
@@ -138,7 +138,7 @@ pub fn status_callback_fields(
 }
 
 /// Posts form fields to a webhook URL with a valid `X-Twilio-Signature`, as Twilio does.
-pub async fn post_signed(
+pub(crate) async fn post_signed(
     http: &reqwest::Client,
     url: &str,
     auth_token: &str,
@@ -159,7 +159,7 @@ pub async fn post_signed(
 }
 
 /// A random Twilio-style SID: a two-letter prefix and 32 hex digits.
-pub fn new_sid(prefix: &str) -> String {
+pub(crate) fn new_sid(prefix: &str) -> String {
     let n: u128 = rand::rng().random();
     format!("{prefix}{n:032x}")
 }

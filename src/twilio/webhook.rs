@@ -8,10 +8,11 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{address, signature};
 
 /// The header Twilio sets to the same value on every retry of one webhook request.
-pub const IDEMPOTENCY_HEADER: &str = "i-twilio-idempotency-token";
+pub(crate) const IDEMPOTENCY_HEADER: &str = "i-twilio-idempotency-token";
 
 /// The empty TwiML answer: valid for status callbacks and for incoming-message webhooks.
-pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+pub(crate) const EMPTY_TWIML: &str =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
 
 const MESSAGE_SID: &str = "MessageSid";
 const MESSAGE_STATUS: &str = "MessageStatus";
@@ -22,7 +23,7 @@ const ACCOUNT_SID: &str = "AccountSid";
 
 /// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
 /// final. Twilio does not promise callback order, so a late `sent` after `read` changes nothing.
-pub fn status_rank(status: &str) -> i64 {
+pub(crate) fn status_rank(status: &str) -> i64 {
     match status {
         "accepted" | "scheduled" => 1,
         "queued" => 2,
@@ -41,26 +42,26 @@ pub fn status_rank(status: &str) -> i64 {
 /// When a name is repeated, its first value wins, as in Twilio's own helper libraries and most
 /// form parsers; [`message_sid`] reads the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusCallback {
+pub(crate) struct StatusCallback {
     /// `MessageSid`: the message the event is about.
-    pub sid: Option<String>,
+    pub(crate) sid: Option<String>,
     /// `MessageStatus`, as Twilio spells it (`sent`, `delivered`, …).
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// `ErrorCode`, as text, as Twilio sends it.
-    pub error_code: Option<String>,
+    pub(crate) error_code: Option<String>,
     /// `To`, without the `whatsapp:` channel prefix.
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// `From`, without the `whatsapp:` channel prefix.
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// `AccountSid`: the Twilio project that sent the message, whose token signs the callback.
-    pub account_sid: Option<String>,
+    pub(crate) account_sid: Option<String>,
     /// Every field in the order received.
-    pub fields: Vec<(String, String)>,
+    pub(crate) fields: Vec<(String, String)>,
 }
 
 impl StatusCallback {
     /// Reads the typed values from decoded form fields; missing ones are `None`.
-    pub fn from_fields(fields: Vec<(String, String)>) -> Self {
+    pub(crate) fn from_fields(fields: Vec<(String, String)>) -> Self {
         let value = |name| first(&fields, name).map(str::to_string);
         let number = |name| first(&fields, name).map(|v| address::strip_channel(v).to_string());
         StatusCallback {
@@ -75,13 +76,13 @@ impl StatusCallback {
     }
 
     /// Decodes a callback body strictly (see [`parse_form`]) and reads it.
-    pub fn parse(body: &[u8]) -> Result<Self, FormError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, FormError> {
         parse_form(body).map(Self::from_fields)
     }
 }
 
 /// The message sid of stored callback fields, read as [`StatusCallback`] reads it.
-pub fn message_sid(fields: &[(String, String)]) -> Option<&str> {
+pub(crate) fn message_sid(fields: &[(String, String)]) -> Option<&str> {
     first(fields, MESSAGE_SID)
 }
 
@@ -94,17 +95,17 @@ fn first<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The URL Twilio signed: the public origin (`scheme://host[:port]` of `public_url`) joined with
 /// the path and query the request arrived on, byte for byte.
-pub fn signed_url(origin: &str, path_and_query: &str) -> String {
+pub(crate) fn signed_url(origin: &str, path_and_query: &str) -> String {
     format!("{origin}{path_and_query}")
 }
 
 /// The `X-Twilio-Signature` header, when present and readable.
-pub fn signature(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn signature(headers: &HeaderMap) -> Option<&str> {
     header(headers, signature::HEADER)
 }
 
 /// The `I-Twilio-Idempotency-Token` header, when present and readable.
-pub fn idempotency_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn idempotency_token(headers: &HeaderMap) -> Option<&str> {
     header(headers, IDEMPOTENCY_HEADER)
 }
 
@@ -114,7 +115,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Whether `signature` is Twilio's signature of `url` and `fields` under the account's auth
 /// token. A missing signature is never valid.
-pub fn is_signed(
+pub(crate) fn is_signed(
     auth_token: &SecretString,
     url: &str,
     fields: &[(String, String)],
@@ -126,11 +127,11 @@ pub fn is_signed(
 /// Why a webhook body is not a form Twilio could have sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct FormError(String);
+pub(crate) struct FormError(String);
 
 /// Decodes `application/x-www-form-urlencoded` strictly: invalid percent escapes or UTF-8 are
 /// errors, not replacement characters, so what is stored is exactly what Twilio signed.
-pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
+pub(crate) fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
     let text = std::str::from_utf8(body).map_err(|_| FormError("it is not UTF-8".to_string()))?;
     let decode = |s: &str| -> Result<String, FormError> {
         let plus = s.replace('+', " ");
