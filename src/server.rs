@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -22,6 +23,10 @@ use crate::settings::{ApiBase, CompanyIdError, Settings, check_company_id};
 use crate::store::{Inserted, NewEvent, now_ms};
 use crate::twilio::webhook::{self, StatusCallback};
 use crate::{edge, routes, telemetry};
+
+/// The key of the HMAC computed for callbacks refused before their app's key is known.
+static DECOY_KEY: LazyLock<SecretString> =
+    LazyLock::new(|| SecretString::from("decoy key for refused callbacks"));
 
 /// Largest callback body accepted. Twilio's status callbacks are well under 2 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -302,30 +307,38 @@ async fn callback(
             tracing::Span::current()
                 .record("sid", tracing::field::display(telemetry::untrusted(sid)));
         }
+        let path = uri.path_and_query().map_or("", |p| p.as_str());
+        let url = webhook::signed_url(&state.origin, path);
+        let signature = webhook::signature(&headers);
+        // An unknown app or a foreign account costs the same HMAC as a real check, so neither
+        // the answer nor its timing tells which app ids exist.
+        let decoy = |refusal: CallbackError| {
+            let _ = webhook::is_signed(&DECOY_KEY, &url, &callback.fields, signature);
+            refusal
+        };
         let app = state
             .settings()
             .apps
             .get(&app_id)
-            .ok_or(CallbackError::UnknownApp)?;
+            .ok_or_else(|| decoy(CallbackError::UnknownApp))?;
         let account = callback
             .account_sid
             .as_deref()
-            .ok_or(CallbackError::NoAccount)?;
-        let auth_key = app
-            .callback_key(&company_id, account)
-            .ok_or_else(|| CallbackError::Account(telemetry::untrusted(account).to_string()))?;
-        if app.validates_signatures() {
-            let path = uri.path_and_query().map_or("", |p| p.as_str());
-            let url = webhook::signed_url(&state.origin, path);
-            let signature = webhook::signature(&headers);
-            if !webhook::is_signed(auth_key, &url, &callback.fields, signature) {
-                let url = telemetry::untrusted(&url).max_chars(MAX_LOGGED_URL_CHARS);
-                let url = match signature {
-                    Some(_) => url.to_string(),
-                    None => format!("{url} (no signature header)"),
-                };
-                return Err(CallbackError::Signature(url));
-            }
+            .ok_or_else(|| decoy(CallbackError::NoAccount))?;
+        let auth_key = app.callback_key(&company_id, account).ok_or_else(|| {
+            decoy(CallbackError::Account(
+                telemetry::untrusted(account).to_string(),
+            ))
+        })?;
+        if app.validates_signatures()
+            && !webhook::is_signed(auth_key, &url, &callback.fields, signature)
+        {
+            let url = telemetry::untrusted(&url).max_chars(MAX_LOGGED_URL_CHARS);
+            let url = match signature {
+                Some(_) => url.to_string(),
+                None => format!("{url} (no signature header)"),
+            };
+            return Err(CallbackError::Signature(url));
         }
         let event = NewEvent {
             app: app_id.clone(),
