@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, Serializer};
@@ -18,13 +17,6 @@ use crate::settings::{App, Settings, Whatsapp};
 use crate::store::{SendRecord, Store, now_ms};
 use crate::telemetry;
 use crate::twilio::{self, Credentials, NewMessage, TwilioError, address, codes};
-
-/// Twilio's limit on a message body, in characters.
-pub(crate) const MAX_BODY_CHARS: usize = 1600;
-/// Twilio's sandbox sender accepts one message every 3 s.
-pub(crate) const SANDBOX_SPACING: Duration = Duration::from_secs(3);
-/// The Twilio WhatsApp sandbox number, throttled also when a tenant sends from it.
-pub(crate) const SANDBOX_NUMBER: &str = "+14155238886";
 
 /// Whose Twilio account sends.
 #[derive(Debug, Clone)]
@@ -270,7 +262,7 @@ impl Outbound {
                 auth_token,
                 from,
             } => {
-                if !crate::settings::is_account_sid(account_sid) {
+                if !twilio::is_account_sid(account_sid) {
                     return Err(UsageError::BadAccountSid(account_sid.clone()));
                 }
                 if auth_token.expose_secret().is_empty() {
@@ -286,7 +278,7 @@ impl Outbound {
                         return Ok(self.fail(caller, &req, account_sid, from, failure));
                     }
                 };
-                let sandbox = from.as_str() == SANDBOX_NUMBER;
+                let sandbox = from.as_str() == twilio::SANDBOX_NUMBER;
                 // A configured tenant's project gets its company's callback URL, where its
                 // callbacks are checked with its token; an unknown project gets none.
                 let callback = caller.app.tenant_by_account(account_sid).map(|tenant| {
@@ -305,11 +297,12 @@ impl Outbound {
             }
         };
         let chars = req.body.chars().count();
-        if chars > MAX_BODY_CHARS {
+        if chars > twilio::MAX_BODY_CHARS {
             let failure = Failure::refused(
                 codes::BODY_TOO_LONG,
                 format!(
-                    "the message body is {chars} characters, over Twilio's limit of {MAX_BODY_CHARS}"
+                    "the message body is {chars} characters, over Twilio's limit of {}",
+                    twilio::MAX_BODY_CHARS
                 ),
             );
             return Ok(self.fail(caller, &req, account_sid, &from, failure));
@@ -443,7 +436,7 @@ impl Outbound {
             .clone();
         let last = sender.lock_owned().await;
         if let Some(last) = *last {
-            tokio::time::sleep_until(last + SANDBOX_SPACING).await;
+            tokio::time::sleep_until(last + twilio::SANDBOX_SPACING).await;
         }
         SandboxTurn(last)
     }

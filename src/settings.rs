@@ -759,7 +759,7 @@ impl Loader<'_> {
     fn whatsapp(&self, app: &str, raw: raw::Whatsapp) -> Result<Whatsapp, SettingsError> {
         let key = |k: &str| format!("apps.{app}.WHATSAPP.{k}");
         let account_id = raw.account_id.trim().to_string();
-        if !is_account_sid(&account_id) {
+        if !twilio::is_account_sid(&account_id) {
             return Err(self.invalid(
                 key("account_id"),
                 "must be \"AC\" followed by 32 hexadecimal characters, as shown in the Twilio console",
@@ -836,7 +836,7 @@ impl Loader<'_> {
                 )
             })?;
             let account_id = raw.account_id.trim().to_string();
-            if !is_account_sid(&account_id) {
+            if !twilio::is_account_sid(&account_id) {
                 return Err(self.invalid(
                     key(".account_id"),
                     "must be \"AC\" followed by 32 hexadecimal characters: the tenant's own Twilio account, as shown in its console",
@@ -950,11 +950,6 @@ pub fn is_bucket_name(name: &str) -> bool {
         && name
             .split('.')
             .all(|part| !part.is_empty() && part.len() <= 63)
-}
-
-/// `AC` + 32 hex digits: the shape of every Twilio account SID.
-pub(crate) fn is_account_sid(s: &str) -> bool {
-    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The file's shape, exactly as written. Unknown keys are errors, so typos don't pass silently.

@@ -35,6 +35,18 @@ pub(crate) struct Config {
     pub(crate) simulate_step: Duration,
 }
 
+/// The number of Twilio's WhatsApp sandbox, throttled also when a tenant sends from it.
+pub(crate) const SANDBOX_NUMBER: &str = "+14155238886";
+/// The sandbox sender accepts one message every 3 s.
+pub(crate) const SANDBOX_SPACING: Duration = Duration::from_secs(3);
+/// Twilio's limit on a message body, in characters.
+pub(crate) const MAX_BODY_CHARS: usize = 1600;
+
+/// `AC` + 32 hex digits: the shape of every Twilio account SID.
+pub(crate) fn is_account_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// An account's credentials. The token is only exposed where the `Authorization` header is built.
 #[derive(Clone, Copy)]
 pub(crate) struct Credentials<'a> {
