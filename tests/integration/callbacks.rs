@@ -378,37 +378,14 @@ async fn a_company_id_that_is_dots_too_long_or_has_slashes_or_control_characters
 
 #[tokio::test]
 async fn newlines_and_escapes_from_a_request_never_reach_the_log_raw() {
-    use std::process::Stdio;
     // The real binary, its log read from stderr as an operator's log shipper would.
     let config = TestConfig::on_status("utils.info('status ' + vo.MessageStatus);");
-    let addr = free_addr();
-    config.write(addr);
     let log = config.dir.path().join("serve.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = tokio::process::Command::from(config.command())
-        .arg("serve")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the whatsapp-host binary starts");
-    let base_url = format!("http://{addr}");
+    let ServedBinary {
+        mut child,
+        base_url,
+    } = config.serve_binary(&log, "info", WAIT).await;
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !http
-        .get(format!("{base_url}/healthz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never became healthy"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 
     // A forged line after %0A, and a terminal colour after %1B, in each path parameter.
     let forged = "x%0AFORGED%20INFO%20all%20is%20well%1B%5B31m";

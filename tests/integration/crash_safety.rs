@@ -2,14 +2,11 @@
 //! server mid-load and is dispatched after the restart; SIGTERM then stops it cleanly.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
 use whatsapp_host::store::{EventFilter, EventState, Store};
 
 use crate::helpers::*;
@@ -22,48 +19,9 @@ const KILL_AFTER: usize = 200;
 /// Long enough for a slow CI machine; every wait ends as soon as its condition holds.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `whatsapp-host serve` child process.
-struct Server {
-    child: Child,
-    base_url: String,
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
 /// Writes the settings for a fresh port, starts the binary on them and waits for `/healthz`.
-async fn start(config: &TestConfig, log: &Path) -> Server {
-    let addr = free_addr();
-    config.write(addr);
-    let log_file = File::options().create(true).append(true).open(log).unwrap();
-    let mut child = Command::from(config.command())
-        .arg("serve")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the whatsapp-host binary starts");
-    let base_url = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the server exited with {status}:\n{}", log_tail(log));
-        }
-        let health = http.get(format!("{base_url}/healthz")).send().await;
-        if health.is_ok_and(|r| r.status() == 200) {
-            return Server { child, base_url };
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("the server never became healthy:\n{}", log_tail(log));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn start(config: &TestConfig, log: &Path) -> ServedBinary {
+    config.serve_binary(log, "warn", WAIT).await
 }
 
 /// Posts one signed status callback; true when the server acknowledged it with 200.

@@ -463,3 +463,56 @@ pub fn alone_in_a_process(test: &str) -> bool {
     );
     false
 }
+
+/// A `whatsapp-host serve` child process, killed when dropped.
+pub struct ServedBinary {
+    pub child: tokio::process::Child,
+    pub base_url: String,
+}
+
+/// The last 20 lines of a log file, for failure messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl TestConfig {
+    /// Writes the settings for a fresh port, starts the real binary on them with `RUST_LOG`
+    /// set to `rust_log` and its output appended to `log`, and waits up to `wait` for
+    /// `/healthz`, as an operator's supervisor would.
+    pub async fn serve_binary(&self, log: &Path, rust_log: &str, wait: Duration) -> ServedBinary {
+        let addr = free_addr();
+        self.write(addr);
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = tokio::process::Command::from(self.command())
+            .arg("serve")
+            .env("RUST_LOG", rust_log)
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the whatsapp-host binary starts");
+        let base_url = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the server exited with {status}:\n{}", log_tail(log));
+            }
+            let health = http.get(format!("{base_url}/healthz")).send().await;
+            if health.is_ok_and(|r| r.status() == 200) {
+                return ServedBinary { child, base_url };
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("the server never became healthy:\n{}", log_tail(log));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
