@@ -297,10 +297,22 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressKind> {
         return classify_v4(v4);
     }
     let s = ip.segments();
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [a, b] = s[6].to_be_bytes();
-        let [c, d] = s[7].to_be_bytes();
-        return classify_v4(Ipv4Addr::new(a, b, c, d));
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    // Forms that carry an IPv4 address, judged as that address: NAT64 (64:ff9b::/96 and the
+    // local-use 64:ff9b:1::/48) and 6to4 (2002::/16). Teredo (2001::/32) tunnels to an address
+    // that can't be checked here, so it is never fetched.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+        return classify_v4(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return classify_v4(v4(s[1], s[2]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some(AddressKind::Reserved);
     }
     Some(if ip == METADATA_V6 {
         AddressKind::Metadata
@@ -555,6 +567,11 @@ mod tests {
             ("::ffff:10.0.0.1", Some(Private)),
             ("::ffff:169.254.169.254", Some(Metadata)),
             ("64:ff9b::a00:1", Some(Private)),
+            ("64:ff9b:1::a9fe:a9fe", Some(Metadata)),
+            ("2002:a9fe:a9fe::", Some(Metadata)),
+            ("2002:7f00:1::1", Some(Loopback)),
+            ("2002:808:808::1", None),
+            ("2001:0:4136:e378::1", Some(Reserved)),
             ("::127.0.0.1", Some(Reserved)),
             ("8.8.8.8", None),
             ("100.63.255.255", None),
