@@ -37,6 +37,10 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "the store at {path} has schema version {found}, which no whatsapp-host writes: restore it from a backup, or point server.data_dir elsewhere"
+    )]
+    UnknownSchema { path: PathBuf, found: i64 },
     /// Nothing was changed: the upgrade runs in one transaction.
     #[error(
         "failed to upgrade the store at {path} from schema version {from}, so it was left as it was: {source}"

@@ -156,6 +156,12 @@ pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, Store
             path: path.to_path_buf(),
             source: BackendError::new(source),
         })?;
+    if found < 0 {
+        return Err(StoreError::UnknownSchema {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
     if found > VERSION {
         return Err(StoreError::NewerSchema {
             path: path.to_path_buf(),
@@ -170,6 +176,17 @@ pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, Store
 mod tests {
     use super::*;
     use crate::store::{EventFilter, MessageFilter, NewEvent, Store};
+
+    #[test]
+    fn a_negative_schema_version_is_refused_not_read_as_a_huge_one() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", -1).unwrap();
+        let error = known_version(&conn, Path::new("store.sqlite3")).unwrap_err();
+        assert!(
+            matches!(error, StoreError::UnknownSchema { found: -1, .. }),
+            "{error}"
+        );
+    }
 
     /// The schema of the unversioned store (version 0), verbatim from commit d987f9b.
     const SCHEMA_V0: &str = "
