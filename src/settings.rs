@@ -489,11 +489,18 @@ impl Loader<'_> {
             self.check_app_id(id)?;
         }
         // Which setting each auth key variable belongs to, so a tenant's can't shadow another's.
-        let mut key_vars: BTreeMap<String, String> = raw
-            .apps
-            .keys()
-            .map(|id| (auth_key_env(id), format!("apps.{id}")))
-            .collect();
+        let mut key_vars: BTreeMap<String, String> = BTreeMap::new();
+        for id in raw.apps.keys() {
+            let var = auth_key_env(id);
+            if let Some(other) = key_vars.insert(var.clone(), format!("apps.{id}")) {
+                return Err(self.invalid(
+                    format!("apps.{id}"),
+                    format!(
+                        "its auth key variable {var} is also {other}'s: rename one of the two apps"
+                    ),
+                ));
+            }
+        }
         for (id, app) in raw.apps {
             let whatsapp = app.whatsapp.map(|w| self.whatsapp(&id, w)).transpose()?;
             let tenants = self.tenants(&id, whatsapp.as_ref(), app.tenants, &mut key_vars)?;
@@ -552,12 +559,18 @@ impl Loader<'_> {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .filter(|u| u.query().is_none() && u.fragment().is_none())
+            .filter(|u| u.username().is_empty() && u.password().is_none())
             .ok_or_else(|| {
+                // A URL with credentials is not echoed: its password would be in the message.
+                let shown = if raw.public_url.contains('@') {
+                    "the value".to_string()
+                } else {
+                    format!("{:?}", raw.public_url)
+                };
                 self.invalid(
                     "server.public_url",
                     format!(
-                        "{:?} is not an http(s) URL without query; write it as \"https://platform.example.com/platform\"",
-                        raw.public_url
+                        "{shown} is not an http(s) URL without credentials, query or fragment; write it as \"https://platform.example.com/platform\""
                     ),
                 )
             })?;
@@ -1583,6 +1596,30 @@ mod tests {
             s.server.admin_listen,
             Some("127.0.0.1:9090".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_public_url_with_credentials_is_refused_without_echoing_them() {
+        let e = load(
+            &format!("[server]\npublic_url = \"https://ops:hunter2@p.example.com/\"\n{GOOD}"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.public_url") && e.contains("credentials"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn two_apps_whose_auth_key_variables_collide_are_refused() {
+        let text =
+            GOOD.replace("apps.crm.", "apps.crm-eu.") + &GOOD.replace("apps.crm.", "apps.crm_eu.");
+        let e = load(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("WHATSAPP_CRM_EU_AUTH_KEY"), "{e}");
+        assert!(!e.contains("file-secret"), "{e}");
     }
 
     #[test]
