@@ -59,12 +59,23 @@ pub struct Application {
 impl Application {
     /// Recovers undispatched events and binds `server.listen`.
     pub async fn build(services: Services) -> anyhow::Result<Application> {
+        let listen = services.settings.server.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to listen on {listen}: {e}"))?;
+        Self::build_on(services, listener).await
+    }
+
+    /// Like [`Application::build`], on a listener the caller bound: a test binds port 0, writes
+    /// that address into the settings (it is part of what Twilio signs) and serves on the same
+    /// socket, so no other process can take the port in between.
+    pub async fn build_on(
+        services: Services,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
         // Install the recorder first: counts recorded before it exists are lost.
         telemetry::prometheus();
         let settings = services.settings.clone();
-        let listener = TcpListener::bind(settings.server.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.server.listen))?;
         let admin = match settings.server.admin_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!("failed to listen on {addr} (server.admin_listen): {e}")
@@ -353,18 +364,33 @@ async fn callback(
             account_sid: callback.account_sid,
             received_at: now_ms(),
         };
-        let work_fields = event.fields.clone();
-        match state.services.store.insert_event(event).await {
-            Ok(Inserted::New(id)) => {
-                telemetry::callback_stored(false);
-                state.services.dispatcher.submit(Work {
-                    event_id: id,
-                    app: app_id,
-                    company: company_id,
-                    fields: work_fields,
-                    attempts: 0,
-                });
+        // Stored and handed to the dispatcher in a task of its own: if the client goes away
+        // mid-request, hyper drops this future, and a stored event must still be dispatched.
+        let services = state.services.clone();
+        let stored = tokio::spawn(
+            async move {
+                let work_fields = event.fields.clone();
+                let inserted = services.store.insert_event(event).await;
+                if let Ok(Inserted::New(id)) = inserted {
+                    services.dispatcher.submit(Work {
+                        event_id: id,
+                        app: app_id,
+                        company: company_id,
+                        fields: work_fields,
+                        attempts: 0,
+                    });
+                }
+                inserted
             }
+            .in_current_span(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the task storing a callback failed");
+            CallbackError::Store
+        })?;
+        match stored {
+            Ok(Inserted::New(_)) => telemetry::callback_stored(false),
             Ok(Inserted::Duplicate) => {
                 telemetry::callback_stored(true);
                 tracing::debug!("repeated callback acknowledged without dispatch");

@@ -241,12 +241,16 @@ pub struct TestApp {
 
 /// Starts the server for a config, on a free port.
 pub async fn spawn_app(config: &TestConfig) -> TestApp {
-    // Reserve a port first so public_url (what Twilio signs) can name it.
-    let settings = config.settings(free_addr());
-    let services = Services::start_with(settings, fast_retry()).expect("services start");
-    let app = Application::build(services.clone())
+    // Bind first so public_url (what Twilio signs) can name the port, and keep the socket, so
+    // nothing else on the machine can take the port before the server serves on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("server binds");
+        .expect("a port on 127.0.0.1");
+    let settings = config.settings(listener.local_addr().unwrap());
+    let services = Services::start_with(settings, fast_retry()).expect("services start");
+    let app = Application::build_on(services.clone(), listener)
+        .await
+        .expect("server starts");
     let addr = app.local_addr();
     let admin_addr = app.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -482,6 +486,25 @@ impl TestConfig {
     /// set to `rust_log` and its output appended to `log`, and waits up to `wait` for
     /// `/healthz`, as an operator's supervisor would.
     pub async fn serve_binary(&self, log: &Path, rust_log: &str, wait: Duration) -> ServedBinary {
+        // The port is free when picked but the binary binds it later: another process may take
+        // it in between, so a start that could not listen is tried again on another port.
+        for _ in 0..3 {
+            if let Some(served) = self.try_serve_binary(log, rust_log, wait).await {
+                return served;
+            }
+        }
+        panic!(
+            "the server could not listen on three free ports:\n{}",
+            log_tail(log)
+        );
+    }
+
+    async fn try_serve_binary(
+        &self,
+        log: &Path,
+        rust_log: &str,
+        wait: Duration,
+    ) -> Option<ServedBinary> {
         let addr = free_addr();
         self.write(addr);
         let log_file = std::fs::File::options()
@@ -503,11 +526,14 @@ impl TestConfig {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
+                if log_tail(log).contains(&format!("failed to listen on {addr}")) {
+                    return None;
+                }
                 panic!("the server exited with {status}:\n{}", log_tail(log));
             }
             let health = http.get(format!("{base_url}/healthz")).send().await;
             if health.is_ok_and(|r| r.status() == 200) {
-                return ServedBinary { child, base_url };
+                return Some(ServedBinary { child, base_url });
             }
             if tokio::time::Instant::now() > deadline {
                 panic!("the server never became healthy:\n{}", log_tail(log));
