@@ -823,7 +823,8 @@ fn finish(
 mod tests {
     use super::*;
 
-    fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
+    /// A status event of app `crm` for `sid`; other tests change what they need.
+    pub(super) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
         NewEvent {
             app: "crm".into(),
             company: "ACME".into(),

@@ -175,6 +175,7 @@ pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, Store
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::status_event;
     use crate::store::{EventFilter, MessageFilter, NewEvent, Store};
 
     #[test]
@@ -258,22 +259,6 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
         assert_eq!(version, 0, "the old build never set a version");
     }
 
-    fn status_event(app: &str, sid: &str, status: &str) -> NewEvent {
-        NewEvent {
-            app: app.into(),
-            company: "ACME".into(),
-            message_sid: Some(sid.into()),
-            message_status: Some(status.into()),
-            error_code: None,
-            to: None,
-            from: None,
-            fields: Vec::new(),
-            idempotency_token: None,
-            account_sid: None,
-            received_at: 20,
-        }
-    }
-
     #[tokio::test]
     async fn a_store_from_the_previous_version_is_upgraded_on_open_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -305,12 +290,15 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
         );
 
         // The upgraded store keeps repeats out within an app, and lets apps apart.
-        let repeat = status_event("crm", "SM1", "read");
+        let repeat = status_event("SM1", "read", 20);
         assert_eq!(
             store.insert_event(repeat).await.unwrap(),
             crate::store::Inserted::Duplicate
         );
-        let other = status_event("ops", "SM2", "failed");
+        let other = NewEvent {
+            app: "ops".into(),
+            ..status_event("SM2", "failed", 20)
+        };
         assert!(matches!(
             store.insert_event(other).await.unwrap(),
             crate::store::Inserted::New(_)
