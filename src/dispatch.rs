@@ -363,6 +363,7 @@ mod tests {
     use super::*;
     use crate::services::Services;
     use crate::store::{EventState, Inserted, NewEvent};
+    use crate::twilio::webhook::StatusCallback;
 
     /// Services whose `crm` app runs an action that always throws, with a first retry a minute
     /// away: long enough that nothing here may wait for it.
@@ -391,14 +392,8 @@ mod tests {
         let event = NewEvent {
             app: app.into(),
             company: "ACME".into(),
-            message_sid: Some("SM1".into()),
-            message_status: None,
-            error_code: None,
-            to: None,
-            from: None,
-            fields: vec![("MessageSid".into(), "SM1".into())],
+            callback: StatusCallback::from_fields(vec![("MessageSid".into(), "SM1".into())]),
             idempotency_token: None,
-            account_sid: None,
             received_at: now_ms(),
         };
         let Ok(Inserted::New(id)) = services.store.insert_event(event).await else {

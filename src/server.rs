@@ -355,13 +355,7 @@ async fn callback(
             app: app_id.clone(),
             company: company_id.clone(),
             idempotency_token: webhook::idempotency_token(&headers).map(str::to_string),
-            message_sid: callback.sid,
-            message_status: callback.status,
-            error_code: callback.error_code,
-            to: callback.to,
-            from: callback.from,
-            fields: callback.fields,
-            account_sid: callback.account_sid,
+            callback,
             received_at: now_ms(),
         };
         // Stored and handed to the dispatcher in a task of its own: if the client goes away
@@ -369,7 +363,7 @@ async fn callback(
         let services = state.services.clone();
         let stored = tokio::spawn(
             async move {
-                let work_fields = event.fields.clone();
+                let work_fields = event.callback.fields.clone();
                 let inserted = services.store.insert_event(event).await;
                 if let Ok(Inserted::New(id)) = inserted {
                     services.dispatcher.submit(Work {

@@ -15,7 +15,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::twilio::webhook::status_rank;
+use crate::twilio::webhook::{StatusCallback, status_rank};
 
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
@@ -83,33 +83,26 @@ impl BackendError {
     }
 }
 
-/// A status callback as received, before it has an id. The message values are read by
-/// `twilio::webhook`; the store keeps them in columns and `fields` as they came.
+/// A status callback as received, before it has an id: the values `twilio::webhook` read from
+/// it, kept in columns, and its fields as they came.
 #[derive(Debug, Clone)]
 pub(crate) struct NewEvent {
     pub(crate) app: String,
     pub(crate) company: String,
-    pub(crate) message_sid: Option<String>,
-    pub(crate) message_status: Option<String>,
-    pub(crate) error_code: Option<String>,
-    /// The recipient's number, without a channel prefix.
-    pub(crate) to: Option<String>,
-    /// The sender's number, without a channel prefix.
-    pub(crate) from: Option<String>,
-    pub(crate) fields: Vec<(String, String)>,
+    /// What Twilio posted. Its `account_sid`, when there is one, must match a message's for the
+    /// event to move it.
+    pub(crate) callback: StatusCallback,
     pub(crate) idempotency_token: Option<String>,
-    /// The Twilio account the callback names (`AccountSid`), when it names one: a status event
-    /// moves only a message of the same app and, when both know it, the same account.
-    pub(crate) account_sid: Option<String>,
     pub(crate) received_at: i64,
 }
 
 impl NewEvent {
     /// Same sid, status and error code: the same event delivered twice.
     fn dedup_key(&self) -> Option<String> {
-        let sid = self.message_sid.as_deref()?;
-        let status = self.message_status.as_deref().unwrap_or("");
-        let code = self.error_code.as_deref().unwrap_or("");
+        let c = &self.callback;
+        let sid = c.sid.as_deref()?;
+        let status = c.status.as_deref().unwrap_or("");
+        let code = c.error_code.as_deref().unwrap_or("");
         Some(format!("{sid}|{status}|{code}"))
     }
 }
@@ -706,10 +699,11 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
-    let sid = ev.message_sid.as_deref();
-    let status = ev.message_status.as_deref();
-    let error_code = ev.error_code.as_deref();
-    let fields = serde_json::to_string(&ev.fields).expect("string pairs serialize");
+    let c = &ev.callback;
+    let sid = c.sid.as_deref();
+    let status = c.status.as_deref();
+    let error_code = c.error_code.as_deref();
+    let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
     let inserted = tx
         .prepare_cached(
             "INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, \
@@ -754,10 +748,10 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
             status,
             status_rank(status),
             error_code,
-            ev.to,
-            ev.from,
+            c.to,
+            c.from,
             ev.received_at,
-            ev.account_sid,
+            c.account_sid,
         ])?;
     }
     Ok(Inserted::New(id))
@@ -828,14 +822,12 @@ mod tests {
         NewEvent {
             app: "crm".into(),
             company: "ACME".into(),
-            message_sid: Some(sid.into()),
-            message_status: Some(status.into()),
-            error_code: None,
-            to: None,
-            from: None,
-            fields: Vec::new(),
+            callback: StatusCallback {
+                sid: Some(sid.into()),
+                status: Some(status.into()),
+                ..StatusCallback::default()
+            },
             idempotency_token: None,
-            account_sid: None,
             received_at: at,
         }
     }
@@ -888,7 +880,7 @@ mod tests {
             store.insert_event(with_token.clone()).await.unwrap(),
             Inserted::New(_)
         ));
-        with_token.message_status = Some("read".into());
+        with_token.callback.status = Some("read".into());
         assert_eq!(
             store.insert_event(with_token).await.unwrap(),
             Inserted::Duplicate
@@ -948,7 +940,7 @@ mod tests {
     fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
         let mut event = status_event(sid, status, at);
         event.app = app.into();
-        event.account_sid = Some(account.into());
+        event.callback.account_sid = Some(account.into());
         event
     }
 

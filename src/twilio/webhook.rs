@@ -41,7 +41,7 @@ pub(crate) fn status_rank(status: &str) -> i64 {
 ///
 /// When a name is repeated, its first value wins, as in Twilio's own helper libraries and most
 /// form parsers; [`message_sid`] reads the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct StatusCallback {
     /// `MessageSid`: the message the event is about.
     pub(crate) sid: Option<String>,
