@@ -99,6 +99,13 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A JavaScript worker process: started by the host itself, never by hand.
+    #[command(hide = true)]
+    JsWorker {
+        /// Apply the worker's sandbox, try to open PATH and a socket, print what happened.
+        #[arg(long, value_name = "PATH")]
+        probe: Option<PathBuf>,
+    },
     /// Post a correctly signed status callback, as Twilio would, for local testing.
     SimulateCallback {
         #[arg(long)]
@@ -121,6 +128,29 @@ pub(crate) enum Command {
 /// `--company`: the rule callback URLs and tenant entries follow ([`settings::check_company_id`]).
 fn company_id(text: &str) -> Result<String, settings::CompanyIdError> {
     settings::check_company_id(text).map(|()| text.to_string())
+}
+
+/// The binary's whole `main`: a JS worker runs as it is, with no tokio runtime and no
+/// settings; every other command runs on a multi-threaded runtime.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::JsWorker { probe } = &cli.command {
+        return match probe {
+            Some(path) => js::worker::probe(path),
+            None => js::worker::main(),
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("failed to start the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs a parsed command line. Returns the process exit code.
@@ -163,7 +193,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             send(settings, &app, company, request).await
         }
-        Command::Check => check(&settings),
+        Command::Check => check(&settings).await,
+        Command::JsWorker { .. } => bail!("js-worker is started by the host itself"),
         Command::Events {
             app,
             state,
@@ -312,7 +343,7 @@ async fn send(
     Ok(if outcome.is_failed() { 1 } else { 0 })
 }
 
-fn check(settings: &Settings) -> anyhow::Result<i32> {
+async fn check(settings: &Settings) -> anyhow::Result<i32> {
     let mut problems = 0;
     println!("settings   {}", settings.source.display());
     println!(
@@ -338,10 +369,14 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
         println!("  error: {e}");
         problems += 1;
     }
+    let actions_dir = &settings.server.actions_dir;
+    let actions = js::load_actions(actions_dir)
+        .with_context(|| format!("failed to read {}", actions_dir.display()))?;
+    // The same worker engine the server runs compiles the code, without a way to send.
     let limits = js::Limits::from(&settings.actions);
-    let actions = js::load_actions(&settings.server.actions_dir)
-        .with_context(|| format!("failed to read {}", settings.server.actions_dir.display()))?;
-    let errors = js::check_compiles(&actions, &limits);
+    let engine = js::Engine::start(actions_dir, 1, limits, None)
+        .with_context(|| format!("failed to read {}", actions_dir.display()))?;
+    let errors = engine.compile_errors().await;
     println!(
         "actions    {} in {}",
         actions.len(),
@@ -359,7 +394,7 @@ fn check(settings: &Settings) -> anyhow::Result<i32> {
         settings.server.scripts_dir.display()
     );
     for (name, source) in &scripts {
-        if let Err(e) = js::check_script(name, source) {
+        if let Err(e) = engine.check_script(name, source).await {
             println!("  error: {e}");
             problems += 1;
         }

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::js::{Engine, Program, RunError};
 use crate::outbound::Caller;
 use crate::settings::Settings;
-use crate::store::{DispatchResult, Event, Store, now_ms};
+use crate::store::{DispatchResult, Event, EventState, Store, now_ms};
 
 /// One event on its way to an action.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub(crate) struct Work {
     pub(crate) fields: Vec<(String, String)>,
     /// Attempts already made.
     pub(crate) attempts: u32,
+    /// Whether the store already counts the next attempt: an event is stored with its first.
+    pub(crate) recorded: bool,
 }
 
 impl From<Event> for Work {
@@ -36,6 +38,7 @@ impl From<Event> for Work {
             company: e.company,
             fields: e.fields,
             attempts: e.attempts,
+            recorded: false,
         }
     }
 }
@@ -53,6 +56,9 @@ pub(crate) enum DispatchError {
     /// The app's callback action did not complete.
     #[error(transparent)]
     Action(#[from] RunError),
+    /// The attempt could not be recorded, so it did not run.
+    #[error("the store could not record the attempt: {0}")]
+    Store(String),
 }
 
 impl DispatchError {
@@ -140,9 +146,27 @@ impl Dispatcher {
         let _ = self.tx.send(work);
     }
 
-    /// Resubmits every event the store holds as pending or failed; returns how many.
+    /// Resubmits every event the store holds as pending or failed; returns how many. A pending
+    /// event whose attempts are all used up was running each time the host stopped: it is
+    /// dead, not run again, so an action that takes the host down cannot do so forever.
     pub(crate) async fn recover(&self) -> Result<usize, crate::store::StoreError> {
         let events = self.inner.store.undispatched_events().await?;
+        let max = self.inner.settings.actions.max_attempts;
+        let (interrupted, events): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| e.state == EventState::Pending && e.attempts >= max);
+        for event in interrupted {
+            let error = format!(
+                "the host stopped while attempt {} of {max} ran, every time; the event is not run again: fix the action, then replay the event",
+                event.attempts
+            );
+            tracing::error!(event = event.id, attempts = event.attempts, "{error}");
+            let result = DispatchResult::Dead { error };
+            self.inner
+                .store
+                .finish_dispatch(event.id, event.attempts, result);
+            crate::telemetry::action("dead");
+        }
         let count = events.len();
         let now = now_ms();
         for event in events {
@@ -260,6 +284,15 @@ impl Inner {
         async {
             let started = std::time::Instant::now();
             work.attempts += 1;
+            if !std::mem::take(&mut work.recorded) {
+                // Counted and committed before the action starts (see `DispatchResult::Started`).
+                self.store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Started);
+                if let Err(e) = self.store.flush().await {
+                    tracing::error!(error = %e, "could not record the attempt; the event stays for the next start");
+                    self.leave_backlog();
+                    return Attempt::Dead(DispatchError::Store(e.to_string()));
+                }
+            }
             let result = self.run_action(&work).await;
             crate::telemetry::dispatch_latency(started.elapsed());
             let max = self.settings.actions.max_attempts;

@@ -31,7 +31,7 @@ pub enum Account {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Media {
     None,
     Url(String),

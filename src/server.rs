@@ -372,6 +372,7 @@ async fn callback(
                         company: company_id,
                         fields: work_fields,
                         attempts: 0,
+                        recorded: true,
                     });
                 }
                 inserted
@@ -408,19 +409,21 @@ async fn callback(
 
 async fn healthz(State(state): State<AppState>) -> Response {
     let writable = state.services.store.is_writable().await;
-    let errors: Vec<String> = state
-        .services
-        .engine
+    let engine = &state.services.engine;
+    let errors: Vec<String> = engine
         .compile_errors()
+        .await
         .iter()
         .map(ToString::to_string)
         .collect();
-    let healthy = writable && errors.is_empty();
+    let workers = engine.status();
+    let healthy = writable && errors.is_empty() && workers.running > 0;
     let body = serde_json::json!({
         "status": if healthy { "ok" } else { "unhealthy" },
         "store_writable": writable,
         "action_errors": errors,
         "backlog": state.services.dispatcher.backlog(),
+        "js_workers": workers,
     });
     let status = if healthy {
         StatusCode::OK

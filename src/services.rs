@@ -69,7 +69,7 @@ impl Services {
             &settings.server.actions_dir,
             settings.actions.workers,
             Limits::from(&settings.actions),
-            outbound.clone(),
+            Some(outbound.clone()),
         )
         .with_context(|| {
             format!(

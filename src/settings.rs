@@ -114,6 +114,9 @@ pub struct Gcs {
     pub(crate) endpoint: Option<String>,
 }
 
+/// Below this, a JS worker process cannot map its own code and stack.
+const MIN_WORKER_MEMORY_MB: u64 = 64;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Actions {
     /// Wall-clock budget for one action run.
@@ -125,6 +128,9 @@ pub(crate) struct Actions {
     pub(crate) retry_base: Duration,
     pub(crate) retry_max: Duration,
     pub(crate) workers: usize,
+    /// Memory one worker process may map, in MiB: past it, the run is stopped and its worker
+    /// replaced.
+    pub(crate) memory_limit_mb: u64,
     pub(crate) loop_iteration_limit: u64,
     pub(crate) recursion_limit: usize,
 }
@@ -703,6 +709,12 @@ impl Loader<'_> {
         if raw.max_attempts == 0 {
             return Err(self.invalid("actions.max_attempts", "must be at least 1"));
         }
+        if raw.memory_limit_mb < MIN_WORKER_MEMORY_MB {
+            return Err(self.invalid(
+                "actions.memory_limit_mb",
+                format!("must be at least {MIN_WORKER_MEMORY_MB}: a worker process needs that much to start"),
+            ));
+        }
         let workers = match raw.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -714,6 +726,7 @@ impl Loader<'_> {
             retry_base: Duration::from_millis(raw.retry_base_ms),
             retry_max: Duration::from_millis(raw.retry_max_ms.max(raw.retry_base_ms)),
             workers,
+            memory_limit_mb: raw.memory_limit_mb,
             loop_iteration_limit: raw.loop_iteration_limit,
             recursion_limit: raw.recursion_limit,
         })
@@ -1087,6 +1100,7 @@ mod raw {
         pub(crate) retry_base_ms: u64,
         pub(crate) retry_max_ms: u64,
         pub(crate) workers: usize,
+        pub(crate) memory_limit_mb: u64,
         pub(crate) loop_iteration_limit: u64,
         pub(crate) recursion_limit: usize,
     }
@@ -1100,6 +1114,7 @@ mod raw {
                 retry_base_ms: 1_000,
                 retry_max_ms: 60_000,
                 workers: 0,
+                memory_limit_mb: 256,
                 loop_iteration_limit: 10_000_000,
                 recursion_limit: 400,
             }

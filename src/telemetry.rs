@@ -131,6 +131,22 @@ pub(crate) fn twilio_latency(elapsed: Duration) {
     metrics::histogram!("whatsapp_twilio_request_seconds").record(elapsed.as_secs_f64());
 }
 
+/// JS worker processes alive now.
+pub(crate) fn js_workers(running: usize) {
+    metrics::gauge!("whatsapp_js_workers").set(running as f64);
+}
+
+/// A worker was replaced; `cause` is budget, memory or crash. A worker that died between runs
+/// counts here only.
+pub(crate) fn js_worker_restart(cause: &'static str) {
+    metrics::counter!("whatsapp_js_worker_restarts_total", "cause" => cause).increment(1);
+}
+
+/// A run was stopped with its worker; `cause` is budget, memory or crash.
+pub(crate) fn js_run_stopped(cause: &'static str) {
+    metrics::counter!("whatsapp_js_runs_stopped_total", "cause" => cause).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

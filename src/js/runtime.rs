@@ -1,23 +1,25 @@
 //! The JS surface, in one table: every global a script can call is installed by [`install`].
-//! Each entry only converts arguments and calls plain Rust that knows nothing about boa.
+//! Each entry only converts arguments and hands the call to the host over the worker's
+//! channel ([`HostLink`]): sends, parameters and logs are all the host's, never the worker's.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use boa_engine::builtins::object::OrdinaryObject;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
 use boa_engine::{Context, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction};
-use secrecy::SecretString;
-use tracing::Level;
 
-use crate::outbound::{Account, Caller, Media, Outbound, SendRequest, UsageError};
+use super::protocol::{Call, CallError, Level, Media, SendArgs};
 
-/// What the running job is: set in the context before every run, read by native functions.
-pub(crate) struct Current {
-    pub(crate) caller: Caller,
-    pub(crate) outbound: Arc<Outbound>,
-    pub(crate) runtime: tokio::runtime::Handle,
+/// The worker's way to the host, shared by every context in the worker. A call blocks the
+/// script until the host answers; a log line is sent without waiting.
+pub(crate) trait HostLink {
+    fn call(&self, call: Call) -> Result<String, CallError>;
+    fn log(&self, level: Level, message: String);
 }
+
+/// What every context keeps as its data, for the native functions to reach the host.
+pub(crate) type Host = Rc<dyn HostLink>;
 
 type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
 
@@ -41,8 +43,9 @@ const CONSOLE: &[(&str, usize, Native)] = &[
     ("error", 1, log_error),
 ];
 
-/// Installs `utils` and `console` as read-only globals.
-pub(crate) fn install(context: &mut Context) -> JsResult<()> {
+/// Installs `utils` and `console` as read-only globals, talking to `host`.
+pub(crate) fn install(context: &mut Context, host: Host) -> JsResult<()> {
+    context.insert_data(host);
     for (name, table) in [("utils", UTILS), ("console", CONSOLE)] {
         let mut object = ObjectInitializer::new(context);
         for (fname, arity, f) in table {
@@ -83,8 +86,8 @@ pub(crate) fn string_record(
     Ok(record.build())
 }
 
-fn current(context: &Context) -> JsResult<&Current> {
-    context.get_data::<Current>().ok_or_else(|| {
+fn host(context: &Context) -> JsResult<Host> {
+    context.get_data::<Host>().cloned().ok_or_else(|| {
         JsNativeError::error()
             .with_message("utils is not available outside a whatsapp-host run")
             .into()
@@ -125,15 +128,15 @@ fn optional_arg(args: &[JsValue], i: usize, name: &str) -> JsResult<Option<Strin
 /// 2–3 `(to, message[, url])`, 4 `(to, message, bucket, file)`,
 /// 5–6 `(accountId, secretKey, fromNr, to, message[, url])`,
 /// 7 `(accountId, secretKey, fromNr, to, message, bucket, file)`.
-fn parse_send(args: &[JsValue]) -> JsResult<SendRequest> {
-    let (account, rest) = match args.len() {
-        2..=4 => (Account::App, 0),
+fn parse_send(args: &[JsValue]) -> JsResult<SendArgs> {
+    let (tenant, rest) = match args.len() {
+        2..=4 => (None, 0),
         5..=7 => (
-            Account::Tenant {
-                account_sid: string_arg(args, 0, "accountId", false)?,
-                auth_token: SecretString::from(string_arg(args, 1, "secretKey", false)?),
-                from: string_arg(args, 2, "fromNr", true)?,
-            },
+            Some((
+                string_arg(args, 0, "accountId", false)?,
+                string_arg(args, 1, "secretKey", false)?,
+                string_arg(args, 2, "fromNr", true)?,
+            )),
             3,
         ),
         n => {
@@ -165,8 +168,8 @@ fn parse_send(args: &[JsValue]) -> JsResult<SendRequest> {
             }
         },
     };
-    Ok(SendRequest {
-        account,
+    Ok(SendArgs {
+        tenant,
         to,
         body,
         media,
@@ -179,20 +182,15 @@ fn send_whatsapp_message(
     context: &mut Context,
 ) -> JsResult<JsValue> {
     let request = parse_send(args)?;
-    let current = current(context)?;
-    let (outbound, caller) = (current.outbound.clone(), current.caller.clone());
-    let outcome = current
-        .runtime
-        .block_on(async move { outbound.send(&caller, request).await })
-        .map_err(|e| match e {
-            UsageError::BadAccountSid(_) | UsageError::Missing(_) => {
-                type_error(format!("utils.sendWhatsappMessage: {e}"))
-            }
-            _ => JsNativeError::error()
-                .with_message(format!("utils.sendWhatsappMessage: {e}"))
-                .into(),
-        })?;
-    Ok(JsString::from(outcome.to_json().to_string()).into())
+    let outcome = host(context)?.call(Call::Send(request)).map_err(|e| {
+        let error = if e.usage {
+            JsNativeError::typ()
+        } else {
+            JsNativeError::error()
+        };
+        error.with_message(format!("utils.sendWhatsappMessage: {}", e.message))
+    })?;
+    Ok(JsString::from(outcome).into())
 }
 
 fn get_parameter(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
@@ -204,25 +202,23 @@ fn get_parameter(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResu
             ));
         }
     };
-    let current = current(context)?;
-    let Some(params) = current.caller.app.whatsapp.as_ref() else {
-        return Ok(JsValue::null());
-    };
-    match params.public_parameter(&name) {
-        Some(v) => JsValue::from_json(&v, context),
-        None => Ok(JsValue::null()),
-    }
+    let answer = host(context)?
+        .call(Call::GetParameter(name))
+        .map_err(|e| JsNativeError::error().with_message(e.message))?;
+    let value: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|e| JsNativeError::error().with_message(format!("utils.getParameter: {e}")))?;
+    JsValue::from_json(&value, context)
 }
 
 /// `utils.log(msg, type)`: type is `INFO` (default), `WARN`, `DEBUG` or `ERROR`.
 fn log(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
     let level = match args.get(1).and_then(JsValue::as_string) {
-        None => Level::INFO,
+        None => Level::Info,
         Some(t) => match t.to_std_string_escaped().to_ascii_uppercase().as_str() {
-            "INFO" => Level::INFO,
-            "WARN" | "WARNING" => Level::WARN,
-            "DEBUG" => Level::DEBUG,
-            "ERROR" => Level::ERROR,
+            "INFO" => Level::Info,
+            "WARN" | "WARNING" => Level::Warn,
+            "DEBUG" => Level::Debug,
+            "ERROR" => Level::Error,
             other => {
                 return Err(type_error(format!(
                     "utils.log: type {other:?} is not one of INFO, WARN, DEBUG, ERROR"
@@ -235,22 +231,22 @@ fn log(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue
 }
 
 fn log_info(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
-    emit(Level::INFO, args, context);
+    emit(Level::Info, args, context);
     Ok(JsValue::undefined())
 }
 
 fn log_warn(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
-    emit(Level::WARN, args, context);
+    emit(Level::Warn, args, context);
     Ok(JsValue::undefined())
 }
 
 fn log_debug(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
-    emit(Level::DEBUG, args, context);
+    emit(Level::Debug, args, context);
     Ok(JsValue::undefined())
 }
 
 fn log_error(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
-    emit(Level::ERROR, args, context);
+    emit(Level::Error, args, context);
     Ok(JsValue::undefined())
 }
 
@@ -267,14 +263,7 @@ fn emit(level: Level, args: &[JsValue], context: &mut Context) {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let (app, company) = match context.get_data::<Current>() {
-        Some(c) => (c.caller.app.id.as_str(), c.caller.company.as_str()),
-        None => ("", ""),
-    };
-    match level {
-        Level::ERROR => tracing::error!(target: "js", app, company, "{message}"),
-        Level::WARN => tracing::warn!(target: "js", app, company, "{message}"),
-        Level::DEBUG => tracing::debug!(target: "js", app, company, "{message}"),
-        _ => tracing::info!(target: "js", app, company, "{message}"),
+    if let Some(host) = context.get_data::<Host>() {
+        host.log(level, message);
     }
 }

@@ -228,9 +228,17 @@ pub struct Message {
 /// What a dispatch attempt decided about an event.
 #[derive(Debug, Clone)]
 pub(crate) enum DispatchResult {
+    /// An attempt is about to run: counted before its action starts, so a run that takes its
+    /// worker or the whole host down still counts toward `max_attempts`.
+    Started,
     Done,
-    Failed { error: String, next_attempt_at: i64 },
-    Dead { error: String },
+    Failed {
+        error: String,
+        next_attempt_at: i64,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// Which events [`Store::events`] returns, newest first. `pub` so the tests and tools can query.
@@ -706,9 +714,10 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
     let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
     let inserted = tx
         .prepare_cached(
+            // Stored with its first attempt counted: the dispatcher starts it right after.
             "INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, \
-             message_sid, message_status, error_code, fields, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?3) ON CONFLICT DO NOTHING",
+             message_sid, message_status, error_code, fields, attempts, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?3) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             ev.app,
@@ -798,6 +807,7 @@ fn finish(
     result: &DispatchResult,
 ) -> rusqlite::Result<()> {
     let (state, error, next) = match result {
+        DispatchResult::Started => ("pending", None, None),
         DispatchResult::Done => ("done", None, None),
         DispatchResult::Failed {
             error,
