@@ -18,3 +18,4 @@ mod prism;
 mod signature_examples;
 mod signed_url;
 mod tenants;
+mod workers;

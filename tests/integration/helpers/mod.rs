@@ -50,6 +50,11 @@ pub struct TestConfig {
     pub media_allow_local: bool,
     /// The app's `gcs_buckets`, the buckets it may sign URLs for.
     pub gcs_buckets: Vec<String>,
+    /// `[actions]` keys and their TOML values; [`TestConfig::new`] sets short retries and two
+    /// workers, and [`TestConfig::actions_setting`] adds or replaces one.
+    pub actions_settings: BTreeMap<String, String>,
+    /// More apps on the test account, as (app id, callback action id).
+    pub more_apps: Vec<(String, String)>,
 }
 
 impl TestConfig {
@@ -67,7 +72,32 @@ impl TestConfig {
             media_check: true,
             media_allow_local: false,
             gcs_buckets: Vec::new(),
+            actions_settings: [
+                ("retry_base_ms", "20"),
+                ("retry_max_ms", "100"),
+                ("workers", "2"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            more_apps: Vec::new(),
         }
+    }
+
+    /// Sets `[actions] key = value`, replacing the default if there is one; `value` is written
+    /// as TOML, so numbers go in as they are.
+    pub fn actions_setting(mut self, key: &str, value: impl ToString) -> Self {
+        self.actions_settings
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Adds app `id`, on the test account and key, whose callback runs `source` as its action
+    /// `action` (written to `actions/{action}.js` beside the main app's).
+    pub fn app(mut self, id: &str, action: &str, source: &str) -> Self {
+        self.actions.insert(action.to_string(), source.to_string());
+        self.more_apps.push((id.to_string(), action.to_string()));
+        self
     }
 
     pub fn api_base(mut self, url: impl Into<String>) -> Self {
@@ -120,6 +150,21 @@ impl TestConfig {
             .as_ref()
             .map(|c| format!("callback = \"{c}\"\n"))
             .unwrap_or_default();
+        let actions_settings: String = self
+            .actions_settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
+        let more_apps: String = self
+            .more_apps
+            .iter()
+            .map(|(id, action)| {
+                format!(
+                    "[apps.{id}.WHATSAPP]\naccount_id = \"{ACCOUNT_SID}\"\nauth_key = \"{AUTH_KEY}\"\n\
+                     from_number = \"{FROM}\"\ncallback = \"{action}\"\n"
+                )
+            })
+            .collect();
         let text = format!(
             r#"
 [server]
@@ -139,10 +184,7 @@ check = {media_check}
 allow_local = {media_allow_local}
 
 [actions]
-retry_base_ms = 20
-retry_max_ms = 100
-workers = 2
-{actions_toml}
+{actions_settings}{actions_toml}
 
 [apps.{APP}.WHATSAPP]
 account_id = "{ACCOUNT_SID}"
@@ -150,6 +192,7 @@ auth_key = "{AUTH_KEY}"
 from_number = "{FROM}"
 gcs_buckets = {gcs_buckets:?}
 {callback}{app_toml}
+{more_apps}
 {extra}
 "#,
             api_base = self.api_base,
@@ -472,6 +515,13 @@ pub fn alone_in_a_process(test: &str) -> bool {
 pub struct ServedBinary {
     pub child: tokio::process::Child,
     pub base_url: String,
+}
+
+impl ServedBinary {
+    /// The server's process id; panics if it has already been waited for.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server has not been waited for")
+    }
 }
 
 /// The last 20 lines of a log file, for failure messages.
