@@ -26,9 +26,10 @@ use super::{Limits, Program, RunError, RunOutput};
 use crate::outbound::{Account, Caller, Outbound, SendRequest, UsageError};
 use crate::telemetry;
 
-/// Runs a worker is handed ahead of the one it is running, so it never idles waiting for the
-/// host between two events. A run's budget starts only when the worker starts it.
-const PIPELINE: usize = 2;
+/// Runs a worker holds at once, the one it runs included. One: a run queued behind a stuck
+/// one would wait out that run's whole budget, while another worker may be free. The round
+/// trip this costs per run is measured by `benches/run.sh` (see the README's figures).
+const PIPELINE: usize = 1;
 
 /// How long a new worker may take to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
