@@ -1,6 +1,8 @@
 //! Criterion bench: the cost of one warm action call, the way the dispatcher makes it. Each
 //! iteration hands one status event (a 13-field `vo`: Twilio's 11 WhatsApp status fields plus
-//! `appId` and `companyId`) to the JS worker pool with `Engine::run` and waits for the answer.
+//! `appId` and `companyId`) to a JS worker process with `Engine::run` and waits for the answer.
+//! The `empty` action does nothing: its time is the cost of the process boundary itself (the
+//! round trip over the worker's socket, encoding and decoding `vo`, and the call).
 //!
 //! Run alone with `cargo bench --bench action_call`; `benches/run.sh` runs it and puts the
 //! figure in its table. Logs go through the real formatter into a sink, so the cost of the
@@ -16,8 +18,10 @@ use whatsapp_host::services::Services;
 use whatsapp_host::settings::Settings;
 use whatsapp_host::twilio::simulate::status_callback_fields;
 
-/// The actions measured: the example a fresh clone runs, and one that does a little work.
-const ACTIONS: [(&str, &str); 2] = [
+/// The actions measured: none at all, the example a fresh clone runs, and one that does a
+/// little work.
+const ACTIONS: [(&str, &str); 3] = [
+    ("empty", ""),
     ("example", include_str!("../actions/onWhatsappStatus.js")),
     ("work", include_str!("actions/statusWork.js")),
 ];

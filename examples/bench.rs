@@ -55,10 +55,10 @@ struct Args {
     /// Apps in the settings for the idle and start-up run.
     #[arg(long, default_value_t = 100)]
     apps: usize,
-    /// Which runs to make, comma-separated: idle, example, work, scale, sends.
+    /// Which runs to make, comma-separated: idle, example, work, scale, sends, replace.
     #[arg(
         long,
-        default_value = "idle,example,work,scale,sends",
+        default_value = "idle,example,work,scale,sends,replace",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -88,6 +88,7 @@ struct Figures {
     idle: Option<Idle>,
     callbacks: Vec<(String, Load)>,
     action_call: Vec<(String, f64)>,
+    replace: Option<Replace>,
     sends: Option<Sends>,
 }
 
@@ -135,6 +136,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if want("sends") {
         eprintln!("== sends from one script");
         figures.sends = Some(sends(&args, &root.path().join("sends")).await?);
+    }
+    if want("replace") {
+        eprintln!("== a worker stopped at its budget, and its replacement");
+        figures.replace = Some(replace(&args, &root.path().join("replace")).await?);
     }
     figures.action_call = read_criterion(&args.criterion);
     print_table(&args, &figures);
@@ -259,28 +264,16 @@ impl Server {
             .unwrap_or(0)
     }
 
-    /// CPU time used so far by each kind of thread (named by the thread's name), in µs.
+    fn tree(&self) -> Vec<u32> {
+        process_tree(self.pid)
+    }
+
+    /// CPU time used so far by each kind of thread (named by the thread's name), in µs, over
+    /// the server and its JS workers (their threads are named `js`).
     fn cpu_by_thread(&self) -> std::collections::BTreeMap<String, f64> {
         let mut by_name = std::collections::BTreeMap::new();
-        let tick_us = 1e6 / 100.0; // USER_HZ is 100 on Linux
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
-            return by_name;
-        };
-        for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ... utime stime: fields 14 and 15, counted after the comm.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let name = stat[open + 1..close].to_string();
-            let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
-            let ticks: f64 = rest
-                .get(11..13)
-                .map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-                .unwrap_or(0.0);
-            *by_name.entry(name).or_insert(0.0) += ticks * tick_us;
+        for pid in self.tree() {
+            add_cpu_by_thread(pid, &mut by_name);
         }
         by_name
     }
@@ -303,6 +296,64 @@ impl Server {
                 bail!("the server did not stop within 60 s of SIGTERM; killed it")
             }
         }
+    }
+}
+
+/// Process `pid` and its children: the server and its JS worker processes.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+/// Proportional set size of the server's whole process tree, in kB: pages the processes
+/// share (the binary's code, mapped by every worker) count once in the sum.
+fn pss_tree_kb(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .map(|pid| {
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Adds the CPU time of each thread of process `pid` to `by_name`, by thread name, in µs.
+fn add_cpu_by_thread(pid: u32, by_name: &mut std::collections::BTreeMap<String, f64>) {
+    let tick_us = 1e6 / 100.0; // USER_HZ is 100 on Linux
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15, counted after the comm.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 = rest
+            .get(11..13)
+            .map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        *by_name.entry(name).or_insert(0.0) += ticks * tick_us;
     }
 }
 
@@ -431,6 +482,8 @@ struct Load {
     /// From the end of the load until the backlog was 0; `None` if it had not emptied in 60 s.
     emptied_after: Option<Duration>,
     peak_rss_kb: u64,
+    /// The largest PSS of the server's process tree seen during the load.
+    peak_pss_kb: u64,
     /// Events the store holds as done after the run, minus those it was filled with.
     stored_done: u64,
     prefill: Option<Duration>,
@@ -532,6 +585,17 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
+    let pss_sampler = {
+        let pid = server.pid;
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                peak = peak.max(pss_tree_kb(pid));
+            }
+            peak
+        })
+    };
     let mut tasks = Vec::with_capacity(conns.len());
     for (c, mut conn) in conns.into_iter().enumerate() {
         let errors = errors.clone();
@@ -575,6 +639,7 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
         }
     }
     let peak_rss_kb = server.memory_kb("VmHWM");
+    let peak_pss_kb = pss_sampler.await?;
     let mut cpu_us = server.cpu_by_thread();
     for (name, before) in cpu_before {
         *cpu_us.entry(name).or_insert(0.0) -= before;
@@ -599,6 +664,7 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
         backlog_at_end,
         emptied_after,
         peak_rss_kb,
+        peak_pss_kb,
         stored_done,
         prefill,
         cpu_us,
@@ -807,6 +873,8 @@ struct Idle {
     apps: usize,
     startups: Vec<Duration>,
     rss_kb: u64,
+    /// PSS of the server and its JS workers together.
+    pss_kb: u64,
 }
 
 async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
@@ -815,6 +883,7 @@ async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
         .collect();
     let mut startups = Vec::new();
     let mut rss_kb = 0;
+    let mut pss_kb = 0;
     for round in 0..5 {
         let port = free_port()?;
         let settings = write_settings(dir, port, "simulate", &apps, Some(EXAMPLE_ACTION))?;
@@ -823,6 +892,7 @@ async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
         if round == 4 {
             tokio::time::sleep(Duration::from_secs(3)).await;
             rss_kb = server.memory_kb("VmRSS");
+            pss_kb = pss_tree_kb(server.pid);
         }
         server.stop().await?;
     }
@@ -831,7 +901,64 @@ async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
         apps: args.apps,
         startups,
         rss_kb,
+        pss_kb,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker replacement.
+
+/// How long replacement workers took to be ready, from their start to their first answer.
+struct Replace {
+    starts: Vec<Duration>,
+}
+
+/// Posts callbacks whose action never ends, with a 50 ms budget: each run's worker is killed
+/// and replaced. After each, waits for `/healthz` to count the restart and reads how long the
+/// replacement took to be ready to serve.
+async fn replace(args: &Args, dir: &Path) -> anyhow::Result<Replace> {
+    const ROUNDS: u64 = 10;
+    let port = free_port()?;
+    let apps = app_toml("bench", Some("onWhatsappStatus"), FROM);
+    let apps = format!("[actions]\nbudget_ms = 50\nmax_attempts = 1\nworkers = 1\n\n{apps}");
+    let settings = write_settings(
+        dir,
+        port,
+        "simulate",
+        &apps,
+        Some("function f(){for(var i=0;i<1e6;i++){}} for(;;) f();"),
+    )?;
+    let server = Server::start(&args.server, &settings, port).await?;
+    let mut conn = Conn::connect(server.addr).await?;
+    let mut starts = Vec::new();
+    for round in 0..ROUNDS {
+        let status = conn
+            .roundtrip(&callback_request(port, 1, 0, round * 3))
+            .await?;
+        if status != 200 {
+            bail!("the callback was answered {status}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = get_blocking(server.addr, "/healthz")?;
+            let health: serde_json::Value = serde_json::from_str(&body)?;
+            let workers = &health["js_workers"];
+            if workers["restarts"]["budget"].as_u64() == Some(round + 1)
+                && workers["running"].as_u64() == Some(1)
+            {
+                let ms = workers["last_start_ms"].as_f64().unwrap_or(f64::NAN);
+                starts.push(Duration::from_secs_f64(ms / 1000.0));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("no replacement was serving 10 s after run {round}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    server.stop().await?;
+    starts.sort();
+    Ok(Replace { starts })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -839,7 +966,7 @@ async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
 
 /// Criterion's mean estimate for each `action_call` bench, in µs.
 fn read_criterion(dir: &Path) -> Vec<(String, f64)> {
-    ["example", "work"]
+    ["empty", "example", "work"]
         .iter()
         .filter_map(|id| {
             let path = dir.join(format!("action_call/{id}/new/estimates.json"));
@@ -976,6 +1103,12 @@ fn print_table(args: &Args, f: &Figures) {
             Some(l.peak_rss_kb <= 150 * 1024),
         );
         row(
+            &format!("  peak PSS with workers, {name}"),
+            mb(l.peak_pss_kb),
+            "",
+            None,
+        );
+        row(
             &format!("  stored and done, {name}"),
             format!(
                 "{} of {} acked",
@@ -1037,6 +1170,24 @@ fn print_table(args: &Args, f: &Figures) {
             None,
         );
     }
+    if let Some(r) = &f.replace {
+        let median = r.starts[r.starts.len() / 2];
+        row(
+            "worker replaced at budget: ready in",
+            format!(
+                "{:.1} ms (median of {}, max {:.1})",
+                median.as_secs_f64() * 1e3,
+                r.starts.len(),
+                r.starts.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            ),
+            "<= 100 ms",
+            Some(
+                r.starts
+                    .last()
+                    .is_some_and(|d| *d <= Duration::from_millis(100)),
+            ),
+        );
+    }
     if let Some(i) = &f.idle {
         let median = i.startups[i.startups.len() / 2];
         row(
@@ -1044,6 +1195,12 @@ fn print_table(args: &Args, f: &Figures) {
             mb(i.rss_kb),
             "<= 30 MB",
             Some(i.rss_kb <= 30 * 1024),
+        );
+        row(
+            &format!("idle PSS with workers, {} apps", i.apps),
+            mb(i.pss_kb),
+            "",
+            None,
         );
         row(
             "start-up to first 200 on /healthz",
