@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use boa_engine::context::HostHooks;
 use boa_engine::object::builtins::JsFunction;
-use boa_engine::property::Attribute;
 use boa_engine::realm::Realm;
 use boa_engine::{Context, JsError, JsNativeError, JsResult, JsString, JsValue, Source, js_string};
 use tokio::sync::oneshot;
@@ -68,7 +67,7 @@ impl RunError {
 /// What to run.
 #[derive(Debug, Clone)]
 pub enum Program {
-    /// A compiled action, run as a function body with a fresh global `vo`.
+    /// A compiled action, run as a function body with a fresh `vo` as its argument.
     Action {
         id: String,
         vo: Vec<(String, String)>,
@@ -396,13 +395,6 @@ impl HostHooks for NoEval {
 /// A context for actions: limits, runtime and a sealed global.
 fn new_context(limits: &Limits) -> Result<Context, RunError> {
     let mut context = open_context(limits)?;
-    // `vo` exists from the start so it can be replaced per event once the global is sealed.
-    context
-        .register_global_property(js_string!("vo"), JsValue::undefined(), Attribute::WRITABLE)
-        .map_err(|e| RunError::Compile {
-            name: "runtime".into(),
-            message: e.to_string(),
-        })?;
     // Nothing one event changes can reach the next: built-ins, `utils` and the global are frozen.
     context
         .eval(Source::from_bytes(LOCKDOWN))
@@ -438,7 +430,7 @@ fn open_context(limits: &Limits) -> Result<Context, RunError> {
 /// Compiles an action file as the body of a strict-mode function, so top-level `let`/`const`
 /// are fresh on every call. The wrapper starts on the body's first line to keep line numbers.
 fn compile_action(context: &mut Context, id: &str, source: &str) -> Result<JsFunction, RunError> {
-    let wrapped = format!("(function(){{\"use strict\";{source}\n}})");
+    let wrapped = format!("(function(vo){{\"use strict\";{source}\n}})");
     let compile_error = |message: String| RunError::Compile {
         name: format!("action {id:?}"),
         message,
@@ -458,13 +450,8 @@ fn run_action(
     vo: &[(String, String)],
 ) -> Result<RunOutput, RunError> {
     let object = runtime::string_record(vo, context).map_err(|e| to_run_error(e, context))?;
-    let global = context.global_object();
-    global
-        .set(js_string!("vo"), object, true, context)
-        .map_err(|e| to_run_error(e, context))?;
-    let result = action.call(&JsValue::undefined(), &[], context);
+    let result = action.call(&JsValue::undefined(), &[object.into()], context);
     let result = result.and_then(|v| context.run_jobs().map(|()| v));
-    let _ = global.set(js_string!("vo"), JsValue::undefined(), false, context);
     finish(result, context)
 }
 
