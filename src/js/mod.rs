@@ -7,6 +7,9 @@
 
 pub(crate) mod runtime;
 
+#[cfg(test)]
+mod harden_tests;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
