@@ -1,72 +1,89 @@
-// Freezes everything a script can reach from the global object, so what one action run changes
-// cannot reach the next run, nor another app's. Run once per context, after the runtime is
-// installed. Like SES's lockdown: data properties commonly assigned on instances (`this.name`
-// in an Error subclass, `obj.toString = ...`) become accessors on frozen prototypes, so that
-// assigning them on an instance still creates an own property instead of throwing.
+// Freezes every built-in a script can reach, and the global object, so that what one action run
+// changes cannot reach the next run. Run once per context, after the runtime is installed;
+// `harden_tests.rs` checks the result with a walk of its own.
+//
+// Like SES's `harden`, it finds the intrinsics by walking the realm, not from a list of names:
+// from the global object, and from one object of every kind the language makes whose prototype
+// the global does not lead to (the iterators, iterator helpers, generators, async functions, the
+// strict `arguments` object's %ThrowTypeError%), it follows every own property (symbols and
+// non-enumerable ones included), every getter and setter and every [[Prototype]], and freezes
+// each object it reaches. The sample objects themselves are left unfrozen and thrown away.
+//
+// Like SES's lockdown, data properties commonly assigned on instances (`this.name` in an Error
+// subclass, `obj.toString = ...`) become accessors on the frozen prototypes, so that assigning
+// them on an instance still creates an own property instead of throwing.
+//
+// The context's loop and recursion limits are already set, and count per call frame: so the walk
+// goes from object to object with `Set.prototype.forEach`, not a loop or recursion, and only the
+// key count of the largest object counts against them. It is written for boa's interpreter,
+// which pays for every call and iteration: a plain indexed loop, nothing allocated per key.
 (function lockdown(global) {
   "use strict";
+  const { defineProperty, freeze, getOwnPropertyDescriptor, getPrototypeOf } = Object;
+  const { ownKeys } = Reflect;
   const overridable = new Set([
     "constructor", "name", "message", "toString", "valueOf", "toLocaleString", "toJSON",
   ]);
-  const seen = new Set();
   function enableOverride(object, key, desc) {
     const value = desc.value;
-    Object.defineProperty(object, key, {
+    defineProperty(object, key, {
       get() { return value; },
       set(v) {
         if (this === object) {
           throw new TypeError(`cannot assign to read only property '${String(key)}'`);
         }
-        Object.defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+        defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true });
       },
       enumerable: desc.enumerable,
       configurable: false,
     });
   }
+
+  function* generator() {}
+  async function asyncFunction() {}
+  async function* asyncGenerator() {}
+  // One object of each kind whose intrinsic prototype (or accessor) the global does not lead to.
+  const samples = new Set([
+    (function () { return arguments; })(), // `callee` is %ThrowTypeError%
+    generator, generator(), // %GeneratorFunction%, %GeneratorPrototype%
+    asyncFunction, // %AsyncFunction%
+    asyncGenerator, asyncGenerator(), // %AsyncGeneratorFunction%, %AsyncIteratorPrototype%
+    [].values(), // %ArrayIteratorPrototype%, %IteratorPrototype%
+    new Map().values(),
+    new Set().values(),
+    ""[Symbol.iterator](),
+    /a/[Symbol.matchAll](""), // %RegExpStringIteratorPrototype%
+    [].values().map((x) => x), // %IteratorHelperPrototype%
+    Iterator.from({ next() {} }), // %WrapForValidIteratorPrototype%
+  ]);
+
+  // Every object reached so far; `forEach` below also visits those added while it runs.
+  const reached = new Set(samples);
+  reached.add(global);
   function harden(object) {
-    if (object === null || (typeof object !== "object" && typeof object !== "function")) return;
-    if (seen.has(object)) return;
-    seen.add(object);
-    for (const key of Reflect.ownKeys(object)) {
-      if (object === global && key === "vo") continue;
-      const desc = Object.getOwnPropertyDescriptor(object, key);
-      if ("value" in desc) {
-        if (typeof object !== "function" && overridable.has(key) && desc.configurable) {
-          enableOverride(object, key, desc);
-        }
-        harden(desc.value);
-      } else {
-        harden(desc.get);
-        harden(desc.set);
+    const sample = samples.has(object);
+    const override = !sample && typeof object !== "function";
+    const keys = ownKeys(object);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i];
+      let desc = getOwnPropertyDescriptor(object, key);
+      let value = desc.value;
+      if (typeof value === "function" || (typeof value === "object" && value !== null)) {
+        reached.add(value);
       }
+      if (override && "value" in desc && desc.configurable && overridable.has(key)) {
+        enableOverride(object, key, desc);
+        desc = getOwnPropertyDescriptor(object, key);
+      }
+      value = desc.get;
+      if (value !== undefined) reached.add(value);
+      value = desc.set;
+      if (value !== undefined) reached.add(value);
     }
-    harden(Object.getPrototypeOf(object));
-    if (object !== global) Object.freeze(object);
+    const prototype = getPrototypeOf(object);
+    if (prototype !== null) reached.add(prototype);
+    // The global object too: every global becomes read-only and no new one can be added.
+    if (!sample) freeze(object);
   }
-  const hidden = [
-    Object.getPrototypeOf(function* () {}),
-    Object.getPrototypeOf(async function () {}),
-    Object.getPrototypeOf(async function* () {}),
-    Object.getPrototypeOf((function* () {})()),
-    Object.getPrototypeOf((async function* () {})()),
-    Object.getPrototypeOf([][Symbol.iterator]()),
-    Object.getPrototypeOf(new Map()[Symbol.iterator]()),
-    Object.getPrototypeOf(new Set()[Symbol.iterator]()),
-    Object.getPrototypeOf(""[Symbol.iterator]()),
-    Object.getPrototypeOf(/a/[Symbol.matchAll]("")),
-    Object.getPrototypeOf(Int8Array),
-  ];
-  for (const object of hidden) harden(object);
-  harden(global);
-  // Every global but `vo` becomes read-only, and no new global can be added.
-  for (const key of Reflect.ownKeys(global)) {
-    if (key === "vo") continue;
-    const desc = Object.getOwnPropertyDescriptor(global, key);
-    if (desc.configurable || desc.writable) {
-      Object.defineProperty(global, key, "value" in desc
-        ? { writable: false, configurable: false }
-        : { configurable: false });
-    }
-  }
-  Object.preventExtensions(global);
+  reached.forEach(harden);
 })(globalThis);

@@ -10,6 +10,8 @@
 //! - [`runtime`]: the `utils` table scripts see; [`protocol`]: the messages between the two.
 //! - [`sandbox`]: what a worker gives up after start-up.
 
+#[cfg(test)]
+mod harden_tests;
 pub(crate) mod protocol;
 mod realm;
 pub(crate) mod runtime;

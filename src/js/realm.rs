@@ -204,3 +204,34 @@ fn to_failure(error: JsError, context: &mut Context) -> Failure {
     };
     Failure::Threw { message, stack }
 }
+
+/// Contexts for tests of the lockdown, with a host that answers no call.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::*;
+    use crate::js::protocol::{Call, CallError, Level};
+    use crate::js::runtime::HostLink;
+
+    struct NoHost;
+
+    impl HostLink for NoHost {
+        fn call(&self, _: Call) -> Result<String, CallError> {
+            Err(CallError {
+                usage: true,
+                message: "no host in this test".into(),
+            })
+        }
+
+        fn log(&self, _: Level, _: String) {}
+    }
+
+    /// A context locked down as every app's is.
+    pub(in crate::js) fn new_context(limits: &ContextLimits) -> Result<Context, Failure> {
+        AppRealm::new(limits, Rc::new(NoHost)).map(|realm| realm.context)
+    }
+
+    /// A context with the runtime installed and nothing frozen.
+    pub(in crate::js) fn open_context(limits: &ContextLimits) -> Result<Context, Failure> {
+        super::open_context(limits, Rc::new(NoHost))
+    }
+}
