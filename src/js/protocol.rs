@@ -148,9 +148,14 @@ enum RunRef<'a> {
     Run { job: u64, program: &'a Job },
 }
 
-/// Appends the frame of `Down::Run { job, program }` to `buffer`.
-pub(crate) fn encode_run(job: u64, program: &Job, buffer: &mut Vec<u8>) {
-    encode(&RunRef::Run { job, program }, buffer);
+/// A message's body, for the host's framed socket, which writes the length itself.
+pub(crate) fn body<T: Serialize>(message: &T) -> Vec<u8> {
+    postcard::to_stdvec(message).expect("postcard writes every message type to a Vec")
+}
+
+/// The body of `Down::Run { job, program }`.
+pub(crate) fn run_body(job: u64, program: &Job) -> Vec<u8> {
+    body(&RunRef::Run { job, program })
 }
 
 /// Reads one frame's body into `buffer`: the worker side, on blocking I/O. `Ok(false)` at a
@@ -221,10 +226,7 @@ mod tests {
             name: "s".into(),
             source: "1".into(),
         };
-        let mut wire = Vec::new();
-        encode_run(3, &program, &mut wire);
-        let mut body = Vec::new();
-        assert!(read_frame(&mut wire.as_slice(), &mut body).unwrap());
+        let body = run_body(3, &program);
         assert!(matches!(
             decode::<Down>(&body).unwrap(),
             Down::Run {

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use secrecy::SecretString;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::protocol::{self, Call, CallError, ContextLimits, Down, Failure, Job, Level, Up};
 use super::{Limits, Program, RunError, RunOutput};
@@ -305,6 +307,21 @@ async fn next_task(shared: &Shared) -> Option<Task> {
     shared.queue.lock().await.recv().await
 }
 
+/// Why a worker did not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("it died at start: {0}")]
+    Died(RunError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for StartError {
+    fn from(error: String) -> Self {
+        StartError::Other(error)
+    }
+}
+
 /// How a worker's service ended.
 enum End {
     /// The engine is gone: the worker was told to stop.
@@ -323,14 +340,11 @@ struct InFlight {
 
 type PendingCall = Pin<Box<dyn Future<Output = (u32, Result<String, CallError>)> + Send>>;
 
-/// One live worker process and its two pipes of messages.
+/// One live worker process and its socket, framed.
 struct Worker {
     child: tokio::process::Child,
     pid: u32,
-    /// Encoded frames for the writer task.
-    down: mpsc::UnboundedSender<Vec<u8>>,
-    /// Decoded messages from the reader task; it ends at the worker's end of stream.
-    up: mpsc::UnboundedReceiver<std::io::Result<Up>>,
+    io: Framed<tokio::net::UnixStream, LengthDelimitedCodec>,
     /// The last lines of the worker's stderr, once it closes.
     stderr: JoinHandle<String>,
     next_job: u64,
@@ -351,16 +365,24 @@ impl Worker {
                 }
                 Ok(worker)
             }
+            Err(StartError::Died(error)) if check => {
+                // Compiling the actions killed it (a parser overflowing its stack on some
+                // source): say so, and start the next workers without the check.
+                let error = format!("compiling the actions killed a worker: {error}");
+                let errors = vec![RunError::NoWorker(error.clone())];
+                shared.checked.send_replace(Some(Arc::new(errors)));
+                Err(error)
+            }
             Err(e) => {
                 if check {
                     shared.check_pending.store(true, Ordering::Release);
                 }
-                Err(e)
+                Err(e.to_string())
             }
         }
     }
 
-    async fn spawn(shared: &Shared, check: bool) -> Result<(Worker, Vec<Failure>), String> {
+    async fn spawn(shared: &Shared, check: bool) -> Result<(Worker, Vec<Failure>), StartError> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         ours.set_nonblocking(true)
@@ -380,30 +402,32 @@ impl Worker {
         let stderr = tokio::spawn(forward_stderr(stderr, pid));
         let stream =
             tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socketpair: {e}"))?;
-        let (read, write) = stream.into_split();
-        let (down, frames) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(write, frames));
-        let (messages, up) = mpsc::unbounded_channel();
-        tokio::spawn(read_frames(read, messages));
+        let codec = LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .little_endian()
+            .max_frame_length(protocol::MAX_FRAME)
+            .new_codec();
         let mut worker = Worker {
             child,
             pid,
-            down,
-            up,
+            io: Framed::new(stream, codec),
             stderr,
             next_job: 0,
         };
         let limits = &shared.limits;
-        worker.send(&Down::Init {
-            actions: shared.actions.clone(),
-            limits: ContextLimits {
-                loop_iterations: limits.loop_iterations,
-                recursion: limits.recursion,
-            },
-            memory_limit: limits.memory_limit_mb * 1024 * 1024,
-            check,
-        });
-        match tokio::time::timeout(START_TIMEOUT, worker.up.recv()).await {
+        worker
+            .send(&Down::Init {
+                actions: shared.actions.clone(),
+                limits: ContextLimits {
+                    loop_iterations: limits.loop_iterations,
+                    recursion: limits.recursion,
+                },
+                memory_limit: limits.memory_limit_mb * 1024 * 1024,
+                check,
+            })
+            .await;
+        let first = tokio::time::timeout(START_TIMEOUT, worker.io.next()).await;
+        match first.map(|m| m.map(|frame| frame.and_then(|f| protocol::decode::<Up>(&f)))) {
             Ok(Some(Ok(Up::Ready {
                 version,
                 compile_errors,
@@ -412,32 +436,52 @@ impl Worker {
                 "{} speaks protocol {version}, this host {}: point WHATSAPP_HOST_WORKER at the same build",
                 shared.program.display(),
                 protocol::VERSION
-            )),
-            Ok(Some(Ok(_))) => Err("the worker's first message was not Ready".into()),
-            Ok(Some(Err(e))) => Err(format!("the worker's first message was unreadable: {e}")),
-            Ok(None) => {
-                let error = worker.death(limits.memory_limit_mb).await;
-                Err(format!("it died at start: {error}"))
+            )
+            .into()),
+            Ok(Some(Ok(_))) => Err(String::from("the worker's first message was not Ready").into()),
+            Ok(Some(Err(e))) => {
+                Err(format!("the worker's first message was unreadable: {e}").into())
             }
-            Err(_) => Err(format!("it was not ready within {START_TIMEOUT:?}")),
+            Ok(None) => Err(StartError::Died(
+                worker.death(limits.memory_limit_mb).await,
+            )),
+            Err(_) => Err(format!("it was not ready within {START_TIMEOUT:?}").into()),
         }
     }
 
-    fn send(&self, message: &Down) {
-        let mut frame = Vec::new();
-        protocol::encode(message, &mut frame);
-        // A writer that is gone means a dead worker; the reader reports that.
-        let _ = self.down.send(frame);
+    /// Writes a message. The worker always reads when the host writes (it is idle, or waits
+    /// for a reply), so this never waits on the worker's own writes. A write that fails means
+    /// a dead worker, which the next read reports.
+    async fn send(&mut self, message: &Down) {
+        let _ = self
+            .io
+            .send(bytes::Bytes::from(protocol::body(message)))
+            .await;
     }
 
     /// Runs tasks until the engine closes or the worker is stopped or dies. Runs queued on a
     /// worker that goes are left in `carried` for its replacement.
-    async fn serve(mut self, shared: &Shared, carried: &mut VecDeque<Task>) -> End {
-        let mut flight: VecDeque<InFlight> = VecDeque::new();
+    async fn serve(self, shared: &Shared, carried: &mut VecDeque<Task>) -> End {
         let mut call: Option<PendingCall> = None;
+        let end = self.serve_calls(shared, carried, &mut call).await;
+        if let Some(call) = call {
+            // The worker went while the host answered its call. A send may already have
+            // reached Twilio: it runs to the end, so it is recorded, and its answer is dropped.
+            tokio::spawn(call);
+        }
+        end
+    }
+
+    async fn serve_calls(
+        mut self,
+        shared: &Shared,
+        carried: &mut VecDeque<Task>,
+        call: &mut Option<PendingCall>,
+    ) -> End {
+        let mut flight: VecDeque<InFlight> = VecDeque::new();
         let mut closed = false;
-        for task in carried.drain(..) {
-            self.hand_over(task, &mut flight);
+        for task in std::mem::take(carried) {
+            self.hand_over(task, &mut flight).await;
         }
         loop {
             if closed && flight.is_empty() {
@@ -446,7 +490,7 @@ impl Worker {
             let deadline = flight.front().and_then(|f| f.deadline);
             tokio::select! {
                 biased;
-                message = self.up.recv() => match message {
+                message = self.io.next() => match message.map(|frame| frame.and_then(|f| protocol::decode::<Up>(&f))) {
                     Some(Ok(Up::Done { job, result })) => {
                         let Some(done) = flight.pop_front().filter(|f| f.id == job) else {
                             return self.stop(flight, carried, protocol_error("a result for a run it was not running"));
@@ -460,7 +504,7 @@ impl Worker {
                         let Some(head) = flight.front() else {
                             return self.stop(flight, carried, protocol_error("a call outside any run"));
                         };
-                        call = Some(answer(shared.outbound.clone(), head.task.caller.clone(), head.task.span.clone(), id, request));
+                        *call = Some(answer(shared.outbound.clone(), head.task.caller.clone(), head.task.span.clone(), id, request));
                     }
                     Some(Ok(Up::Log { level, message })) => {
                         if let Some(head) = flight.front() {
@@ -479,8 +523,8 @@ impl Worker {
                     }
                 },
                 (id, result) = async { call.as_mut().expect("guarded").await }, if call.is_some() => {
-                    call = None;
-                    self.send(&Down::Reply { call: id, result });
+                    *call = None;
+                    self.send(&Down::Reply { call: id, result }).await;
                 }
                 () = sleep_until(deadline), if deadline.is_some() => {
                     let budget = flight.front().map(|f| f.task.budget).unwrap_or_default();
@@ -488,7 +532,7 @@ impl Worker {
                     return self.stop(flight, carried, RunError::TimedOut(budget));
                 }
                 task = next_task(shared), if !closed && flight.len() < PIPELINE => match task {
-                    Some(task) => self.hand_over(task, &mut flight),
+                    Some(task) => self.hand_over(task, &mut flight).await,
                     None => closed = true,
                 },
             }
@@ -497,12 +541,14 @@ impl Worker {
 
     /// Sends a run to the worker; its budget starts now if the worker is idle. The task keeps
     /// its job, to hand it to a replacement should this worker go before starting it.
-    fn hand_over(&mut self, task: Task, flight: &mut VecDeque<InFlight>) {
+    async fn hand_over(&mut self, task: Task, flight: &mut VecDeque<InFlight>) {
         self.next_job += 1;
         let id = self.next_job;
-        let mut frame = Vec::new();
-        protocol::encode_run(id, &task.job, &mut frame);
-        let _ = self.down.send(frame);
+        // A write that fails means a dead worker, which the next read reports.
+        let _ = self
+            .io
+            .send(bytes::Bytes::from(protocol::run_body(id, &task.job)))
+            .await;
         let deadline = flight
             .is_empty()
             .then(|| tokio::time::Instant::now() + task.budget);
@@ -702,44 +748,4 @@ async fn forward_stderr(stderr: tokio::process::ChildStderr, pid: u32) -> String
         tail.push_back(line);
     }
     Vec::from(tail).join("\n")
-}
-
-async fn write_frames(
-    mut socket: tokio::net::unix::OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
-    while let Some(frame) = frames.recv().await {
-        if socket.write_all(&frame).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Decodes the worker's messages until its end of stream, or a bad frame (sent as an error).
-async fn read_frames(
-    socket: tokio::net::unix::OwnedReadHalf,
-    messages: mpsc::UnboundedSender<std::io::Result<Up>>,
-) {
-    let mut socket = BufReader::with_capacity(64 * 1024, socket);
-    let mut body = Vec::new();
-    loop {
-        let mut len = [0; 4];
-        if socket.read_exact(&mut len).await.is_err() {
-            return;
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        let message = if len > protocol::MAX_FRAME {
-            Err(std::io::Error::other(format!("a frame of {len} bytes")))
-        } else {
-            body.resize(len, 0);
-            if socket.read_exact(&mut body).await.is_err() {
-                return;
-            }
-            protocol::decode(&body)
-        };
-        let bad = message.is_err();
-        if messages.send(message).is_err() || bad {
-            return;
-        }
-    }
 }
