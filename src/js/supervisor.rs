@@ -28,10 +28,12 @@ use super::{Limits, Program, RunError, RunOutput};
 use crate::outbound::{Account, Caller, Outbound, SendRequest, UsageError};
 use crate::telemetry;
 
-/// Runs a worker holds at once, the one it runs included. One: a run queued behind a stuck
-/// one would wait out that run's whole budget, while another worker may be free. The round
-/// trip this costs per run is measured by `benches/run.sh` (see the README's figures).
-const PIPELINE: usize = 1;
+/// Most runs handed to a worker in one write. An idle worker takes a batch only of runs that
+/// are already queued, and no more than its share of them (the queue's length over the
+/// number of workers), so under light load every run goes alone and none waits behind another
+/// while a worker is free. Under load, a batch costs one wake-up and one write for all its runs
+/// instead of one each; runs queued behind a run that gets stuck go to the replacement.
+const BATCH: usize = 16;
 
 /// How long a new worker may take to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +95,8 @@ struct Task {
 
 struct Shared {
     queue: Mutex<mpsc::UnboundedReceiver<Task>>,
+    /// Worker slots: how many share the queue.
+    slots: usize,
     program: PathBuf,
     actions: Vec<(String, String)>,
     limits: Limits,
@@ -129,6 +133,7 @@ impl Engine {
         let (queue, jobs) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             queue: Mutex::new(jobs),
+            slots: workers.max(1),
             program,
             actions,
             limits,
@@ -300,6 +305,25 @@ async fn supervise(shared: Arc<Shared>, slot: usize) {
             }
         }
     }
+}
+
+/// The next runs from the shared queue: the first to come, and as many more already waiting
+/// as this worker's share of them. Empty once every engine handle is gone.
+async fn next_tasks(shared: &Shared) -> Vec<Task> {
+    let mut queue = shared.queue.lock().await;
+    let Some(first) = queue.recv().await else {
+        return Vec::new();
+    };
+    let share = (queue.len() / shared.slots).min(BATCH - 1);
+    let mut tasks = Vec::with_capacity(share + 1);
+    tasks.push(first);
+    while tasks.len() <= share {
+        match queue.try_recv() {
+            Ok(task) => tasks.push(task),
+            Err(_) => break,
+        }
+    }
+    tasks
 }
 
 /// The next run from the shared queue; `None` once every engine handle is gone.
@@ -480,9 +504,8 @@ impl Worker {
     ) -> End {
         let mut flight: VecDeque<InFlight> = VecDeque::new();
         let mut closed = false;
-        for task in std::mem::take(carried) {
-            self.hand_over(task, &mut flight).await;
-        }
+        let queued = std::mem::take(carried).into();
+        self.hand_over(queued, &mut flight).await;
         loop {
             if closed && flight.is_empty() {
                 return End::Closed;
@@ -531,28 +554,35 @@ impl Worker {
                     tracing::warn!(pid = self.pid, ?budget, "javascript run exceeded its budget; replacing its worker");
                     return self.stop(flight, carried, RunError::TimedOut(budget));
                 }
-                task = next_task(shared), if !closed && flight.len() < PIPELINE => match task {
-                    Some(task) => self.hand_over(task, &mut flight).await,
-                    None => closed = true,
-                },
+                tasks = next_tasks(shared), if !closed && flight.is_empty() => {
+                    if tasks.is_empty() {
+                        closed = true;
+                    }
+                    self.hand_over(tasks, &mut flight).await;
+                }
             }
         }
     }
 
-    /// Sends a run to the worker; its budget starts now if the worker is idle. The task keeps
-    /// its job, to hand it to a replacement should this worker go before starting it.
-    async fn hand_over(&mut self, task: Task, flight: &mut VecDeque<InFlight>) {
-        self.next_job += 1;
-        let id = self.next_job;
-        // A write that fails means a dead worker, which the next read reports.
-        let _ = self
-            .io
-            .send(bytes::Bytes::from(protocol::run_body(id, &task.job)))
-            .await;
-        let deadline = flight
-            .is_empty()
-            .then(|| tokio::time::Instant::now() + task.budget);
-        flight.push_back(InFlight { id, task, deadline });
+    /// Sends runs to the worker in one write; the first one's budget starts now, each next
+    /// one's when the one before it is done. The tasks keep their jobs, to hand them to a
+    /// replacement should this worker go before starting them.
+    async fn hand_over(&mut self, tasks: Vec<Task>, flight: &mut VecDeque<InFlight>) {
+        if tasks.is_empty() {
+            return;
+        }
+        for task in tasks {
+            self.next_job += 1;
+            let id = self.next_job;
+            let body = bytes::Bytes::from(protocol::run_body(id, &task.job));
+            // A write that fails means a dead worker, which the next read reports.
+            let _ = self.io.feed(body).await;
+            let deadline = flight
+                .is_empty()
+                .then(|| tokio::time::Instant::now() + task.budget);
+            flight.push_back(InFlight { id, task, deadline });
+        }
+        let _ = SinkExt::<bytes::Bytes>::flush(&mut self.io).await;
     }
 
     /// Kills the worker and fails its current run with `error`.
