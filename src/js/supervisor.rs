@@ -391,11 +391,17 @@ impl Worker {
             }
             Err(StartError::Died(error)) if check => {
                 // Compiling the actions killed it (a parser overflowing its stack on some
-                // source): say so, and start the next workers without the check.
-                let error = format!("compiling the actions killed a worker: {error}");
-                let errors = vec![RunError::NoWorker(error.clone())];
-                shared.checked.send_replace(Some(Arc::new(errors)));
-                Err(error)
+                // source): say so, and start this slot's worker without the check.
+                let error = RunError::Compile {
+                    name: "the actions".into(),
+                    message: format!("the worker compiling them died: {error}"),
+                };
+                tracing::error!(%error, "an action cannot be compiled; its events will fail");
+                shared.checked.send_replace(Some(Arc::new(vec![error])));
+                Self::spawn(shared, false)
+                    .await
+                    .map(|(worker, _)| worker)
+                    .map_err(|e| e.to_string())
             }
             Err(e) => {
                 if check {

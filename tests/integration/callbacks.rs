@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
+use std::time::Duration;
 use whatsapp_host::store::{EventFilter, EventState};
 use whatsapp_host::twilio::{self, signature};
-use wiremock::MockServer;
 
-use crate::helpers::stand_ins::mock_twilio;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer};
+
+use crate::helpers::stand_ins::{SENT_SID, created, mock_twilio};
 use crate::helpers::*;
 
 /// An action that reports everything it saw as the body of a message.
@@ -1053,5 +1056,44 @@ async fn another_apps_signed_callback_naming_a_sid_leaves_the_owners_message_and
         .await
         .unwrap();
     assert_eq!(others.len(), 2, "the other app's callbacks are its own");
+    app.stop().await;
+}
+
+/// A send already on its way to Twilio when its run passes the budget finishes and is
+/// recorded: killing the worker must not lose a message Twilio may have accepted.
+#[tokio::test]
+async fn a_send_in_flight_when_its_worker_is_killed_is_still_recorded() {
+    let twilio = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created(SENT_SID, "+393331234567").set_delay(Duration::from_millis(1500)))
+        .mount(&twilio)
+        .await;
+    let mut config = TestConfig::on_status(
+        "utils.sendWhatsappMessage('+393331234567', 'slow ' + vo.MessageSid);",
+    )
+    .api_base(twilio.uri());
+    config.actions_toml = "budget_ms = 300\nmax_attempts = 1".into();
+    let app = spawn_app(&config).await;
+    let sid = "SM00000000000000000000000000000031";
+    assert_eq!(
+        app.post_status("ACME", sid, "delivered").await.status(),
+        200
+    );
+    app.wait_for("the slow send's event to be dead", WAIT, || async {
+        app.all_events()
+            .await
+            .iter()
+            .any(|e| e.state == EventState::Dead)
+    })
+    .await;
+    app.wait_for("the send to be recorded", WAIT, || async {
+        app.store().message(SENT_SID).await.unwrap().is_some()
+    })
+    .await;
+    let (message, _) = app.store().message(SENT_SID).await.unwrap().unwrap();
+    assert_eq!(
+        message.body.as_deref(),
+        Some(format!("slow {sid}").as_str())
+    );
     app.stop().await;
 }

@@ -213,3 +213,24 @@ fn events_and_messages_before_anything_was_received_list_nothing_and_create_no_s
         assert!(!stderr.contains("nothing has been received"), "{stderr}");
     }
 }
+
+#[test]
+fn check_names_actions_whose_compiling_kills_the_worker_and_still_checks_the_scripts() {
+    // Nested deeper than boa's parser has stack for: compiling it kills the worker.
+    let deep = format!("var x = {}{};", "[".repeat(200_000), "]".repeat(200_000));
+    let config = TestConfig::new().api_base("simulate").action("deep", &deep);
+    config.write("127.0.0.1:9".parse().unwrap());
+    std::fs::create_dir_all(config.dir.path().join("scripts")).unwrap();
+    std::fs::write(config.dir.path().join("scripts/hello.js"), "1 + 1;").unwrap();
+    let out = config.run(&["check"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("the worker compiling them died: worker crashed: stack overflow"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 problem(s)"),
+        "the script still checks: {stdout}"
+    );
+}
