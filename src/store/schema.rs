@@ -11,7 +11,7 @@ use super::{BackendError, StoreError};
 
 /// The schema this build writes, kept in the file as `PRAGMA user_version`. Version 0 is the
 /// unversioned store of earlier builds.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// A fresh store at [`VERSION`]. Everything is `IF NOT EXISTS`, so running it over a store
 /// that is already at [`VERSION`] changes nothing.
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS events (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,
     last_error TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'status'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_app_token ON events(app, idempotency_token) WHERE idempotency_token IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS events_app_dedup ON events(app, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -55,17 +56,23 @@ CREATE TABLE IF NOT EXISTS messages (
     error_code TEXT,
     error_message TEXT,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    direction TEXT NOT NULL DEFAULT 'outbound',
+    profile_name TEXT,
+    wa_id TEXT,
+    content_sid TEXT,
+    content_variables TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_app_sid ON messages(app, sid);
 CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
+CREATE INDEX IF NOT EXISTS messages_contact ON messages(app, direction, from_number, created_at);
 ";
 
 /// `UPGRADES[n]` takes a store from version `n` to `n + 1`. Each is frozen once released: a
 /// later change to [`SCHEMA`] gets a new entry here, never an edit of an old one. The steps are
 /// numbered so another backend (PostgreSQL) can mirror them one for one; where SQLite needs a
 /// workaround, the comment gives the plain statement the other backend runs instead.
-const UPGRADES: [&str; 1] = [
+const UPGRADES: [&str; 2] = [
     // 0 → 1: apps can't touch each other's rows.
     "
 -- 1. Idempotency tokens are unique per app, not globally.
@@ -106,6 +113,22 @@ ALTER TABLE messages_v1 RENAME TO messages;
 -- 4. The unique key messages are upserted on, and the listing index step 3 dropped.
 CREATE UNIQUE INDEX messages_app_sid ON messages(app, sid);
 CREATE INDEX messages_app ON messages(app, created_at);
+",
+    "
+-- Two-way conversations.
+-- 1. An event is a status callback ('status') or a message a contact sent ('inbound'): which
+--    of the app's actions it runs.
+ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'status';
+-- 2. Messages go both ways: 'outbound' (sent by this host) or 'inbound' (sent to the app's
+--    number), with WhatsApp's profile name and id of an inbound message's sender.
+ALTER TABLE messages ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
+ALTER TABLE messages ADD COLUMN profile_name TEXT;
+ALTER TABLE messages ADD COLUMN wa_id TEXT;
+-- 3. A template send's Content sid and its variables (a JSON object).
+ALTER TABLE messages ADD COLUMN content_sid TEXT;
+ALTER TABLE messages ADD COLUMN content_variables TEXT;
+-- 4. A contact's messages to an app: the 24-hour window and the conversation page.
+CREATE INDEX messages_contact ON messages(app, direction, from_number, created_at);
 ",
 ];
 
@@ -312,7 +335,26 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, VERSION);
-        assert_eq!(VERSION, 1);
+        assert_eq!(VERSION, 2);
+        let (kind, direction): (String, String) = conn
+            .query_row(
+                "SELECT e.kind, m.direction FROM events e, messages m WHERE m.id = 7 LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((kind.as_str(), direction.as_str()), ("status", "outbound"));
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh_path = fresh_dir.path().join("store.sqlite3");
+        let mut fresh = Connection::open(&fresh_path).unwrap();
+        set_up(&mut fresh, &fresh_path).unwrap();
+        for table in ["events", "messages"] {
+            assert_eq!(
+                columns(&conn, table),
+                columns(&fresh, table),
+                "an upgraded {table} table has a fresh one's columns"
+            );
+        }
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
             .unwrap();
@@ -329,7 +371,8 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
                 "events_open",
                 "events_sid",
                 "messages_app",
-                "messages_app_sid"
+                "messages_app_sid",
+                "messages_contact"
             ],
             "the global unique indexes and the inline UNIQUE(sid) are gone"
         );
@@ -337,6 +380,20 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(integrity, "ok");
+    }
+
+    /// A table's columns as (name, type, not null, default), sorted by name.
+    fn columns(conn: &Connection, table: &str) -> Vec<(String, String, bool, Option<String>)> {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .unwrap();
+        let mut columns: Vec<_> = stmt
+            .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        columns.sort();
+        columns
     }
 
     #[test]
