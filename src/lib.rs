@@ -8,7 +8,7 @@
 //! - [`media`]: Cloud Storage signed URLs and media probing.
 //! - [`store`]: the embedded SQLite store with group commit; the only module with SQL.
 //! - [`outbound`]: the one send path behind every form of `utils.sendWhatsappMessage`.
-//! - [`js`]: the boa engine on worker threads, and the `utils` table scripts see.
+//! - [`js`]: the boa engine in supervised worker processes, and the `utils` table scripts see.
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
 //! - [`routes`]: every path the host serves and the callback URL, written once.
 //! - [`server`]: the axum router, the callback endpoint and shutdown.
