@@ -549,7 +549,7 @@ enum Refusal {
 }
 
 /// A template's content, checked as Twilio checks it so a refusal costs no request:
-/// `ContentSid` is `HX` + 32 hex digits (21655); there are at most 100 variables, and none has
+/// the sid is `HX` + 32 hex digits (21655); there are at most 100 variables, and none has
 /// an empty key or a null or empty value (21656).
 fn template_content(req: &TemplateRequest) -> Result<MessageContent, Refusal> {
     let refuse = |code, message: String| Err(Refusal::Failed(Failure::refused(code, message)));
@@ -676,6 +676,57 @@ mod tests {
         assert_eq!(serde_json::to_value(&accepted).unwrap(), resource);
         assert_eq!(accepted.sid(), Some("SM1"));
         assert!(!accepted.is_failed());
+    }
+
+    #[test]
+    fn a_template_is_checked_as_twilio_checks_it() {
+        let template = |sid: &str, variables: Option<Variables>| TemplateRequest {
+            account: Account::App,
+            to: "+393331234567".into(),
+            content_sid: sid.into(),
+            variables,
+        };
+        let sid = "HX0123456789abcdef0123456789abcdef";
+        let var = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+        let code = |req: &TemplateRequest| match template_content(req) {
+            Err(Refusal::Failed(failure)) => failure.code,
+            Err(Refusal::Usage(e)) => panic!("{e}"),
+            Ok(_) => None,
+        };
+        assert_eq!(
+            code(&template("HX0123", None)),
+            Some(codes::INVALID_CONTENT_SID)
+        );
+        assert_eq!(code(&template(sid, None)), None);
+        let many = |n: usize| (0..n).map(|i| var(&i.to_string(), Some("v"))).collect();
+        assert_eq!(code(&template(sid, Some(many(100)))), None);
+        assert_eq!(
+            code(&template(sid, Some(many(101)))),
+            Some(codes::INVALID_CONTENT_VARIABLES)
+        );
+        for bad in [var("", Some("x")), var("1", None), var("1", Some(""))] {
+            assert_eq!(
+                code(&template(
+                    sid,
+                    Some(vec![var("2", Some("ok")), bad.clone()])
+                )),
+                Some(codes::INVALID_CONTENT_VARIABLES),
+                "{bad:?}"
+            );
+        }
+        match template_content(&template(
+            sid,
+            Some(vec![var("2", Some("b")), var("1", Some("a"))]),
+        )) {
+            Ok(MessageContent::Template {
+                content_sid,
+                variables,
+            }) => {
+                assert_eq!(content_sid, sid);
+                assert_eq!(variables.as_deref(), Some(r#"{"2":"b","1":"a"}"#));
+            }
+            _ => panic!("a valid template is sent"),
+        }
     }
 
     #[test]
