@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::js::{self, Program};
-use crate::outbound::{Account, Caller, Media, SendRequest};
+use crate::outbound::{Account, Caller, Media, Request, SendRequest, TemplateRequest};
 use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
@@ -64,14 +64,26 @@ pub(crate) enum Command {
         app: String,
         #[arg(long)]
         to: String,
-        #[arg(long)]
-        message: String,
+        #[arg(long, required_unless_present = "template")]
+        message: Option<String>,
         #[arg(long, conflicts_with_all = ["bucket", "file"])]
         media_url: Option<String>,
         #[arg(long, requires = "file")]
         bucket: Option<String>,
         #[arg(long, requires = "bucket")]
         file: Option<String>,
+        /// Send this approved Content template (HX…) instead of a message.
+        #[arg(long, value_name = "HX…", conflicts_with_all = ["message", "media_url", "bucket", "file"])]
+        template: Option<String>,
+        /// A template variable, KEY=VALUE (repeatable); values are sent as strings.
+        #[arg(
+            long = "var",
+            value_name = "KEY=VALUE",
+            requires = "template",
+            conflicts_with_all = ["message", "media_url", "bucket", "file"],
+            value_parser = template_var
+        )]
+        vars: Vec<(String, String)>,
         #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
         company: String,
     },
@@ -130,6 +142,13 @@ fn company_id(text: &str) -> Result<String, settings::CompanyIdError> {
     settings::check_company_id(text).map(|()| text.to_string())
 }
 
+/// `--var KEY=VALUE`: split at the first `=`, so a value may hold more.
+fn template_var(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE, for example --var 1=Ana"))
+}
+
 /// The binary's whole `main`: a JS worker runs as it is, with no tokio runtime and no
 /// settings; every other command runs on a multi-threaded runtime.
 pub fn main() -> std::process::ExitCode {
@@ -178,18 +197,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             media_url,
             bucket,
             file,
+            template,
+            vars,
             company,
         } => {
-            let media = match (media_url, bucket, file) {
-                (Some(url), _, _) => Media::Url(url),
-                (None, Some(bucket), Some(file)) => Media::Object { bucket, file },
-                _ => Media::None,
-            };
-            let request = SendRequest {
-                account: Account::App,
-                to,
-                body: message,
-                media,
+            let request: Request = match template {
+                Some(content_sid) => TemplateRequest {
+                    account: Account::App,
+                    to,
+                    content_sid,
+                    variables: (!vars.is_empty())
+                        .then(|| vars.into_iter().map(|(k, v)| (k, Some(v))).collect()),
+                }
+                .into(),
+                None => {
+                    let media = match (media_url, bucket, file) {
+                        (Some(url), _, _) => Media::Url(url),
+                        (None, Some(bucket), Some(file)) => Media::Object { bucket, file },
+                        _ => Media::None,
+                    };
+                    SendRequest {
+                        account: Account::App,
+                        to,
+                        body: message.unwrap_or_default(),
+                        media,
+                    }
+                    .into()
+                }
             };
             send(settings, &app, company, request).await
         }
@@ -331,7 +365,7 @@ async fn send(
     settings: Arc<Settings>,
     app: &str,
     company: String,
-    request: SendRequest,
+    request: Request,
 ) -> anyhow::Result<i32> {
     let caller = caller(&settings, app, company)?;
     let services = Services::start(settings)?;

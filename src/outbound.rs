@@ -1,6 +1,7 @@
-//! The outbound path: one `send` that every form of `utils.sendWhatsappMessage` and the `send`
-//! command go through. It resolves credentials, checks the number, body and media, spaces
-//! sandbox sends, calls Twilio, records the outcome, and returns the JSON scripts see.
+//! The outbound path: one `send` that every form of `utils.sendWhatsappMessage`,
+//! `utils.sendWhatsappTemplate` and the `send` command go through. It resolves credentials,
+//! checks the number, body and media or the template and its variables, spaces sandbox sends,
+//! calls Twilio, records the outcome, and returns the JSON scripts see.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use crate::phone;
 use crate::settings::{App, Settings, Whatsapp};
 use crate::store::{SendRecord, Store, now_ms};
 use crate::telemetry;
-use crate::twilio::{self, Credentials, NewMessage, TwilioError, address, codes};
+use crate::twilio::{self, Credentials, MessageContent, NewMessage, TwilioError, address, codes};
 
 /// Whose Twilio account sends.
 #[derive(Debug, Clone)]
@@ -38,12 +39,64 @@ pub enum Media {
     Object { bucket: String, file: String },
 }
 
+/// A free-form message: text, with at most one media file.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
     pub account: Account,
     pub to: String,
     pub body: String,
     pub media: Media,
+}
+
+/// A template's variables in the caller's order: each key with its value, or `None` for a
+/// null the script passed (refused, as Twilio refuses it, with 21656).
+pub type Variables = Vec<(String, Option<String>)>;
+
+/// An approved Content template: the only message WhatsApp delivers outside the 24-hour
+/// customer-service window, so the way to open or resume a conversation.
+#[derive(Debug, Clone)]
+pub struct TemplateRequest {
+    pub account: Account,
+    pub to: String,
+    /// The template's SID: `HX` followed by 32 hex digits.
+    pub content_sid: String,
+    /// The template's variables; `None` sends none, so the template's own defaults apply.
+    pub variables: Option<Variables>,
+}
+
+/// One send of either kind: what [`Outbound::send`] takes (both requests convert into it).
+#[derive(Debug, Clone)]
+pub enum Request {
+    Text(SendRequest),
+    Template(TemplateRequest),
+}
+
+impl From<SendRequest> for Request {
+    fn from(req: SendRequest) -> Self {
+        Request::Text(req)
+    }
+}
+
+impl From<TemplateRequest> for Request {
+    fn from(req: TemplateRequest) -> Self {
+        Request::Template(req)
+    }
+}
+
+impl Request {
+    fn account(&self) -> &Account {
+        match self {
+            Request::Text(r) => &r.account,
+            Request::Template(r) => &r.account,
+        }
+    }
+
+    fn to(&self) -> &str {
+        match self {
+            Request::Text(r) => &r.to,
+            Request::Template(r) => &r.to,
+        }
+    }
 }
 
 /// The app and company a script or action runs for.
@@ -217,12 +270,17 @@ impl Outbound {
         self.twilio.settle().await;
     }
 
-    /// Sends one message. `Err` only for programming errors; failures of the send itself are an
-    /// `Ok` outcome with `status: "failed"`, recorded like any other send.
-    pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<SendOutcome, UsageError> {
+    /// Sends one message, free-form or a template. `Err` only for programming errors; failures
+    /// of the send itself are an `Ok` outcome with `status: "failed"`, recorded like any other
+    /// send.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        req: impl Into<Request>,
+    ) -> Result<SendOutcome, UsageError> {
         let span = tracing::info_span!("send", app = %caller.app.id, company = %caller.company, sid = tracing::field::Empty);
         let outcome = self
-            .send_inner(caller, req)
+            .send_inner(caller, req.into())
             .instrument(span.clone())
             .await?;
         if let Some(sid) = outcome.sid() {
@@ -231,16 +289,12 @@ impl Outbound {
         Ok(outcome)
     }
 
-    async fn send_inner(
-        &self,
-        caller: &Caller,
-        req: SendRequest,
-    ) -> Result<SendOutcome, UsageError> {
+    async fn send_inner(&self, caller: &Caller, req: Request) -> Result<SendOutcome, UsageError> {
         let app_params = caller.app.whatsapp.as_ref();
         let country = app_params.map_or(crate::settings::DEFAULT_COUNTRY_CODE, |w| {
             &w.default_country_code
         });
-        let (account_sid, token, from, sandbox, callback) = match &req.account {
+        let (account_sid, token, from, sandbox, callback) = match req.account() {
             Account::App => {
                 let w: &Whatsapp = app_params.ok_or_else(|| UsageError::NoWhatsapp {
                     app: caller.app.id.clone(),
@@ -289,50 +343,24 @@ impl Outbound {
                 (account_sid.as_str(), auth_token, from, sandbox, callback)
             }
         };
-        let to = match phone::normalize(&req.to, country) {
+        let to = match phone::normalize(req.to(), country) {
             Ok(to) => to,
             Err(e) => {
                 let failure = Failure::refused(codes::INVALID_TO, e.to_string());
                 return Ok(self.fail(caller, &req, account_sid, &from, failure));
             }
         };
-        let chars = req.body.chars().count();
-        if chars > twilio::MAX_BODY_CHARS {
-            let failure = Failure::refused(
-                codes::BODY_TOO_LONG,
-                format!(
-                    "the message body is {chars} characters, over Twilio's limit of {}",
-                    twilio::MAX_BODY_CHARS
-                ),
-            );
-            return Ok(self.fail(caller, &req, account_sid, &from, failure));
-        }
-        let media_url = match &req.media {
-            Media::None => None,
-            Media::Url(url) => Some(url.clone()),
-            Media::Object { bucket, file } => {
-                if !self.signer.is_configured() {
-                    return Err(UsageError::NoSigner(NoSigner));
-                }
-                if let Err(e) = allowed_bucket(caller, bucket) {
-                    return Ok(self.fail(caller, &req, account_sid, &from, Failure::from(&e)));
-                }
-                match self.signer.signed_get_url(bucket, file).await {
-                    Ok(url) => Some(url),
-                    Err(MediaError::NoSigner(e)) => return Err(UsageError::NoSigner(e)),
-                    Err(e) => {
-                        let failure = Failure::from(&e);
-                        return Ok(self.fail(caller, &req, account_sid, &from, failure));
-                    }
-                }
+        let content = match &req {
+            Request::Text(text) => self.text_content(caller, text).await,
+            Request::Template(template) => template_content(template),
+        };
+        let content = match content {
+            Ok(content) => content,
+            Err(Refusal::Usage(e)) => return Err(e),
+            Err(Refusal::Failed(failure)) => {
+                return Ok(self.fail(caller, &req, account_sid, &from, failure));
             }
         };
-        if let Some(url) = &media_url
-            && self.settings.media.check
-            && let Err(e) = self.probe.check(url).await
-        {
-            return Ok(self.fail(caller, &req, account_sid, &from, Failure::from(&e)));
-        }
         let sandbox_turn = if sandbox {
             Some(self.sandbox_turn(&from).await)
         } else {
@@ -341,8 +369,7 @@ impl Outbound {
         let message = NewMessage {
             to: address::with_channel(&to),
             from: address::with_channel(&from),
-            body: req.body.clone(),
-            media_url,
+            content,
             status_callback: callback,
         };
         let creds = Credentials {
@@ -370,10 +397,56 @@ impl Outbound {
         Ok(outcome)
     }
 
-    fn fail(
+    /// A free-form message's content: the body fits and the media is signed and checked.
+    async fn text_content(
         &self,
         caller: &Caller,
         req: &SendRequest,
+    ) -> Result<MessageContent, Refusal> {
+        let chars = req.body.chars().count();
+        if chars > twilio::MAX_BODY_CHARS {
+            let failure = Failure::refused(
+                codes::BODY_TOO_LONG,
+                format!(
+                    "the message body is {chars} characters, over Twilio's limit of {}",
+                    twilio::MAX_BODY_CHARS
+                ),
+            );
+            return Err(Refusal::Failed(failure));
+        }
+        let media_url = match &req.media {
+            Media::None => None,
+            Media::Url(url) => Some(url.clone()),
+            Media::Object { bucket, file } => {
+                if !self.signer.is_configured() {
+                    return Err(Refusal::Usage(UsageError::NoSigner(NoSigner)));
+                }
+                allowed_bucket(caller, bucket).map_err(|e| Refusal::Failed(Failure::from(&e)))?;
+                match self.signer.signed_get_url(bucket, file).await {
+                    Ok(url) => Some(url),
+                    Err(MediaError::NoSigner(e)) => {
+                        return Err(Refusal::Usage(UsageError::NoSigner(e)));
+                    }
+                    Err(e) => return Err(Refusal::Failed(Failure::from(&e))),
+                }
+            }
+        };
+        if let Some(url) = &media_url
+            && self.settings.media.check
+            && let Err(e) = self.probe.check(url).await
+        {
+            return Err(Refusal::Failed(Failure::from(&e)));
+        }
+        Ok(MessageContent::Text {
+            body: req.body.clone(),
+            media_url,
+        })
+    }
+
+    fn fail(
+        &self,
+        caller: &Caller,
+        req: &Request,
         account_sid: &str,
         from: &str,
         failure: Failure,
@@ -389,7 +462,7 @@ impl Outbound {
     fn record(
         &self,
         caller: &Caller,
-        req: &SendRequest,
+        req: &Request,
         account_sid: &str,
         from: &str,
         outcome: &SendOutcome,
@@ -404,19 +477,45 @@ impl Outbound {
                 ("failed", failure.code, Some(failure.message.as_str()))
             }
         };
+        let (body, media, content_sid, content_variables) = match req {
+            Request::Text(text) => (
+                text.body.clone(),
+                match &text.media {
+                    Media::None => None,
+                    Media::Url(url) => Some(media::redact_query(url)),
+                    Media::Object { bucket, file } => Some(format!("gs://{bucket}/{file}")),
+                },
+                None,
+                None,
+            ),
+            // Twilio renders a template's text and answers it as the body; that is what the
+            // contact reads.
+            Request::Template(template) => (
+                match outcome {
+                    SendOutcome::Accepted(resource) => {
+                        resource["body"].as_str().unwrap_or_default().to_string()
+                    }
+                    SendOutcome::Failed(_) => String::new(),
+                },
+                None,
+                Some(template.content_sid.clone()),
+                template
+                    .variables
+                    .as_deref()
+                    .map(twilio::content_variables_json),
+            ),
+        };
         SendRecord {
             sid: outcome.sid().map(str::to_string),
             app: caller.app.id.clone(),
             company: caller.company.clone(),
             account_sid: account_sid.to_string(),
-            to: req.to.clone(),
+            to: req.to().to_string(),
             from: from.to_string(),
-            body: req.body.clone(),
-            media: match &req.media {
-                Media::None => None,
-                Media::Url(url) => Some(media::redact_query(url)),
-                Media::Object { bucket, file } => Some(format!("gs://{bucket}/{file}")),
-            },
+            body,
+            media,
+            content_sid,
+            content_variables,
             status: status.to_string(),
             error_code,
             error_message: error_message.map(str::to_string),
@@ -440,6 +539,77 @@ impl Outbound {
         }
         SandboxTurn(last)
     }
+}
+
+/// Why a message's content cannot be sent: the script's mistake (throws), or a refusal with
+/// the code Twilio would give (a failed outcome).
+enum Refusal {
+    Usage(UsageError),
+    Failed(Failure),
+}
+
+/// A template's content, checked as Twilio checks it so a refusal costs no request:
+/// the sid is `HX` + 32 hex digits (21655); there are at most 100 variables, and none has
+/// an empty key or a null or empty value (21656).
+fn template_content(req: &TemplateRequest) -> Result<MessageContent, Refusal> {
+    let refuse = |code, message: String| Err(Refusal::Failed(Failure::refused(code, message)));
+    if !twilio::is_content_sid(&req.content_sid) {
+        return refuse(
+            codes::INVALID_CONTENT_SID,
+            format!(
+                "contentSid {:?} is not a Content template sid (\"HX\" followed by 32 hex digits)",
+                req.content_sid
+            ),
+        );
+    }
+    let Some(variables) = &req.variables else {
+        return Ok(MessageContent::Template {
+            content_sid: req.content_sid.clone(),
+            variables: None,
+        });
+    };
+    if variables.len() > twilio::MAX_CONTENT_VARIABLES {
+        return refuse(
+            codes::INVALID_CONTENT_VARIABLES,
+            format!(
+                "{} template variables were given, over Twilio's limit of {}",
+                variables.len(),
+                twilio::MAX_CONTENT_VARIABLES
+            ),
+        );
+    }
+    let mut checked = Vec::with_capacity(variables.len());
+    for (key, value) in variables {
+        if key.is_empty() {
+            return refuse(
+                codes::INVALID_CONTENT_VARIABLES,
+                "a template variable has an empty name: name each by its placeholder, such as \"1\"".into(),
+            );
+        }
+        match value.as_deref() {
+            None => {
+                return refuse(
+                    codes::INVALID_CONTENT_VARIABLES,
+                    format!(
+                        "template variable {key:?} is null: give it a value, or leave it out to use the template's default"
+                    ),
+                );
+            }
+            Some("") => {
+                return refuse(
+                    codes::INVALID_CONTENT_VARIABLES,
+                    format!(
+                        "template variable {key:?} is empty: give it a value, or leave it out to use the template's default"
+                    ),
+                );
+            }
+            Some(value) => checked.push((key.clone(), value)),
+        }
+    }
+    Ok(MessageContent::Template {
+        content_sid: req.content_sid.clone(),
+        variables: Some(twilio::content_variables_json(&checked)),
+    })
 }
 
 /// The signing key is shared by every app, so an app signs only the buckets its
@@ -506,6 +676,57 @@ mod tests {
         assert_eq!(serde_json::to_value(&accepted).unwrap(), resource);
         assert_eq!(accepted.sid(), Some("SM1"));
         assert!(!accepted.is_failed());
+    }
+
+    #[test]
+    fn a_template_is_checked_as_twilio_checks_it() {
+        let template = |sid: &str, variables: Option<Variables>| TemplateRequest {
+            account: Account::App,
+            to: "+393331234567".into(),
+            content_sid: sid.into(),
+            variables,
+        };
+        let sid = "HX0123456789abcdef0123456789abcdef";
+        let var = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+        let code = |req: &TemplateRequest| match template_content(req) {
+            Err(Refusal::Failed(failure)) => failure.code,
+            Err(Refusal::Usage(e)) => panic!("{e}"),
+            Ok(_) => None,
+        };
+        assert_eq!(
+            code(&template("HX0123", None)),
+            Some(codes::INVALID_CONTENT_SID)
+        );
+        assert_eq!(code(&template(sid, None)), None);
+        let many = |n: usize| (0..n).map(|i| var(&i.to_string(), Some("v"))).collect();
+        assert_eq!(code(&template(sid, Some(many(100)))), None);
+        assert_eq!(
+            code(&template(sid, Some(many(101)))),
+            Some(codes::INVALID_CONTENT_VARIABLES)
+        );
+        for bad in [var("", Some("x")), var("1", None), var("1", Some(""))] {
+            assert_eq!(
+                code(&template(
+                    sid,
+                    Some(vec![var("2", Some("ok")), bad.clone()])
+                )),
+                Some(codes::INVALID_CONTENT_VARIABLES),
+                "{bad:?}"
+            );
+        }
+        match template_content(&template(
+            sid,
+            Some(vec![var("2", Some("b")), var("1", Some("a"))]),
+        )) {
+            Ok(MessageContent::Template {
+                content_sid,
+                variables,
+            }) => {
+                assert_eq!(content_sid, sid);
+                assert_eq!(variables.as_deref(), Some(r#"{"2":"b","1":"a"}"#));
+            }
+            _ => panic!("a valid template is sent"),
+        }
     }
 
     #[test]

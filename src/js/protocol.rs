@@ -6,10 +6,10 @@ use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use crate::outbound::Media;
+pub(crate) use crate::outbound::{Media, Variables};
 
 /// Bumped whenever a message changes shape. A worker reports it in [`Up::Ready`].
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The largest frame either side accepts: a whole script, or a send's reply, is far smaller.
 pub(crate) const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -87,6 +87,8 @@ pub(crate) enum Level {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Call {
     Send(SendArgs),
+    /// `utils.sendWhatsappTemplate`.
+    Template(TemplateArgs),
     /// `utils.getParameter(name)`: the answer is JSON text, `null` when unset.
     GetParameter(String),
 }
@@ -99,6 +101,19 @@ pub(crate) struct SendArgs {
     pub(crate) to: String,
     pub(crate) body: String,
     pub(crate) media: Media,
+}
+
+/// `utils.sendWhatsappTemplate`'s arguments, already sorted into their form by the worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TemplateArgs {
+    /// A tenant's `(accountId, secretKey, fromNr)`; `None` sends with the app's account.
+    pub(crate) tenant: Option<(String, String, String)>,
+    pub(crate) to: String,
+    pub(crate) content_sid: String,
+    /// The variables object's own enumerable keys in order, each value as a string (numbers
+    /// converted as JS does) or `None` for null or undefined, which the host refuses; `None`
+    /// when `variables` was null.
+    pub(crate) variables: Option<Variables>,
 }
 
 /// A refused call: thrown in the script as a `TypeError` when `usage`, else an `Error`.

@@ -6,10 +6,11 @@ use std::rc::Rc;
 
 use boa_engine::builtins::object::OrdinaryObject;
 use boa_engine::object::ObjectInitializer;
+use boa_engine::object::builtins::JsArray;
 use boa_engine::property::Attribute;
 use boa_engine::{Context, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction};
 
-use super::protocol::{Call, CallError, Level, Media, SendArgs};
+use super::protocol::{Call, CallError, Level, Media, SendArgs, TemplateArgs, Variables};
 
 /// The worker's way to the host, shared by every context in the worker. A call blocks the
 /// script until the host answers; a log line is sent without waiting.
@@ -26,6 +27,7 @@ type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
 /// `utils.*`: name, arity, function.
 const UTILS: &[(&str, usize, Native)] = &[
     ("sendWhatsappMessage", 7, send_whatsapp_message),
+    ("sendWhatsappTemplate", 6, send_whatsapp_template),
     ("getParameter", 1, get_parameter),
     ("log", 2, log),
     ("info", 1, log_info),
@@ -101,6 +103,17 @@ fn type_error(message: impl Into<String>) -> boa_engine::JsError {
 /// A required string argument. Numbers are accepted for phone numbers, as scripts often keep
 /// them numeric.
 fn string_arg(args: &[JsValue], i: usize, name: &str, numbers_ok: bool) -> JsResult<String> {
+    string_arg_of("utils.sendWhatsappMessage", args, i, name, numbers_ok)
+}
+
+/// [`string_arg`] for the function `func`, which its errors name.
+fn string_arg_of(
+    func: &str,
+    args: &[JsValue],
+    i: usize,
+    name: &str,
+    numbers_ok: bool,
+) -> JsResult<String> {
     let value = args.get(i).cloned().unwrap_or_default();
     if let Some(s) = value.as_string() {
         return Ok(s.to_std_string_escaped());
@@ -109,7 +122,7 @@ fn string_arg(args: &[JsValue], i: usize, name: &str, numbers_ok: bool) -> JsRes
         return Ok(format!("{n:.0}"));
     }
     Err(type_error(format!(
-        "utils.sendWhatsappMessage: {name} (argument {}) must be a string, got {}",
+        "{func}: {name} (argument {}) must be a string, got {}",
         i + 1,
         value.type_of()
     )))
@@ -189,6 +202,105 @@ fn send_whatsapp_message(
             JsNativeError::error()
         };
         error.with_message(format!("utils.sendWhatsappMessage: {}", e.message))
+    })?;
+    Ok(JsString::from(outcome).into())
+}
+
+const TEMPLATE: &str = "utils.sendWhatsappTemplate";
+
+/// Picks the form by argument count: 2–3 `(to, contentSid[, variables])`, 5–6 `(accountId,
+/// secretKey, fromNr, to, contentSid[, variables])`; a missing `variables` is null.
+fn parse_template(args: &[JsValue], context: &mut Context) -> JsResult<TemplateArgs> {
+    let (tenant, rest) = match args.len() {
+        2..=3 => (None, 0),
+        5..=6 => (
+            Some((
+                string_arg_of(TEMPLATE, args, 0, "accountId", false)?,
+                string_arg_of(TEMPLATE, args, 1, "secretKey", false)?,
+                string_arg_of(TEMPLATE, args, 2, "fromNr", true)?,
+            )),
+            3,
+        ),
+        n => {
+            return Err(type_error(format!(
+                "{TEMPLATE} takes (toPhoneNumber, contentSid, variables) or (accountId, secretKey, fromNr, toPhoneNumber, contentSid, variables); got {n} arguments"
+            )));
+        }
+    };
+    Ok(TemplateArgs {
+        tenant,
+        to: string_arg_of(TEMPLATE, args, rest, "toPhoneNumber", true)?,
+        content_sid: string_arg_of(TEMPLATE, args, rest + 1, "contentSid", false)?,
+        variables: template_variables(args.get(rest + 2), rest + 3, context)?,
+    })
+}
+
+/// `variables`: null (or absent) for none, else a plain object whose own enumerable keys, in
+/// `Object.keys` order, map to strings or numbers. A null or undefined value is passed on for
+/// the host to refuse with Twilio's code; any other type is the script's mistake and throws.
+fn template_variables(
+    value: Option<&JsValue>,
+    position: usize,
+    context: &mut Context,
+) -> JsResult<Option<Variables>> {
+    let Some(value) = value.filter(|v| !v.is_null_or_undefined()) else {
+        return Ok(None);
+    };
+    let object = match value.as_object() {
+        Some(object) if !object.is_array() && !object.is_callable() => object.clone(),
+        _ => {
+            let got = if value.as_object().is_some_and(|o| o.is_array()) {
+                "an array".to_string()
+            } else {
+                value.type_of().to_string()
+            };
+            return Err(type_error(format!(
+                "{TEMPLATE}: variables (argument {position}) must be an object such as {{\"1\": \"Ana\"}} or null, got {got}"
+            )));
+        }
+    };
+    let keys = OrdinaryObject::keys(&JsValue::undefined(), &[object.clone().into()], context)?;
+    let keys = JsArray::from_object(
+        keys.as_object()
+            .expect("Object.keys returns an array")
+            .clone(),
+    )?;
+    let count = keys.length(context)?;
+    let mut variables = Vec::with_capacity(count.min(128) as usize);
+    for i in 0..count {
+        let key = keys.get(i, context)?.to_string(context)?;
+        let value = object.get(key.clone(), context)?;
+        let key = key.to_std_string_escaped();
+        let text = if value.is_null_or_undefined() {
+            None
+        } else if let Some(s) = value.as_string() {
+            Some(s.to_std_string_escaped())
+        } else if value.is_number() {
+            Some(value.to_string(context)?.to_std_string_escaped())
+        } else {
+            return Err(type_error(format!(
+                "{TEMPLATE}: variable {key:?} must be a string or a number, got {}",
+                value.type_of()
+            )));
+        };
+        variables.push((key, text));
+    }
+    Ok(Some(variables))
+}
+
+fn send_whatsapp_template(
+    _: &JsValue,
+    args: &[JsValue],
+    context: &mut Context,
+) -> JsResult<JsValue> {
+    let request = parse_template(args, context)?;
+    let outcome = host(context)?.call(Call::Template(request)).map_err(|e| {
+        let error = if e.usage {
+            JsNativeError::typ()
+        } else {
+            JsNativeError::error()
+        };
+        error.with_message(format!("{TEMPLATE}: {}", e.message))
     })?;
     Ok(JsString::from(outcome).into())
 }

@@ -25,7 +25,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::protocol::{self, Call, CallError, ContextLimits, Down, Failure, Job, Level, Up};
 use super::{Limits, Program, RunError, RunOutput};
-use crate::outbound::{Account, Caller, Outbound, SendRequest, UsageError};
+use crate::outbound::{
+    Account, Caller, Outbound, Request, SendRequest, TemplateRequest, UsageError,
+};
 use crate::telemetry;
 
 /// Most runs handed to a worker in one write. An idle worker takes a batch only of runs that
@@ -715,6 +717,7 @@ fn answer(
             };
             let result = match request {
                 Call::Send(args) => send(&outbound, &caller, args).await,
+                Call::Template(args) => template(&outbound, &caller, args).await,
                 Call::GetParameter(name) => Ok(caller
                     .app
                     .whatsapp
@@ -734,20 +737,48 @@ async fn send(
     caller: &Caller,
     args: protocol::SendArgs,
 ) -> Result<String, CallError> {
-    let account = match args.tenant {
+    let request = SendRequest {
+        account: account(args.tenant),
+        to: args.to,
+        body: args.body,
+        media: args.media,
+    };
+    send_request(outbound, caller, request.into()).await
+}
+
+async fn template(
+    outbound: &Outbound,
+    caller: &Caller,
+    args: protocol::TemplateArgs,
+) -> Result<String, CallError> {
+    let request = TemplateRequest {
+        account: account(args.tenant),
+        to: args.to,
+        content_sid: args.content_sid,
+        variables: args.variables,
+    };
+    send_request(outbound, caller, request.into()).await
+}
+
+/// The account a script's arguments name: a tenant's `(accountId, secretKey, fromNr)`, or the
+/// app's own.
+fn account(tenant: Option<(String, String, String)>) -> Account {
+    match tenant {
         None => Account::App,
         Some((account_sid, secret, from)) => Account::Tenant {
             account_sid,
             auth_token: SecretString::from(secret),
             from,
         },
-    };
-    let request = SendRequest {
-        account,
-        to: args.to,
-        body: args.body,
-        media: args.media,
-    };
+    }
+}
+
+/// Sends through the outbound path: the outcome's JSON, or the script's mistake to throw.
+async fn send_request(
+    outbound: &Outbound,
+    caller: &Caller,
+    request: Request,
+) -> Result<String, CallError> {
     match outbound.send(caller, request).await {
         Ok(outcome) => Ok(outcome.to_json().to_string()),
         Err(e) => Err(CallError {

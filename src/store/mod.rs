@@ -189,6 +189,10 @@ pub(crate) struct SendRecord {
     pub(crate) body: String,
     /// A public URL, or `gs://bucket/object` for signed media (the signature is not stored).
     pub(crate) media: Option<String>,
+    /// A template send's `HX…` sid; `None` for free-form text.
+    pub(crate) content_sid: Option<String>,
+    /// A template send's variables as JSON object text; `None` when it sent none.
+    pub(crate) content_variables: Option<String>,
     pub(crate) status: String,
     pub(crate) error_code: Option<i64>,
     pub(crate) error_message: Option<String>,
@@ -771,11 +775,13 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
 fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
-         media, status, status_rank, error_code, error_message, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
+         media, status, status_rank, error_code, error_message, created_at, updated_at, \
+         content_sid, content_variables) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15) \
          ON CONFLICT(app, sid) DO UPDATE SET company = excluded.company, \
          account_sid = excluded.account_sid, to_number = excluded.to_number, \
          from_number = excluded.from_number, body = excluded.body, media = excluded.media, \
+         content_sid = excluded.content_sid, content_variables = excluded.content_variables, \
          created_at = min(messages.created_at, excluded.created_at), \
          error_message = coalesce(messages.error_message, excluded.error_message), \
          status = CASE WHEN excluded.status_rank > messages.status_rank \
@@ -795,7 +801,9 @@ fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Resu
         status_rank(&r.status),
         r.error_code.map(|c| c.to_string()),
         r.error_message,
-        r.at
+        r.at,
+        r.content_sid,
+        r.content_variables
     ])?;
     Ok(())
 }
@@ -915,6 +923,8 @@ mod tests {
             from: "+14155238886".into(),
             body: "hi".into(),
             media: None,
+            content_sid: None,
+            content_variables: None,
             status: "queued".into(),
             error_code: None,
             error_message: None,
@@ -939,6 +949,8 @@ mod tests {
             from: "+14155238886".into(),
             body: format!("from {app}"),
             media: None,
+            content_sid: None,
+            content_variables: None,
             status: "queued".into(),
             error_code: None,
             error_message: None,

@@ -15,6 +15,13 @@ pub(crate) const BODY_TOO_LONG: i64 = 21617;
 /// Twilio's code for a media URL that cannot be read; here also one the media check will not
 /// fetch (not https, a non-public address, a redirect) or a bucket the app may not sign.
 pub(crate) const INVALID_MEDIA_URL: i64 = 21620;
+/// Twilio's code for a `ContentSid` that is not a Content template's SID (`HX` + 32 hex
+/// digits), or names no template of the sending account.
+pub(crate) const INVALID_CONTENT_SID: i64 = 21655;
+/// Twilio's code for `ContentVariables` it cannot use: not a JSON object of strings, or a
+/// variable null or empty. The host also gives it to a key that is empty and to more variables
+/// than the 100 a template may have.
+pub(crate) const INVALID_CONTENT_VARIABLES: i64 = 21656;
 /// Twilio's code for a free-form message outside the 24-hour window; the simulator's failures
 /// carry it.
 pub(crate) const OUTSIDE_SESSION_WINDOW: i64 = 63016;
@@ -52,6 +59,14 @@ const MEANINGS: &[(i64, &str)] = &[
     (
         BODY_TOO_LONG,
         "the message body exceeds the 1600 character limit",
+    ),
+    (
+        INVALID_CONTENT_SID,
+        "invalid ContentSid: not 'HX' followed by 32 hex digits, or no Content template of the sending account (deleted, mistyped or another account's)",
+    ),
+    (
+        INVALID_CONTENT_VARIABLES,
+        "invalid ContentVariables: a template variable is null or empty, a key is empty, there are more than 100, or the value is not a JSON object of strings",
     ),
     (
         INVALID_MEDIA_URL,
@@ -142,6 +157,8 @@ mod tests {
             INVALID_FROM,
             BODY_TOO_LONG,
             INVALID_MEDIA_URL,
+            INVALID_CONTENT_SID,
+            INVALID_CONTENT_VARIABLES,
             OUTSIDE_SESSION_WINDOW,
             UNREACHABLE,
             TIMED_OUT,
@@ -156,7 +173,8 @@ mod tests {
     fn common_whatsapp_and_host_codes_have_a_meaning() {
         for code in [
             63016, 63003, 63018, 63024, 63032, 63049, 21211, 21408, 21610, 21614, 21617, 21620,
-            30003, 30005, 30006, 30007, 30008, 11751, 12300, 90001, 90002, 90003, 90004,
+            21655, 21656, 30003, 30005, 30006, 30007, 30008, 11751, 12300, 90001, 90002, 90003,
+            90004,
         ] {
             assert!(meaning(code).is_some(), "{code} has no meaning");
         }

@@ -42,9 +42,34 @@ pub(crate) const SANDBOX_SPACING: Duration = Duration::from_secs(3);
 /// Twilio's limit on a message body, in characters.
 pub(crate) const MAX_BODY_CHARS: usize = 1600;
 
+/// Twilio's limit on a Content template's variables, per message.
+pub(crate) const MAX_CONTENT_VARIABLES: usize = 100;
+
 /// `AC` + 32 hex digits: the shape of every Twilio account SID.
 pub(crate) fn is_account_sid(s: &str) -> bool {
-    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    is_sid("AC", s)
+}
+
+/// `HX` + 32 hex digits: the shape of a Content template's SID (`ContentSid`'s pattern in
+/// Twilio's API description).
+pub(crate) fn is_content_sid(s: &str) -> bool {
+    is_sid("HX", s)
+}
+
+fn is_sid(prefix: &str, s: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A template's variables as the JSON object text `ContentVariables` takes, keys in the order
+/// given. The store keeps the same text.
+pub(crate) fn content_variables_json<V: serde::Serialize>(variables: &[(String, V)]) -> String {
+    struct InOrder<'a, V>(&'a [(String, V)]);
+    impl<V: serde::Serialize> serde::Serialize for InOrder<'_, V> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+    serde_json::to_string(&InOrder(variables)).expect("string keys always serialize")
 }
 
 /// An account's credentials. The token is only exposed where the `Authorization` header is built.
@@ -54,26 +79,50 @@ pub(crate) struct Credentials<'a> {
     pub(crate) auth_token: &'a SecretString,
 }
 
-/// A message to create, already validated: numbers are E.164 and the body fits.
+/// A message to create, already validated: numbers are E.164 and the content fits.
 #[derive(Debug, Clone)]
 pub(crate) struct NewMessage {
     pub(crate) to: String,
     pub(crate) from: String,
-    pub(crate) body: String,
-    pub(crate) media_url: Option<String>,
+    pub(crate) content: MessageContent,
     /// Where Twilio should post status events; `None` leaves the console's setting in force.
     pub(crate) status_callback: Option<String>,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone)]
+pub(crate) enum MessageContent {
+    /// Free-form text, with at most one media URL: WhatsApp delivers it only inside the
+    /// 24-hour customer-service window.
+    Text {
+        body: String,
+        media_url: Option<String>,
+    },
+    /// An approved Content template, which may open a conversation: `ContentSid`, and
+    /// `ContentVariables` as JSON object text when there are variables. No `Body`.
+    Template {
+        content_sid: String,
+        variables: Option<String>,
+    },
 }
 
 impl NewMessage {
     /// The form fields Twilio's Messages API takes. Array fields repeat their key.
     fn form(&self) -> Vec<(&'static str, &str)> {
-        let mut form = vec![
-            ("To", self.to.as_str()),
-            ("From", self.from.as_str()),
-            ("Body", self.body.as_str()),
-        ];
-        form.extend(self.media_url.as_deref().map(|m| ("MediaUrl", m)));
+        let mut form = vec![("To", self.to.as_str()), ("From", self.from.as_str())];
+        match &self.content {
+            MessageContent::Text { body, media_url } => {
+                form.push(("Body", body.as_str()));
+                form.extend(media_url.as_deref().map(|m| ("MediaUrl", m)));
+            }
+            MessageContent::Template {
+                content_sid,
+                variables,
+            } => {
+                form.push(("ContentSid", content_sid.as_str()));
+                form.extend(variables.as_deref().map(|v| ("ContentVariables", v)));
+            }
+        }
         form.extend(
             self.status_callback
                 .as_deref()
@@ -416,6 +465,50 @@ mod tests {
             "Twilio names outside src/twilio/; read them through twilio::webhook or twilio::address:\n{}",
             offences.join("\n")
         );
+    }
+
+    #[test]
+    fn a_template_is_sent_as_content_sid_and_variables_without_a_body() {
+        let variables = vec![
+            ("2".to_string(), "3pm".to_string()),
+            ("1".to_string(), "Ana \"A\"".to_string()),
+        ];
+        let message = NewMessage {
+            to: "whatsapp:+393331234567".into(),
+            from: "whatsapp:+14155238886".into(),
+            content: MessageContent::Template {
+                content_sid: "HX0123456789abcdef0123456789abcdef".into(),
+                variables: Some(content_variables_json(&variables)),
+            },
+            status_callback: Some("http://h/cb".into()),
+        };
+        assert_eq!(
+            message.form(),
+            [
+                ("To", "whatsapp:+393331234567"),
+                ("From", "whatsapp:+14155238886"),
+                ("ContentSid", "HX0123456789abcdef0123456789abcdef"),
+                ("ContentVariables", r#"{"2":"3pm","1":"Ana \"A\""}"#),
+                ("StatusCallback", "http://h/cb"),
+            ]
+        );
+    }
+
+    #[test]
+    fn content_sids_are_hx_and_32_hex_digits() {
+        assert!(is_content_sid("HX0123456789abcdefABCDEF0123456789"));
+        for bad in [
+            "",
+            "HX",
+            "HX0123456789abcdef0123456789abcde",
+            "HX0123456789abcdef0123456789abcdef0",
+            "hx0123456789abcdef0123456789abcdef",
+            "AC0123456789abcdef0123456789abcdef",
+            "HX0123456789abcdef0123456789abcdeg",
+            "HXé123456789abcdef0123456789abcde",
+        ] {
+            assert!(!is_content_sid(bad), "{bad:?}");
+        }
     }
 
     #[test]

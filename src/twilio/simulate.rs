@@ -11,7 +11,7 @@ use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use super::{Credentials, NewMessage, address, codes, signature, webhook};
+use super::{Credentials, MessageContent, NewMessage, address, codes, signature, webhook};
 
 /// The statuses a delivered and read WhatsApp message goes through after `queued`.
 const PROGRESSION: [&str; 3] = ["sent", "delivered", "read"];
@@ -53,10 +53,18 @@ impl Simulator {
             .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
             .expect("the present is a four-digit year")
             .replace("GMT", "+0000");
+        // A template's text is rendered by Twilio from the approved content, which the
+        // simulator does not have: its body is empty, as a template without text would be.
+        let (body, num_media) = match &message.content {
+            MessageContent::Text { body, media_url } => {
+                (body.as_str(), if media_url.is_some() { "1" } else { "0" })
+            }
+            MessageContent::Template { .. } => ("", "0"),
+        };
         let resource = json!({
             "account_sid": creds.account_sid,
             "api_version": "2010-04-01",
-            "body": message.body,
+            "body": body,
             "date_created": now,
             "date_sent": null,
             "date_updated": now,
@@ -65,7 +73,7 @@ impl Simulator {
             "error_message": null,
             "from": message.from,
             "messaging_service_sid": null,
-            "num_media": if message.media_url.is_some() { "1" } else { "0" },
+            "num_media": num_media,
             "num_segments": "1",
             "price": null,
             "price_unit": "USD",

@@ -17,5 +17,6 @@ mod outbound;
 mod prism;
 mod signature_examples;
 mod signed_url;
+mod templates;
 mod tenants;
 mod workers;

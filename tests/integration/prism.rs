@@ -1,6 +1,7 @@
 //! Conformance with Twilio's own API description: Stoplight Prism serves
 //! `../shared/twilio/twilio_api_v2010_messages.json` on 127.0.0.1 and validates every request
-//! the real client makes, in every form of `utils.sendWhatsappMessage`.
+//! the real client makes, in every form of `utils.sendWhatsappMessage` and
+//! `utils.sendWhatsappTemplate`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -183,6 +184,68 @@ async fn every_form_is_accepted_by_twilios_api_description() {
     // Media was checked before each create: two public URLs and two signed ones.
     let probes = host.probes().await;
     assert_eq!(probes.len(), 4, "two public and two signed media probes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_in_both_forms_is_accepted_by_twilios_api_description() {
+    let prism = Prism::start().await;
+    let host = Host::start(&prism.url, Setup::default()).await;
+    let expected_sid = created_example_sid();
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let content_sid = q("HX0123456789abcdef0123456789abcdef");
+    let tenant = format!(
+        "{}, {}, {}",
+        q(TENANT_SID),
+        q(TENANT_SECRET),
+        q(TENANT_FROM)
+    );
+    let forms = [
+        (
+            "app, variables",
+            format!("'+39 333 123 4567', {content_sid}, {{ 1: 'Ana', 2: 15 }}"),
+        ),
+        ("app, null", format!("'3331234567', {content_sid}, null")),
+        (
+            "tenant, variables",
+            format!("{tenant}, '3331234567', {content_sid}, {{ name: 'Ana' }}"),
+        ),
+    ];
+    for (form, args) in &forms {
+        let result = host
+            .run(APP, &format!("utils.sendWhatsappTemplate({args})"))
+            .await
+            .unwrap_or_else(|e| panic!("{form}: the script failed: {e}"));
+        let text = result.and_then(|v| v.as_str().map(str::to_string));
+        let outcome: Value = serde_json::from_str(&text.expect("a JSON string")).unwrap();
+        assert_eq!(
+            outcome["sid"].as_str(),
+            Some(expected_sid.as_str()),
+            "{form}: prism did not answer 201: {outcome}\n{}",
+            prism.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn prism_refuses_a_malformed_content_sid_with_422() {
+    let prism = Prism::start().await;
+    let http = reqwest::Client::new();
+    let send = |content_sid: &'static str| {
+        http.post(prism.messages_url(ACCOUNT_SID))
+            .basic_auth(ACCOUNT_SID, Some(AUTH_KEY))
+            .form(&[
+                ("To", "whatsapp:+393331234567"),
+                ("From", "whatsapp:+14155238886"),
+                ("ContentSid", content_sid),
+                ("ContentVariables", r#"{"1":"Ana"}"#),
+            ])
+            .send()
+    };
+    // The pattern the host checks before sending is the description's own.
+    let malformed = send("HX12").await.unwrap();
+    assert_eq!(malformed.status(), 422);
+    let well_formed = send("HX0123456789abcdef0123456789abcdef").await.unwrap();
+    assert_eq!(well_formed.status(), 201);
 }
 
 #[tokio::test]
