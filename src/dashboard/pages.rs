@@ -33,8 +33,9 @@ pub(crate) struct Page {
     pub(crate) live: Markup,
 }
 
-/// Statuses a message can have, in the order they happen.
+/// Statuses a message can have, in the order they happen; `received` is an inbound message's.
 pub(crate) const STATUSES: &[&str] = &[
+    "received",
     "accepted",
     "scheduled",
     "queued",
