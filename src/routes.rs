@@ -16,6 +16,9 @@ const WHATSAPP: &str = "whatsapp";
 const CALLBACK: &str = "callback";
 /// `/whatsapp/dashboard/…`: the operator pages.
 const DASHBOARD: &str = "dashboard";
+/// `{dashboard}/apps/{app}/conversations/{contact}`: one app's conversation with one contact.
+const APPS: &str = "apps";
+const CONVERSATIONS: &str = "conversations";
 
 /// Segments directly under `/whatsapp/` that the host uses itself. The short callback route
 /// `/whatsapp/{app}/{company}` would shadow them, so no app id may be one of these.
@@ -43,6 +46,39 @@ pub(crate) fn short_callback_route(context: &str) -> String {
 /// path: `{context}/whatsapp/dashboard`.
 pub fn dashboard_base(context: &str) -> String {
     format!("{context}/{WHATSAPP}/{DASHBOARD}")
+}
+
+/// The conversation page's route under the dashboard's base, as an axum path with `app` and
+/// `contact` captures: `{dashboard_base}/apps/{app}/conversations/{contact}`.
+pub(crate) fn conversation_route(dashboard_base: &str) -> String {
+    format!("{dashboard_base}/{APPS}/{{app}}/{CONVERSATIONS}/{{contact}}")
+}
+
+/// The link to app `app`'s conversation with `contact`, each one path segment.
+pub(crate) fn conversation_path(dashboard_base: &str, app: &str, contact: &str) -> String {
+    format!(
+        "{dashboard_base}/{APPS}/{}/{CONVERSATIONS}/{}",
+        path_segment(app),
+        path_segment(contact)
+    )
+}
+
+/// Percent-encodes everything but unreserved characters and `+` (which a path keeps as it is,
+/// so a phone number stays readable), so any value is one path segment that cannot climb.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.bytes().all(|b| b == b'.') {
+        // `.` and `..` would be read as the folder itself or its parent.
+        out = out.replace('.', "%2E");
+    }
+    out
 }
 
 /// Where an app id sits in the short route, for messages that explain why an id is reserved:
@@ -95,6 +131,23 @@ mod tests {
             callback_url_pattern(&url),
             "https://p.example.com/platform/whatsapp/callback/{appId}/{companyId}"
         );
+    }
+
+    #[test]
+    fn a_conversation_path_is_two_segments_that_cannot_escape_the_route() {
+        let base = "/p/whatsapp/dashboard";
+        assert_eq!(
+            conversation_route(base),
+            "/p/whatsapp/dashboard/apps/{app}/conversations/{contact}"
+        );
+        assert_eq!(
+            conversation_path(base, "crm", "+393331234567"),
+            "/p/whatsapp/dashboard/apps/crm/conversations/+393331234567"
+        );
+        assert_eq!(path_segment("SM0123abc"), "SM0123abc");
+        assert_eq!(path_segment("../x?y"), "..%2Fx%3Fy");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("a b#"), "a%20b%23");
     }
 
     #[test]

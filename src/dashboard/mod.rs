@@ -1,5 +1,6 @@
 //! The operator dashboard at `{context}/whatsapp/dashboard`: messages with their timelines,
-//! callback events with what their action did, and replay of failed events. Server-rendered
+//! each app's conversation with a contact and its 24-hour window, callback events with what
+//! their action did, and replay of failed events. Server-rendered
 //! HTML with its small CSS and JS embedded in the binary; behind the operator password.
 //!
 //! Access is a login form and a session cookie (HttpOnly, SameSite=Strict, scoped to the
@@ -29,7 +30,11 @@ use sha2::{Digest, Sha256};
 use crate::dispatch::Dispatcher;
 use crate::routes;
 use crate::settings::{DASHBOARD_PASSWORD_ENV, MIN_DASHBOARD_PASSWORD_CHARS, Settings};
-use crate::store::{EventFilter, EventState, Message, MessageFilter, Store, StoreError};
+use crate::store::{
+    Direction, EventFilter, EventState, Message, MessageFilter, NumberWindow, Store, StoreError,
+    Window,
+};
+use crate::twilio::address;
 
 use auth::{Auth, Lockout, Login, Session};
 use pages::{EventQuery, MessageQuery, Page, View};
@@ -87,6 +92,7 @@ pub(crate) fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatch
     Router::new()
         .route(&base, get(messages_page))
         .route(&format!("{base}/messages/{{key}}"), get(message_page))
+        .route(&routes::conversation_route(&base), get(conversation_page))
         .route(&format!("{base}/events"), get(events_page))
         .route(&format!("{base}/events/{{id}}"), get(event_page))
         .route(&format!("{base}/events/{{id}}/replay"), post(replay))
@@ -289,6 +295,7 @@ async fn messages_page(
         search: nonempty(&query.q),
         since: utc::parse_input(&query.since),
         until,
+        direction: Direction::parse(query.direction.trim()),
         before_id: query.before.trim().parse().ok(),
         limit: PAGE_SIZE,
     };
@@ -323,6 +330,69 @@ async fn message_page(
             ),
         ),
         Err(e) => d.store_failed(e),
+    }
+}
+
+/// App `app`'s conversation with `contact`, and the window on each of the app's numbers.
+async fn conversation_page(
+    State(d): State<Dash>,
+    op: Operator,
+    headers: HeaderMap,
+    Path((app, contact)): Path<(String, String)>,
+) -> Response {
+    let contact = contact_number(&contact);
+    let conversation = match d
+        .store
+        .conversation(&app, &contact, crate::store::now_ms())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return d.store_failed(e),
+    };
+    let app_number = d
+        .settings
+        .apps
+        .get(&app)
+        .and_then(|a| a.whatsapp.as_ref())
+        .map(|w| w.from_number.as_str().to_string());
+    if conversation.entries.is_empty() && app_number.is_none() {
+        return d.problem(
+            StatusCode::NOT_FOUND,
+            "No such conversation",
+            &format!(
+                "app {app:?} has no messages with {contact:?} and is not in the settings; check the app id, and write the contact as an E.164 number such as +393331234567"
+            ),
+        );
+    }
+    // The app's own number first, closed when the contact never wrote to it; then the other
+    // numbers (a tenant's own) the contact wrote to.
+    let mut windows = conversation.windows.clone();
+    if let Some(number) = app_number {
+        let own = match windows.iter().position(|w| w.app_number == number) {
+            Some(i) => windows.remove(i),
+            None => NumberWindow {
+                app_number: number,
+                window: Window::Closed { last_inbound: None },
+            },
+        };
+        windows.insert(0, own);
+    }
+    let page = pages::conversation(&d.view(&op), &conversation, &windows);
+    d.page(&op, &headers, page)
+}
+
+/// A contact as typed in a link or by hand: `+39…`, `39…` or a WhatsApp address, read as the
+/// E.164 number the store keeps (digits after one `+`).
+fn contact_number(text: &str) -> String {
+    let number = address::strip_channel(text.trim());
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let plain = number
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'));
+    if plain && !digits.is_empty() {
+        format!("+{digits}")
+    } else {
+        number.to_string()
     }
 }
 
@@ -606,6 +676,18 @@ fn short_hash(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contact_is_read_as_the_e164_number_the_store_keeps() {
+        for typed in ["+393331234567", "393331234567", " +39 333 123-4567 "] {
+            assert_eq!(contact_number(typed), "+393331234567", "{typed:?}");
+        }
+        assert_eq!(
+            contact_number(&crate::twilio::address::with_channel("+393331234567")),
+            "+393331234567"
+        );
+        assert_eq!(contact_number("someone"), "someone");
+    }
 
     #[test]
     fn next_stays_inside_the_dashboard_and_refuses_dot_segments() {

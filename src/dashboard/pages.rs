@@ -1,10 +1,14 @@
 //! The dashboard's HTML, rendered on the server with maud: the layout, the messages list, a
-//! message's timeline, the events list, an event with its action error, and the login page.
+//! message's timeline, a conversation with one contact, the events list, an event with its
+//! action error, and the login page.
 //! Pure functions of their arguments: no store access, no secrets.
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::store::{Event, EventState, Message};
+use crate::routes::{self, path_segment};
+use crate::store::{
+    Conversation, Direction, Entry, Event, EventState, Message, NumberWindow, Window,
+};
 use crate::twilio::codes;
 
 use super::utc;
@@ -29,8 +33,9 @@ pub(crate) struct Page {
     pub(crate) live: Markup,
 }
 
-/// Statuses a message can have, in the order they happen.
+/// Statuses a message can have, in the order they happen; `received` is an inbound message's.
 pub(crate) const STATUSES: &[&str] = &[
+    "received",
     "accepted",
     "scheduled",
     "queued",
@@ -42,6 +47,9 @@ pub(crate) const STATUSES: &[&str] = &[
     "failed",
     "canceled",
 ];
+
+/// What an operator must know wherever a message carries Twilio's 63016.
+pub(crate) const WINDOW_CLOSED_NOTE: &str = "The 24-hour window was closed: send a template. WhatsApp delivers free-form text only within 24 hours of the contact's last message; an approved Content template (utils.sendWhatsappTemplate) opens the conversation again.";
 
 /// The filters of the messages list, as typed (echoed back into the form and the links).
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
@@ -55,6 +63,8 @@ pub(crate) struct MessageQuery {
     /// `datetime-local` values, read as UTC.
     pub(crate) since: String,
     pub(crate) until: String,
+    /// `inbound`, `outbound`, or empty for both.
+    pub(crate) direction: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) before: String,
 }
@@ -177,6 +187,14 @@ pub(crate) fn messages(
                     @for s in STATUSES { option value=(s) selected[query.status == *s] { (s) } }
                 }
             }
+            label { "Direction"
+                select name="direction" {
+                    option value="" { "both" }
+                    @for d in [Direction::Inbound, Direction::Outbound] {
+                        option value=(d.as_str()) selected[query.direction == d.as_str()] { (d.as_str()) }
+                    }
+                }
+            }
             label.wide { "Sid or phone number"
                 input type="search" name="q" value=(query.q) placeholder="SM… or +39 333…";
             }
@@ -194,15 +212,20 @@ pub(crate) fn messages(
             p.empty { "No messages match these filters." }
         } @else {
             div.table-wrap { table.list #messages {
-                thead { tr { th { "Created" } th { "Sid" } th { "App" } th { "Company" } th { "To" } th { "Status" } th { "Error" } } }
+                thead { tr { th { "Created" } th { "Sid" } th { "App" } th { "Company" } th { "Direction" } th { "Contact" } th { "Status" } th { "Error" } } }
                 tbody {
                     @for m in rows {
-                        tr {
+                        tr data-direction=(m.direction.as_str()) {
                             td data-label="Created" { (utc::format(m.created_at)) }
                             td data-label="Sid" { a.sid href=(message_href(base, m)) { (m.sid.as_deref().unwrap_or("(no sid: send failed)")) } }
                             td data-label="App" { (m.app) }
                             td data-label="Company" { (m.company) }
-                            td data-label="To" { (m.to.as_deref().unwrap_or("")) }
+                            td data-label="Direction" { (direction_badge(m.direction)) }
+                            td data-label="Contact" {
+                                @if let Some(contact) = contact(m) {
+                                    a.contact href=(routes::conversation_path(base, &m.app, contact)) title="The conversation with this contact" { (contact) }
+                                }
+                            }
                             td data-label="Status" { (status_badge(&m.status)) }
                             td data-label="Error" { @if let Some(code) = &m.error_code { (error_code(code)) } }
                         }
@@ -232,12 +255,17 @@ pub(crate) fn message(view: &View, m: &Message, events: &[Event]) -> Page {
     let live = html! {
         h1 { "Message " code.sid { (m.sid.as_deref().unwrap_or("without sid")) } " " (status_badge(&m.status)) }
         p.verdict #verdict { (verdict(m, events)) }
+        @if window_closed(m.error_code.as_deref()) { p.warning #window-closed { (WINDOW_CLOSED_NOTE) } }
         @if failed_actions > 0 {
             p.warning { "The callback action failed for " (failed_actions) " of this message's events; see the timeline." }
         }
         dl.facts {
             dt { "App" } dd { (m.app) }
             dt { "Company" } dd { (m.company) }
+            dt { "Direction" } dd { (direction_badge(m.direction)) }
+            @if let Some(contact) = contact(m) {
+                dt { "Conversation" } dd { a #conversation-link href=(routes::conversation_path(base, &m.app, contact)) { "With " (contact) } }
+            }
             dt { "To" } dd { (m.to.as_deref().unwrap_or("—")) }
             dt { "From" } dd { (m.from.as_deref().unwrap_or("—")) }
             @if let Some(account) = &m.account_sid { dt { "Account" } dd { code { (account) } } }
@@ -253,7 +281,10 @@ pub(crate) fn message(view: &View, m: &Message, events: &[Event]) -> Page {
         ol.timeline #timeline {
             li.step.send {
                 time { (utc::format_precise(m.created_at)) }
-                @if !sent_here {
+                @if m.direction == Direction::Inbound {
+                    span.what { "Received: the contact wrote to the app" }
+                    span.muted { "From " (m.from.as_deref().unwrap_or("?")) " to " (m.to.as_deref().unwrap_or("?")) "." }
+                } @else if !sent_here {
                     span.what { "First seen in a status callback" }
                     span.muted { "This host has no record of sending it (sent by another system, or before this store existed)." }
                 } @else if m.sid.is_some() {
@@ -279,7 +310,7 @@ pub(crate) fn message(view: &View, m: &Message, events: &[Event]) -> Page {
                 }
             }
         }
-        @if events.is_empty() { p.empty { "No status callback has arrived for this message yet." } }
+        @if events.is_empty() && m.direction == Direction::Outbound { p.empty { "No status callback has arrived for this message yet." } }
     };
     Page {
         title: format!("Message {}", m.sid.as_deref().unwrap_or("")),
@@ -304,6 +335,13 @@ fn verdict(m: &Message, events: &[Event]) -> String {
         },
         None => String::new(),
     };
+    if m.direction == Direction::Inbound {
+        return format!(
+            "Received from {} at {} UTC.",
+            m.from.as_deref().unwrap_or("the contact"),
+            utc::format(m.created_at)
+        );
+    }
     match m.status.as_str() {
         "read" => format!("Delivered and read by the recipient{}.", at("read")),
         "delivered" => format!(
@@ -325,6 +363,127 @@ fn verdict(m: &Message, events: &[Event]) -> String {
         ),
         "canceled" => "Canceled before it was sent.".to_string(),
         other => format!("Last reported status: {other}."),
+    }
+}
+
+/// App `c.app`'s conversation with one contact: the window's state for each of the app's
+/// numbers in `windows`, then every message in order, inbound on the left and outbound on the
+/// right with its status.
+pub(crate) fn conversation(view: &View, c: &Conversation, windows: &[NumberWindow]) -> Page {
+    let base = view.base;
+    let refused_outside_window = c
+        .entries
+        .iter()
+        .any(|e| window_closed(e.message.error_code.as_deref()));
+    let all_closed = windows.iter().all(|w| !w.window.is_open());
+    let list = format!(
+        "{base}?{}",
+        serde_urlencoded::to_string([("app", c.app.as_str()), ("q", c.contact.as_str())])
+            .unwrap_or_default()
+    );
+    let live = html! {
+        h1 {
+            "Conversation with "
+            @if let Some(name) = &c.profile_name { span.profile { (name) } }
+            code.contact { (c.contact) }
+        }
+        p.muted {
+            "App " strong { (c.app) } " · "
+            a href=(list) { "these messages in the list" }
+        }
+        section #window {
+            @for w in windows { (window_state(w)) }
+        }
+        @if refused_outside_window && all_closed {
+            p.warning #window-closed { (WINDOW_CLOSED_NOTE) }
+        }
+        @if c.truncated { p.muted { "Only the newest " (c.entries.len()) " messages are shown." } }
+        @if c.entries.is_empty() {
+            p.empty { "No message with this contact yet." }
+        } @else {
+            ol.conversation #conversation {
+                @for e in &c.entries { (conversation_entry(base, c, e)) }
+            }
+        }
+    };
+    Page {
+        title: format!("Conversation with {}", c.contact),
+        controls: None,
+        live,
+    }
+}
+
+/// One number's window, as "open until 14:05 UTC" or "closed: send a template".
+fn window_state(w: &NumberWindow) -> Markup {
+    html! {
+        @match w.window {
+            Window::Open { until } => { p.window.open data-state="open" data-number=(w.app_number) {
+                span.label { "24-hour window: " }
+                strong.state { "open until " (utc::clock(until)) " UTC" }
+                span.muted {
+                    " (" (utc::date(until)) ") on " (w.app_number)
+                    ": free-form replies are delivered until then."
+                }
+            } }
+            Window::Closed { last_inbound } => { p.window.closed data-state="closed" data-number=(w.app_number) {
+                span.label { "24-hour window: " }
+                strong.state { "closed: send a template" }
+                span.muted {
+                    @if let Some(at) = last_inbound {
+                        " on " (w.app_number) ": the contact last wrote at " (utc::format(at)) " UTC, more than 24 hours ago."
+                    } @else {
+                        " on " (w.app_number) ": the contact has not written to this number; only an approved template reaches them."
+                    }
+                }
+            } }
+        }
+    }
+}
+
+fn conversation_entry(base: &str, c: &Conversation, e: &Entry) -> Markup {
+    let m = &e.message;
+    let inbound = m.direction == Direction::Inbound;
+    let who = if inbound {
+        c.profile_name.as_deref().unwrap_or(c.contact.as_str())
+    } else {
+        m.app.as_str()
+    };
+    html! {
+        li class={ "msg " (m.direction.as_str()) } data-direction=(m.direction.as_str()) data-sid=[m.sid.as_deref()] {
+            div.bubble {
+                div.meta {
+                    span.who { (who) }
+                    time { (utc::format(m.created_at)) }
+                }
+                @if let Some(body) = m.body.as_deref().filter(|b| !b.is_empty()) { p.text { (body) } }
+                @if !e.media.is_empty() {
+                    ul.media {
+                        @for item in &e.media {
+                            li {
+                                @if item.url.starts_with("https://") || item.url.starts_with("http://") {
+                                    a href=(item.url) rel="noreferrer" { (item.url) }
+                                } @else { code { (item.url) } }
+                                @if let Some(kind) = &item.content_type { " " span.muted { (kind) } }
+                            }
+                        }
+                    }
+                }
+                @if let Some(sid) = &e.content_sid {
+                    p.template {
+                        "Template " code { (sid) }
+                        @if let Some(vars) = &e.content_variables { " " code.vars { (vars) } }
+                    }
+                }
+                div.foot {
+                    @if !inbound { span.status { (status_badge(&m.status)) } }
+                    a.sid href=(message_href(base, m)) { (m.sid.as_deref().unwrap_or("(no sid: send failed)")) }
+                }
+                @if let Some(code) = &m.error_code {
+                    div.error-code { (error_code(code)) }
+                    @if window_closed(Some(code)) { p.window-note { (WINDOW_CLOSED_NOTE) } }
+                }
+            }
+        }
     }
 }
 
@@ -466,6 +625,28 @@ fn status_badge(status: &str) -> Markup {
     html! { span class={ "badge " (class) } { (status) } }
 }
 
+fn direction_badge(direction: Direction) -> Markup {
+    let (class, text) = match direction {
+        Direction::Inbound => ("in", "inbound"),
+        Direction::Outbound => ("out", "outbound"),
+    };
+    html! { span class={ "badge dir " (class) } { (text) } }
+}
+
+/// The other party of a message: the sender of an inbound one, the recipient of an outbound one.
+pub(crate) fn contact(m: &Message) -> Option<&str> {
+    match m.direction {
+        Direction::Inbound => m.from.as_deref(),
+        Direction::Outbound => m.to.as_deref(),
+    }
+    .filter(|n| !n.is_empty())
+}
+
+/// Whether a stored error code is Twilio's "outside the 24-hour window".
+fn window_closed(code: Option<&str>) -> bool {
+    code.and_then(|c| c.trim().parse::<i64>().ok()) == Some(codes::OUTSIDE_SESSION_WINDOW)
+}
+
 fn state_badge(state: EventState) -> Markup {
     let class = match state {
         EventState::Done => "ok",
@@ -512,19 +693,6 @@ pub(crate) fn message_href(base: &str, m: &Message) -> String {
     }
 }
 
-/// Percent-encodes everything but unreserved characters, so any sid is one path segment.
-pub(crate) fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn with_before<Q: serde::Serialize + Clone>(query: &Q, before: i64) -> String {
     let mut value = serde_json::to_value(query.clone()).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
@@ -545,12 +713,6 @@ fn with_before<Q: serde::Serialize + Clone>(query: &Q, before: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_segments_cannot_escape_the_route() {
-        assert_eq!(path_segment("SM0123abc"), "SM0123abc");
-        assert_eq!(path_segment("../x?y"), "..%2Fx%3Fy");
-    }
 
     #[test]
     fn older_link_keeps_the_filters_and_drops_empty_ones() {

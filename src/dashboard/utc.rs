@@ -15,6 +15,16 @@ pub(crate) fn format_precise(ms: i64) -> String {
     civil(ms).strftime("%Y-%m-%d %H:%M:%S.%3f").to_string()
 }
 
+/// `HH:MM` of `ms`, for "open until 14:05 UTC".
+pub(crate) fn clock(ms: i64) -> String {
+    civil(ms).strftime("%H:%M").to_string()
+}
+
+/// `YYYY-MM-DD` of `ms`.
+pub(crate) fn date(ms: i64) -> String {
+    civil(ms).strftime("%Y-%m-%d").to_string()
+}
+
 /// Reads `YYYY-MM-DDTHH:MM[:SS]` (what a `datetime-local` input sends) as UTC milliseconds.
 pub(crate) fn parse_input(text: &str) -> Option<i64> {
     let text = text.trim().replacen(' ', "T", 1);
@@ -45,6 +55,8 @@ mod tests {
         assert_eq!(format(1_709_251_199_999), "2024-02-29 23:59:59");
         assert_eq!(format(1_795_616_585_000), "2026-11-25 14:23:05");
         assert_eq!(format_precise(1_795_616_585_042), "2026-11-25 14:23:05.042");
+        assert_eq!(clock(1_795_616_585_042), "14:23");
+        assert_eq!(date(1_795_616_585_042), "2026-11-25");
     }
 
     #[test]

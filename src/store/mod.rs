@@ -4,6 +4,7 @@
 //! upgrades; `writer` the threads that commit and sync writes. Callers see typed values only,
 //! never SQLite.
 
+mod conversation;
 mod schema;
 mod writer;
 
@@ -16,6 +17,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::twilio::webhook::{StatusCallback, status_rank};
+
+pub use conversation::{
+    Conversation, Direction, Entry, MediaItem, NumberWindow, WINDOW_MS, Window,
+};
 
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
@@ -227,6 +232,8 @@ pub struct Message {
     pub error_message: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    /// Sent by this host, or received from the contact.
+    pub direction: Direction,
 }
 
 /// What a dispatch attempt decided about an event.
@@ -270,6 +277,7 @@ pub struct MessageFilter {
     pub(crate) search: Option<String>,
     pub(crate) since: Option<i64>,
     pub(crate) until: Option<i64>,
+    pub(crate) direction: Option<Direction>,
     pub(crate) before_id: Option<i64>,
     pub(crate) limit: usize,
 }
@@ -544,6 +552,9 @@ impl StoreReader {
             if let Some(until) = filter.until {
                 w.and(" AND created_at < ?", until);
             }
+            if let Some(direction) = filter.direction {
+                w.and(" AND direction = ?", direction.as_str().to_string());
+            }
             if let Some(before) = filter.before_id {
                 w.and(" AND id < ?", before);
             }
@@ -668,7 +679,7 @@ const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, m
      message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at";
 
 const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, from_number, body, \
-     media, status, error_code, error_message, created_at, updated_at";
+     media, status, error_code, error_message, created_at, updated_at, direction";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let fields: String = r.get(8)?;
@@ -707,6 +718,7 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         error_message: r.get(11)?,
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
+        direction: Direction::parse(&r.get::<_, String>(14)?).unwrap_or(Direction::Outbound),
     })
 }
 

@@ -1,8 +1,10 @@
 //! The dashboard in a real headless Chromium, driven over WebDriver: a message's timeline
-//! arriving live, the Replay button re-running a dead event, and the login wall.
+//! arriving live, a conversation after one inbound message and one reply, the Replay button
+//! re-running a dead event, and the login wall.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test.sh and CI install them). Set
-//! `UPDATE_DOCS_SCREENSHOT=1` to also refresh `docs/dashboard-timeline.png`.
+//! `UPDATE_DOCS_SCREENSHOT=1` to also refresh `docs/dashboard-timeline.png` and
+//! `docs/conversation.png`.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use serde_json::json;
 use whatsapp_host::store::EventState;
 use wiremock::ResponseTemplate;
 
+use crate::conversation::{INBOUND_SID, insert_inbound};
 use crate::helpers::dashboard::*;
 use crate::helpers::stand_ins::{created, twilio_answering, twilio_answers};
 use crate::helpers::*;
@@ -450,6 +453,124 @@ async fn without_the_password_the_browser_gets_the_login_page_and_no_data() {
         )
         .await;
     browser.assert_no_auth_key().await;
+
+    browser.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn conversation_page_shows_one_inbound_message_and_the_reply_with_its_statuses() {
+    let reply = "SM7c3e1b9d2f4a48e6b0c5d8a1f2e3b4c5";
+    let twilio = twilio_answering(created(reply, TO)).await;
+    let config = TestConfig::on_status("utils.info('status ' + vo.MessageStatus);")
+        .api_base(twilio.uri())
+        .with_dashboard();
+    let app = spawn_app(&config).await;
+    // The contact writes first (stored directly until the inbound route is merged; see
+    // `conversation::insert_inbound`), and the app replies through the real send path.
+    let inbound_at = whatsapp_host::store::now_ms() - 3 * 60 * 1000;
+    insert_inbound(&config.data_dir(), INBOUND_SID, TO, "hi", inbound_at);
+    let outcome = app
+        .send(
+            TO,
+            "Hi Ana! Thanks for writing. Reply ORDER for your order status, or tell us how we can help.",
+        )
+        .await;
+    assert_eq!(outcome.sid(), Some(reply));
+    app.store().flush().await.unwrap();
+
+    let browser = Browser::start().await;
+    let b = &browser;
+    // From the messages list, inbound only, to the conversation by the contact's link.
+    browser
+        .goto(&format!("{}?direction=inbound", app.dashboard_url()))
+        .await;
+    browser.log_in(PASSWORD).await;
+    browser
+        .wait_until("the inbound message in the list", || async move {
+            b.texts("#messages").await.join(" ").contains(INBOUND_SID)
+        })
+        .await;
+    assert!(!browser.text("#messages").await.contains(reply));
+    browser
+        .client()
+        .find(Locator::Css("#messages a.contact"))
+        .await
+        .expect("a link to the conversation")
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_until("the conversation with both messages", || async move {
+            b.texts("ol.conversation li.msg").await.len() == 2
+        })
+        .await;
+    assert!(
+        browser
+            .client()
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/apps/crm/conversations/+393331234567")
+    );
+    let window = browser.text("#window").await;
+    assert!(
+        window.contains("24-hour window: open until") && window.contains("UTC"),
+        "{window}"
+    );
+
+    // Twilio reports the reply sent, delivered and read while the page is open.
+    for status in ["sent", "delivered", "read"] {
+        assert_eq!(app.post_status(COMPANY, reply, status).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    browser
+        .wait_until("the reply marked read", || async move {
+            b.texts("ol.conversation li.outbound .status")
+                .await
+                .join(" ")
+                .contains("read")
+        })
+        .await;
+    let messages = browser.texts("ol.conversation li.msg").await;
+    assert!(
+        messages[0].contains("Ana") && messages[0].contains("hi"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("Hi Ana!") && messages[1].contains(reply),
+        "{messages:?}"
+    );
+    assert_eq!(
+        browser
+            .number(
+                "return document.querySelector('li.msg.outbound .bubble').getBoundingClientRect().left \
+                 - document.querySelector('li.msg.inbound .bubble').getBoundingClientRect().left;"
+            )
+            .await
+            .signum(),
+        1.0,
+        "the reply sits to the right of the contact's message"
+    );
+    browser.assert_no_auth_key().await;
+    browser.client().set_window_size(1000, 640).await.unwrap();
+    for path in screenshot_paths("conversation.png") {
+        browser.screenshot(&path).await;
+    }
+
+    // On a phone-sized screen nothing is cut off.
+    browser.client().set_window_size(390, 844).await.unwrap();
+    let here = browser.client().current_url().await.unwrap();
+    browser.goto(here.as_str()).await;
+    let width = browser
+        .number("return document.documentElement.scrollWidth;")
+        .await;
+    let viewport = browser.number("return window.innerWidth;").await;
+    assert!(
+        width <= viewport,
+        "the page is {width}px wide on a {viewport}px screen"
+    );
 
     browser.close().await;
     app.stop().await;

@@ -7,6 +7,7 @@ mod helpers;
 
 mod callbacks;
 mod cli;
+mod conversation;
 mod crash_safety;
 mod dashboard;
 mod dashboard_browser;

@@ -1,0 +1,451 @@
+//! Conversations: every message one app exchanged with one contact, in both directions and in
+//! order, and the state of WhatsApp's 24-hour customer-service window, read from the contact's
+//! last inbound message. Read queries only; the clock is a parameter, so tests set the time.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{MESSAGE_COLUMNS, Message, Store, StoreError, StoreReader, message_from_row};
+
+/// How long the window stays open after the contact's last message: 24 hours, in milliseconds.
+pub const WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// At most this many messages, the newest, make up a conversation page.
+const MAX_MESSAGES: usize = 500;
+
+/// Which way a message went, as the `direction` column stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sent by a contact to one of the app's numbers.
+    Inbound,
+    /// Sent by this host for the app (or first seen in a status callback).
+    Outbound,
+}
+
+impl Direction {
+    /// The name stored in the `direction` column and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
+    /// Reads a stored or typed name; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Direction> {
+        match s {
+            "inbound" => Some(Direction::Inbound),
+            "outbound" => Some(Direction::Outbound),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the app may send free-form text to the contact right now. Outside the window only
+/// an approved template is delivered; free-form text fails with Twilio's 63016.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum Window {
+    /// The contact wrote within the last 24 hours: open until `until` (Unix milliseconds).
+    Open { until: i64 },
+    /// The contact never wrote to the number, or wrote more than 24 hours ago.
+    Closed {
+        /// When the contact last wrote to the number, if ever.
+        last_inbound: Option<i64>,
+    },
+}
+
+impl Window {
+    /// The window at `now_ms` after the contact's last message to the number at `last_inbound`:
+    /// open while `now_ms` is at most 24 hours after it.
+    pub fn at(last_inbound: Option<i64>, now_ms: i64) -> Window {
+        match last_inbound {
+            Some(at) if now_ms <= at.saturating_add(WINDOW_MS) => Window::Open {
+                until: at.saturating_add(WINDOW_MS),
+            },
+            _ => Window::Closed { last_inbound },
+        }
+    }
+
+    /// True while free-form messages may be sent.
+    pub fn is_open(self) -> bool {
+        matches!(self, Window::Open { .. })
+    }
+}
+
+/// A message in a conversation: the message as the lists show it, and what only a
+/// conversation shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub message: Message,
+    /// The Content template's sid (`HX…`) of a template send.
+    pub content_sid: Option<String>,
+    /// The template's variables, as the JSON object text that was sent.
+    pub content_variables: Option<String>,
+    /// The media of the message: an inbound message's attachments, or what a send attached.
+    pub media: Vec<MediaItem>,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MediaItem {
+    pub url: String,
+    /// Known for inbound media (Twilio posts it); `None` for what this host sent.
+    pub content_type: Option<String>,
+}
+
+/// One business number's window with the contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NumberWindow {
+    /// The app's number (E.164) the contact wrote to.
+    pub app_number: String,
+    pub window: Window,
+}
+
+/// Everything one app exchanged with one contact, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub app: String,
+    /// The contact's number, E.164.
+    pub contact: String,
+    /// The name the contact's WhatsApp profile gave in their latest message.
+    pub profile_name: Option<String>,
+    /// Oldest first; at most the newest 500 messages.
+    pub entries: Vec<Entry>,
+    /// True when older messages exist than the first entry.
+    pub truncated: bool,
+    /// Each app number the contact wrote to, with its window at the time asked for, by number.
+    pub windows: Vec<NumberWindow>,
+}
+
+impl StoreReader {
+    /// App `app`'s messages with `contact` (E.164: the sender of inbound messages, the
+    /// recipient of outbound ones), oldest first, and each app number's window at `now_ms`.
+    pub(crate) async fn conversation(
+        &self,
+        app: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Conversation, StoreError> {
+        let (app, contact) = (app.to_string(), contact.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT * FROM ( \
+                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables, profile_name \
+                 FROM messages WHERE app = ?1 AND direction = 'inbound' AND from_number = ?2 \
+                 UNION ALL \
+                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables, profile_name \
+                 FROM messages WHERE app = ?1 AND direction = 'outbound' AND to_number = ?2 \
+                 ) ORDER BY created_at DESC, id DESC LIMIT ?3"
+            ))?;
+            let mut profile_name = None;
+            let mut entries = stmt
+                .query_map(params![app, contact, MAX_MESSAGES as i64 + 1], |r| {
+                    let message = message_from_row(r)?;
+                    let name: Option<String> = r.get(MESSAGE_FIELDS + 2)?;
+                    Ok((
+                        Entry {
+                            media: media_items(message.direction, message.media.as_deref()),
+                            message,
+                            content_sid: r.get(MESSAGE_FIELDS)?,
+                            content_variables: r.get(MESSAGE_FIELDS + 1)?,
+                        },
+                        name,
+                    ))
+                })?
+                .map(|row| {
+                    row.map(|(entry, name)| {
+                        // Newest first here: the first name seen is the latest one.
+                        if profile_name.is_none() {
+                            profile_name = name.filter(|n| !n.is_empty());
+                        }
+                        entry
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let truncated = entries.len() > MAX_MESSAGES;
+            entries.truncate(MAX_MESSAGES);
+            entries.reverse();
+            let mut stmt = c.prepare_cached(
+                "SELECT to_number, max(created_at) FROM messages \
+                 WHERE app = ?1 AND direction = 'inbound' AND from_number = ?2 \
+                 GROUP BY to_number ORDER BY to_number",
+            )?;
+            let windows = stmt
+                .query_map(params![app, contact], |r| {
+                    Ok(NumberWindow {
+                        app_number: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        window: Window::at(r.get(1)?, now_ms),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Conversation {
+                app,
+                contact,
+                profile_name,
+                entries,
+                truncated,
+                windows,
+            })
+        })
+        .await
+    }
+
+    /// The window between app `app`'s number `app_number` and `contact` at `now_ms`: open when
+    /// the contact wrote to that number within the 24 hours before.
+    pub(crate) async fn session_window(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Window, StoreError> {
+        let (app, app_number, contact) =
+            (app.to_string(), app_number.to_string(), contact.to_string());
+        let last_inbound = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT max(created_at) FROM messages WHERE app = ?1 \
+                     AND direction = 'inbound' AND from_number = ?2 AND to_number = ?3",
+                    params![app, contact, app_number],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()
+                .map(Option::flatten)
+            })
+            .await?;
+        Ok(Window::at(last_inbound, now_ms))
+    }
+}
+
+impl Store {
+    /// See [`StoreReader::conversation`].
+    pub async fn conversation(
+        &self,
+        app: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Conversation, StoreError> {
+        self.reader.conversation(app, contact, now_ms).await
+    }
+
+    /// See [`StoreReader::session_window`].
+    pub async fn session_window(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Window, StoreError> {
+        self.reader
+            .session_window(app, app_number, contact, now_ms)
+            .await
+    }
+}
+
+/// How many columns `MESSAGE_COLUMNS` selects: the conversation's own columns follow them.
+const MESSAGE_FIELDS: usize = 15;
+
+/// The attachments of a stored `media` value: inbound rows keep a JSON array of
+/// `{"url","contentType"}`, outbound rows the one URL sent.
+fn media_items(direction: Direction, media: Option<&str>) -> Vec<MediaItem> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        url: String,
+        #[serde(rename = "contentType")]
+        content_type: Option<String>,
+    }
+    let Some(media) = media.map(str::trim).filter(|m| !m.is_empty()) else {
+        return Vec::new();
+    };
+    if direction == Direction::Inbound
+        && let Ok(items) = serde_json::from_str::<Vec<Stored>>(media)
+    {
+        return items
+            .into_iter()
+            .map(|s| MediaItem {
+                url: s.url,
+                content_type: s.content_type,
+            })
+            .collect();
+    }
+    vec![MediaItem {
+        url: media.to_string(),
+        content_type: None,
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SendRecord, tests::status_event};
+    use crate::twilio::webhook::status_rank;
+    use rusqlite::Connection;
+
+    const HOUR: i64 = 60 * 60 * 1000;
+    const CONTACT: &str = "+393331234567";
+    const APP_NUMBER: &str = "+14155238886";
+
+    /// Writes an inbound row as the inbound route does (see the schema's column rules).
+    fn inbound(dir: &std::path::Path, app: &str, sid: &str, from: &str, to: &str, at: i64) {
+        let conn = Connection::open(dir.join(super::super::FILE_NAME)).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
+             media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
+             VALUES (?1, ?2, 'ACME', 'AC1', ?3, ?4, 'hi', \
+             '[{\"url\":\"https://api.twilio.com/m/1\",\"contentType\":\"image/jpeg\"}]', \
+             'received', ?6, ?5, ?5, 'inbound', 'Ana', '393331234567')",
+            params![sid, app, to, from, at, status_rank("received")],
+        )
+        .unwrap();
+    }
+
+    fn reply(sid: &str, to: &str, at: i64) -> SendRecord {
+        SendRecord {
+            sid: Some(sid.into()),
+            app: "crm".into(),
+            company: "ACME".into(),
+            account_sid: "AC1".into(),
+            to: to.into(),
+            from: APP_NUMBER.into(),
+            body: "hello Ana".into(),
+            media: Some("https://example.com/a.jpg".into()),
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+            at,
+        }
+    }
+
+    #[test]
+    fn the_window_is_open_for_24_hours_after_the_last_inbound_message() {
+        assert_eq!(Window::at(None, 5), Window::Closed { last_inbound: None });
+        let at = 1_000 * HOUR;
+        assert_eq!(
+            Window::at(Some(at), at),
+            Window::Open {
+                until: at + 24 * HOUR
+            }
+        );
+        assert!(Window::at(Some(at), at + 24 * HOUR).is_open());
+        assert_eq!(
+            Window::at(Some(at), at + 24 * HOUR + 1),
+            Window::Closed {
+                last_inbound: Some(at)
+            }
+        );
+    }
+
+    #[test]
+    fn directions_round_trip_and_unknown_ones_are_refused() {
+        for d in [Direction::Inbound, Direction::Outbound] {
+            assert_eq!(Direction::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Direction::parse("sideways"), None);
+    }
+
+    #[test]
+    fn inbound_media_is_read_from_its_json_and_outbound_media_is_the_url_sent() {
+        let json = r#"[{"url":"https://a/1","contentType":"image/png"},{"url":"https://a/2"}]"#;
+        let items = media_items(Direction::Inbound, Some(json));
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].content_type.as_deref(), Some("image/png"));
+        assert_eq!(items[1].url, "https://a/2");
+        let sent = media_items(Direction::Outbound, Some("gs://b/o.jpg"));
+        assert_eq!(sent[0].url, "gs://b/o.jpg");
+        assert!(media_items(Direction::Inbound, None).is_empty());
+        assert!(media_items(Direction::Inbound, Some("[]")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_conversation_holds_both_directions_of_one_contact_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = 1_700_000_000_000;
+        inbound(dir.path(), "crm", "SMin1", CONTACT, APP_NUMBER, t0);
+        store.record_send(reply("SMout1", CONTACT, t0 + 1_000));
+        // Another contact, another app, and a reply to another contact are not part of it.
+        inbound(
+            dir.path(),
+            "crm",
+            "SMin2",
+            "+393470000000",
+            APP_NUMBER,
+            t0 + 2_000,
+        );
+        inbound(dir.path(), "ops", "SMin3", CONTACT, APP_NUMBER, t0 + 3_000);
+        store.record_send(reply("SMout2", "+393470000000", t0 + 4_000));
+        store.flush().await.unwrap();
+        store
+            .insert_event(status_event("SMout1", "read", t0 + 5_000))
+            .await
+            .unwrap();
+
+        let c = store.conversation("crm", CONTACT, t0 + HOUR).await.unwrap();
+        let sids: Vec<_> = c
+            .entries
+            .iter()
+            .map(|e| (e.message.sid.as_deref().unwrap(), e.message.direction))
+            .collect();
+        assert_eq!(
+            sids,
+            [
+                ("SMin1", Direction::Inbound),
+                ("SMout1", Direction::Outbound)
+            ]
+        );
+        assert_eq!(c.entries[1].message.status, "read");
+        assert_eq!(
+            c.entries[0].media[0].content_type.as_deref(),
+            Some("image/jpeg")
+        );
+        assert_eq!(c.profile_name.as_deref(), Some("Ana"));
+        assert!(!c.truncated);
+        assert_eq!(
+            c.windows,
+            [NumberWindow {
+                app_number: APP_NUMBER.into(),
+                window: Window::Open {
+                    until: t0 + 24 * HOUR
+                }
+            }]
+        );
+        let later = store
+            .conversation("crm", CONTACT, t0 + 25 * HOUR)
+            .await
+            .unwrap();
+        assert!(!later.windows[0].window.is_open());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_session_window_is_per_app_number_and_moves_with_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = 1_700_000_000_000;
+        let window = |number: &'static str, now: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .session_window("crm", number, CONTACT, now)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            window(APP_NUMBER, t0).await,
+            Window::Closed { last_inbound: None }
+        );
+        inbound(dir.path(), "crm", "SMin1", CONTACT, APP_NUMBER, t0);
+        // A reply does not open the window; only the contact's message does.
+        store.record_send(reply("SMout1", CONTACT, t0 + 30 * HOUR));
+        store.flush().await.unwrap();
+        assert!(window(APP_NUMBER, t0 + 23 * HOUR).await.is_open());
+        assert!(!window(APP_NUMBER, t0 + 25 * HOUR).await.is_open());
+        assert!(!window("+447911123456", t0 + HOUR).await.is_open());
+        store.close().await;
+    }
+}
