@@ -317,6 +317,8 @@ mod tests {
             error_code: None,
             error_message: None,
             at,
+            content_sid: None,
+            content_variables: None,
         }
     }
 
