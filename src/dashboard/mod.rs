@@ -286,6 +286,7 @@ async fn messages_page(
         app: nonempty(&query.app),
         company: nonempty(&query.company),
         status: nonempty(&query.status),
+        direction: None,
         search: nonempty(&query.q),
         since: utc::parse_input(&query.since),
         until,
