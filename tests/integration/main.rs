@@ -11,6 +11,7 @@ mod crash_safety;
 mod dashboard;
 mod dashboard_browser;
 mod edge;
+mod inbound;
 mod media_guard;
 mod metrics;
 mod outbound;
