@@ -505,3 +505,26 @@ async fn in_simulate_mode_an_inbound_hi_is_answered_and_the_reply_comes_back_as_
     assert_eq!(message.status, "read");
     app.stop().await;
 }
+
+#[test]
+fn check_names_an_inbound_action_that_has_no_file() {
+    let mut config = TestConfig::simulated();
+    config.app_toml = "inbound = \"onMessage\"\n".into();
+    config.write("127.0.0.1:9".parse().unwrap());
+    let out = config.run(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("inbound onMessage"), "{stdout}");
+    assert!(
+        stdout.contains("names inbound action \"onMessage\" but"),
+        "{stdout}"
+    );
+    let action = config.dir.path().join("actions/onMessage.js");
+    std::fs::write(action, "utils.info(vo.Body);").unwrap();
+    let out = config.run(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
