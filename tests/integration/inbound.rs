@@ -528,3 +528,23 @@ fn check_names_an_inbound_action_that_has_no_file() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn a_failing_inbound_action_is_retried_as_an_inbound_event_then_dead() {
+    let config =
+        inbound_config("throw new Error('inbound boom');").actions_setting("max_attempts", 2);
+    let app = spawn_app(&config).await;
+    let response = app
+        .post_signed(&app.inbound_url("ACME"), &message_fields("hi", &[]))
+        .await;
+    assert_eq!(response.status(), 200);
+    app.wait_for_events(1, EventState::Dead).await;
+    let event = &app.all_events().await[0];
+    assert_eq!((event.kind, event.attempts), (EventKind::Inbound, 2));
+    let error = event.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("inbound boom"),
+        "the retry ran the inbound action: {error}"
+    );
+    app.stop().await;
+}
