@@ -92,6 +92,7 @@ fn action_call(c: &mut Criterion) {
         let program = Program::Action {
             id: id.into(),
             vo: vo.clone(),
+            media: None,
         };
         // Warm the worker: the first call pays for lazily built engine state.
         runtime

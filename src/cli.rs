@@ -13,7 +13,9 @@ use crate::outbound::{Account, Caller, Media, Request, SendRequest, TemplateRequ
 use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
-use crate::store::{EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader};
+use crate::store::{
+    Direction, EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader,
+};
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
 
@@ -106,6 +108,9 @@ pub(crate) enum Command {
     Messages {
         #[arg(long)]
         sid: Option<String>,
+        /// Only messages received from contacts, or only messages sent.
+        #[arg(long, value_parser = ["inbound", "outbound"], conflicts_with = "sid")]
+        direction: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -134,6 +139,28 @@ pub(crate) enum Command {
         /// URL to post to [default: the app's callback URL under server.public_url]
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Post a correctly signed inbound message, as Twilio would when a contact writes to the
+    /// app's number, for local testing.
+    SimulateInbound {
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value = NO_COMPANY, value_parser = company_id)]
+        company: String,
+        /// The contact's number.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        body: String,
+        /// A public URL of an attachment; repeat for several.
+        #[arg(long)]
+        media: Vec<String>,
+        /// The contact's WhatsApp profile name.
+        #[arg(long, default_value = "Simulated contact")]
+        profile_name: String,
+        /// URL to post to [default: the app's inbound URL under server.public_url]
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -244,7 +271,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             list_events(settings, filter, json).await
         }
         Command::Replay { event_id } => replay(settings, event_id).await,
-        Command::Messages { sid, limit, json } => list_messages(settings, sid, limit, json).await,
+        Command::Messages {
+            sid,
+            direction,
+            limit,
+            json,
+        } => {
+            let direction = direction.as_deref().and_then(Direction::parse);
+            list_messages(settings, sid, direction, limit, json).await
+        }
         Command::SimulateCallback {
             app,
             company,
@@ -253,6 +288,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             recipient,
             to,
         } => simulate_callback(&settings, &app, &company, &sid, &status, &recipient, to).await,
+        Command::SimulateInbound {
+            app,
+            company,
+            from,
+            body,
+            media,
+            profile_name,
+            url,
+        } => {
+            let inbound = SimulatedInbound {
+                from,
+                body,
+                media,
+                profile_name,
+                url,
+            };
+            simulate_inbound(&settings, &app, &company, inbound).await
+        }
     }
 }
 
@@ -439,8 +492,13 @@ async fn check(settings: &Settings) -> anyhow::Result<i32> {
             None => println!("  {:<12} no WHATSAPP section", app.id),
             Some(w) => {
                 let callback = w.callback.as_deref().unwrap_or("(none)");
+                let inbound = w
+                    .inbound
+                    .as_deref()
+                    .map(|i| format!("  inbound {i}"))
+                    .unwrap_or_default();
                 println!(
-                    "  {:<12} account {}  from {}  callback {}{}{}",
+                    "  {:<12} account {}  from {}  callback {}{inbound}{}{}",
                     app.id,
                     w.account_id,
                     w.from_number,
@@ -457,6 +515,16 @@ async fn check(settings: &Settings) -> anyhow::Result<i32> {
                 {
                     println!(
                         "  error: app {} names callback action {cb:?} but {} has no {cb}.js",
+                        app.id,
+                        settings.server.actions_dir.display()
+                    );
+                    problems += 1;
+                }
+                if let Some(action) = &w.inbound
+                    && !actions.contains_key(action)
+                {
+                    println!(
+                        "  error: app {} names inbound action {action:?} but {} has no {action}.js",
                         app.id,
                         settings.server.actions_dir.display()
                     );
@@ -536,6 +604,7 @@ async fn list_events(
 async fn list_messages(
     settings: Arc<Settings>,
     sid: Option<String>,
+    direction: Option<Direction>,
     limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
@@ -571,8 +640,12 @@ async fn list_messages(
                         message.error_message.as_deref().unwrap_or("")
                     );
                 }
+                let what = match message.direction {
+                    Direction::Outbound => "sent",
+                    Direction::Inbound => "received",
+                };
                 println!(
-                    "  {}  sent ({})",
+                    "  {}  {what} ({})",
                     fmt_ms(message.created_at),
                     message.body.as_deref().unwrap_or("")
                 );
@@ -591,6 +664,7 @@ async fn list_messages(
         None => {
             let messages = store
                 .messages(MessageFilter {
+                    direction,
                     limit,
                     ..Default::default()
                 })
@@ -599,13 +673,18 @@ async fn list_messages(
                 println!("{}", serde_json::to_string_pretty(&messages)?);
             } else {
                 for m in messages {
+                    // An inbound message's other party is its sender.
+                    let contact = match m.direction {
+                        Direction::Outbound => m.to.as_deref(),
+                        Direction::Inbound => m.from.as_deref(),
+                    };
                     println!(
                         "{}  {:<36} {:<11} {:<10} {:<16} {}",
                         fmt_ms(m.created_at),
                         m.sid.as_deref().unwrap_or("(not sent)"),
                         m.status,
                         m.app,
-                        m.to.as_deref().unwrap_or("-"),
+                        contact.unwrap_or("-"),
                         m.error_code
                             .as_deref()
                             .map(|c| format!("error {c}"))
@@ -676,6 +755,60 @@ async fn simulate_callback(
         }
         Err(e) => {
             eprintln!("error: posting the callback to {url} failed: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// What `simulate-inbound` posts, beside the app and company.
+struct SimulatedInbound {
+    from: String,
+    body: String,
+    media: Vec<String>,
+    profile_name: String,
+    url: Option<String>,
+}
+
+async fn simulate_inbound(
+    settings: &Settings,
+    app: &str,
+    company: &str,
+    inbound: SimulatedInbound,
+) -> anyhow::Result<i32> {
+    let caller = caller(settings, app, company.to_string())?;
+    let Some(w) = caller.app.whatsapp.as_ref() else {
+        bail!("app {app:?} has no WHATSAPP parameters to sign with");
+    };
+    let url = inbound
+        .url
+        .unwrap_or_else(|| settings.server.inbound_url(app, company));
+    let contact = crate::phone::normalize(&inbound.from, &w.default_country_code)
+        .with_context(|| "--from is not a phone number")?;
+    let media: Vec<(String, String)> = inbound
+        .media
+        .into_iter()
+        .map(|url| {
+            let content_type = simulate::guess_content_type(&url).to_string();
+            (url, content_type)
+        })
+        .collect();
+    let fields = simulate::inbound_message_fields(
+        &w.account_id,
+        contact.as_str(),
+        w.from_number.as_str(),
+        &inbound.profile_name,
+        &inbound.body,
+        &media,
+    );
+    let sid = crate::twilio::webhook::message_sid(&fields).unwrap_or_default();
+    let http = reqwest::Client::new();
+    match simulate::post_signed(&http, &url, w.auth_key.expose_secret(), &fields).await {
+        Ok(s) => {
+            println!("posted inbound message {sid} from {contact} to {url}: {s}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: posting the inbound message to {url} failed: {e}");
             Ok(1)
         }
     }

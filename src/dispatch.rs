@@ -1,4 +1,5 @@
-//! Dispatch: runs each stored callback event through its app's action, records the outcome,
+//! Dispatch: runs each stored event through its app's action (`callback` for a status callback,
+//! `inbound` for a message a contact sent), records the outcome,
 //! retries failures with backoff up to `max_attempts`, then marks them dead. Delivery is at
 //! least once: whatever was stored but not finished is dispatched again on start.
 
@@ -12,10 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::js::{Engine, Program, RunError};
+use crate::js::{Engine, MediaItem, Program, RunError};
 use crate::outbound::Caller;
 use crate::settings::Settings;
-use crate::store::{DispatchResult, Event, EventState, Store, now_ms};
+use crate::store::{DispatchResult, Event, EventKind, EventState, Store, now_ms};
+use crate::twilio::webhook;
 
 /// One event on its way to an action.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub(crate) struct Work {
     pub(crate) event_id: i64,
     pub(crate) app: String,
     pub(crate) company: String,
+    /// Which of the app's actions runs it.
+    pub(crate) kind: EventKind,
     pub(crate) fields: Vec<(String, String)>,
     /// Attempts already made.
     pub(crate) attempts: u32,
@@ -36,6 +40,7 @@ impl From<Event> for Work {
             event_id: e.id,
             app: e.app,
             company: e.company,
+            kind: e.kind,
             fields: e.fields,
             attempts: e.attempts,
             recorded: false,
@@ -344,8 +349,19 @@ impl Inner {
                 settings: self.settings.source.clone(),
             });
         };
-        let Some(action) = app.whatsapp.as_ref().and_then(|w| w.callback.clone()) else {
-            // No callback configured: storing the event was all there was to do.
+        let whatsapp = app.whatsapp.as_ref();
+        let (action, media) = match work.kind {
+            EventKind::Status => (whatsapp.and_then(|w| w.callback.clone()), None),
+            EventKind::Inbound => {
+                let media = webhook::inbound_media(&work.fields)
+                    .into_iter()
+                    .map(|(url, content_type)| MediaItem { url, content_type })
+                    .collect();
+                (whatsapp.and_then(|w| w.inbound.clone()), Some(media))
+            }
+        };
+        let Some(action) = action else {
+            // No action for this kind of event: storing it was all there was to do.
             return Ok(());
         };
         let mut vo = work.fields.clone();
@@ -356,7 +372,14 @@ impl Inner {
             company: work.company.clone(),
         };
         self.engine
-            .run(caller, Program::Action { id: action, vo })
+            .run(
+                caller,
+                Program::Action {
+                    id: action,
+                    vo,
+                    media,
+                },
+            )
             .await
             .map(|_| ())
             .map_err(DispatchError::from)
@@ -395,7 +418,7 @@ mod tests {
 
     use super::*;
     use crate::services::Services;
-    use crate::store::{EventState, Inserted, NewEvent};
+    use crate::store::{Inserted, NewEvent};
     use crate::twilio::webhook::StatusCallback;
 
     /// Services whose `crm` app runs an action that always throws, with a first retry a minute
@@ -425,6 +448,7 @@ mod tests {
         let event = NewEvent {
             app: app.into(),
             company: "ACME".into(),
+            kind: EventKind::Status,
             callback: StatusCallback::from_fields(vec![("MessageSid".into(), "SM1".into())]),
             idempotency_token: None,
             received_at: now_ms(),

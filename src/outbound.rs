@@ -122,6 +122,24 @@ pub enum UsageError {
     NoSigner(#[from] NoSigner),
 }
 
+/// Why [`Outbound::session_open`] could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("{name}: {message}")]
+    Number { name: &'static str, message: String },
+    #[error("could not read the store: {0}")]
+    Store(String),
+}
+
+impl SessionError {
+    /// The script called it wrongly (it throws a `TypeError`), rather than the host failing.
+    pub(crate) fn is_usage(&self) -> bool {
+        !matches!(self, SessionError::Store(_))
+    }
+}
+
 /// What a send came to. Serializes to the JSON scripts see: Twilio's resource as sent, or
 /// Twilio's error shape with `sid: null`.
 #[derive(Debug, Clone, PartialEq)]
@@ -395,6 +413,43 @@ impl Outbound {
         record.to = to.into_string();
         self.store.record_send(record);
         Ok(outcome)
+    }
+
+    /// Whether WhatsApp's 24-hour window is open between a number (the app's own when `from` is
+    /// `None`) and the contact `to`: the contact sent that number a message, on this app, in the
+    /// last 24 hours, as judged by the store's [`Clock`](crate::store::Clock). Outside it, only a
+    /// template reaches them (free-form text fails with error 63016).
+    pub async fn session_open(
+        &self,
+        caller: &Caller,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, SessionError> {
+        let app_params = caller.app.whatsapp.as_ref();
+        let country = app_params.map_or(crate::settings::DEFAULT_COUNTRY_CODE, |w| {
+            &w.default_country_code
+        });
+        let number = |name: &'static str, text: &str| {
+            phone::normalize(text, country).map_err(|e| SessionError::Number {
+                name,
+                message: e.to_string(),
+            })
+        };
+        let from = match from {
+            Some(from) => number("fromNr", from)?,
+            None => app_params
+                .ok_or_else(|| UsageError::NoWhatsapp {
+                    app: caller.app.id.clone(),
+                })?
+                .from_number
+                .clone(),
+        };
+        let to = number("toPhoneNumber", to)?;
+        let now = self.store.clock().now_ms();
+        self.store
+            .session_open(&caller.app.id, from.as_str(), to.as_str(), now)
+            .await
+            .map_err(|e| SessionError::Store(e.to_string()))
     }
 
     /// A free-form message's content: the body fits and the media is signed and checked.

@@ -1,4 +1,5 @@
-//! Every path the host serves, written once: the two callback routes, the dashboard's base,
+//! Every path the host serves, written once: the two callback routes, the inbound-message
+//! route, the dashboard's base,
 //! `/healthz`, `/metrics`, and the callback URL Twilio is given. The server, the dashboard, the
 //! settings, the CLI and the tests build paths only through this module. It imports nothing from
 //! the crate, so anything may use it.
@@ -19,10 +20,12 @@ const DASHBOARD: &str = "dashboard";
 /// `{dashboard}/apps/{app}/conversations/{contact}`: one app's conversation with one contact.
 const APPS: &str = "apps";
 const CONVERSATIONS: &str = "conversations";
+/// `/whatsapp/inbound/…`: where Twilio posts the messages contacts send to an app's number.
+const INBOUND: &str = "inbound";
 
 /// Segments directly under `/whatsapp/` that the host uses itself. The short callback route
 /// `/whatsapp/{app}/{company}` would shadow them, so no app id may be one of these.
-pub(crate) const RESERVED_APP_IDS: &[&str] = &[CALLBACK, DASHBOARD];
+pub(crate) const RESERVED_APP_IDS: &[&str] = &[CALLBACK, DASHBOARD, INBOUND];
 
 /// The web context every route lives under: the path of `public_url` without its trailing `/`,
 /// so `/platform` for `https://host/platform/`, or `""` for `https://host`.
@@ -40,6 +43,12 @@ pub(crate) fn callback_route(context: &str) -> String {
 /// `{context}/whatsapp/{app_id}/{company_id}`.
 pub(crate) fn short_callback_route(context: &str) -> String {
     format!("{context}/{WHATSAPP}/{{app_id}}/{{company_id}}")
+}
+
+/// The inbound-message route ("a message comes in" in Twilio's console), with the same
+/// captures: `{context}/whatsapp/inbound/{app_id}/{company_id}`.
+pub(crate) fn inbound_route(context: &str) -> String {
+    format!("{context}/{WHATSAPP}/{INBOUND}/{{app_id}}/{{company_id}}")
 }
 
 /// The dashboard's base path: the prefix of every dashboard route and link, and its cookie's
@@ -98,6 +107,17 @@ pub fn callback_url(public_url: &Url, app_id: &str, company_id: &str) -> String 
     url.to_string()
 }
 
+/// The URL to paste into Twilio's "a message comes in" field for an app and company: the
+/// inbound route under `public_url`, each id percent-encoded as one path segment.
+pub fn inbound_url(public_url: &Url, app_id: &str, company_id: &str) -> String {
+    let mut url = public_url.clone();
+    url.path_segments_mut()
+        .expect("public_url is an http(s) URL, which always has a path")
+        .pop_if_empty()
+        .extend([WHATSAPP, INBOUND, app_id, company_id]);
+    url.to_string()
+}
+
 /// The callback URL with literal `{appId}` and `{companyId}` placeholders, for logs and
 /// `whatsapp-host check` (the placeholders are not percent-encoded).
 pub(crate) fn callback_url_pattern(public_url: &Url) -> String {
@@ -123,6 +143,14 @@ mod tests {
             "/platform/whatsapp/{app_id}/{company_id}"
         );
         assert_eq!(dashboard_base(context), "/platform/whatsapp/dashboard");
+        assert_eq!(
+            inbound_route(context),
+            "/platform/whatsapp/inbound/{app_id}/{company_id}"
+        );
+        assert_eq!(
+            inbound_url(&url, "crm", "Acme Srl"),
+            "https://p.example.com/platform/whatsapp/inbound/crm/Acme%20Srl"
+        );
         assert_eq!(
             callback_url(&url, "crm", "ACME"),
             "https://p.example.com/platform/whatsapp/callback/crm/ACME"

@@ -1,5 +1,5 @@
-//! The HTTP server: routes, the Twilio callback endpoint, `/healthz` and `/metrics`, and
-//! graceful shutdown. Callback errors map to HTTP statuses here and nowhere else. Connections
+//! The HTTP server: routes, the Twilio callback and inbound-message endpoints, `/healthz` and
+//! `/metrics`, and graceful shutdown. Callback errors map to HTTP statuses here and nowhere else. Connections
 //! and their limits are [`crate::edge`]'s.
 
 use std::future::Future;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::dispatch::Work;
 use crate::services::Services;
 use crate::settings::{ApiBase, CompanyIdError, Settings, check_company_id};
-use crate::store::{Inserted, NewEvent, now_ms};
+use crate::store::{EventKind, Inserted, NewEvent, now_ms};
 use crate::twilio::webhook::{self, StatusCallback};
 use crate::{edge, routes, telemetry};
 
@@ -200,6 +200,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(&routes::callback_route(context), post(callback))
         .route(&routes::short_callback_route(context), post(callback))
+        .route(&routes::inbound_route(context), post(inbound))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
         .with_state(state)
         .merge(dashboard)
@@ -277,7 +278,33 @@ impl IntoResponse for CallbackError {
     }
 }
 
+/// A status callback; a post whose status is `received` is an inbound message (see
+/// [`StatusCallback::is_inbound`]).
 async fn callback(
+    state: State<AppState>,
+    ids: Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CallbackError> {
+    receive(false, state, ids, uri, headers, body).await
+}
+
+/// A message a contact sent to the app's number ("a message comes in" in Twilio's console).
+async fn inbound(
+    state: State<AppState>,
+    ids: Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CallbackError> {
+    receive(true, state, ids, uri, headers, body).await
+}
+
+/// Both routes' one path: the same checks, the same durable commit before the answer, the same
+/// dedupe and the same empty TwiML; only the event's kind differs.
+async fn receive(
+    on_inbound_route: bool,
     State(state): State<AppState>,
     Path((app_id, company_id)): Path<(String, String)>,
     uri: Uri,
@@ -351,9 +378,15 @@ async fn callback(
             };
             return Err(CallbackError::Signature(url));
         }
+        let kind = if callback.is_inbound(on_inbound_route) {
+            EventKind::Inbound
+        } else {
+            EventKind::Status
+        };
         let event = NewEvent {
             app: app_id.clone(),
             company: company_id.clone(),
+            kind,
             idempotency_token: webhook::idempotency_token(&headers).map(str::to_string),
             callback,
             received_at: now_ms(),
@@ -370,6 +403,7 @@ async fn callback(
                         event_id: id,
                         app: app_id,
                         company: company_id,
+                        kind,
                         fields: work_fields,
                         attempts: 0,
                         recorded: true,

@@ -92,6 +92,11 @@ impl Server {
     pub(crate) fn callback_url(&self, app_id: &str, company_id: &str) -> String {
         routes::callback_url(&self.public_url, app_id, company_id)
     }
+
+    /// The URL for Twilio's "a message comes in" field for an app and company.
+    pub(crate) fn inbound_url(&self, app_id: &str, company_id: &str) -> String {
+        routes::inbound_url(&self.public_url, app_id, company_id)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +209,9 @@ pub(crate) struct Whatsapp {
     pub(crate) from_number: crate::phone::E164,
     /// Action id run for each callback; `None` stores events without running anything.
     pub(crate) callback: Option<String>,
+    /// Action id run for each message a contact sends to the app's number; `None` stores
+    /// inbound messages without running anything.
+    pub(crate) inbound: Option<String>,
     pub(crate) sandbox: bool,
     pub(crate) default_country_code: String,
     pub(crate) validate_signatures: bool,
@@ -220,6 +228,7 @@ impl Whatsapp {
             "account_id" => Value::from(self.account_id.clone()),
             "from_number" => Value::from(self.from_number.as_str()),
             "callback" => self.callback.clone().map_or(Value::Null, Value::from),
+            "inbound" => self.inbound.clone().map_or(Value::Null, Value::from),
             "sandbox" => Value::from(self.sandbox),
             "default_country_code" => Value::from(self.default_country_code.clone()),
             "validate_signatures" => Value::from(self.validate_signatures),
@@ -816,13 +825,17 @@ impl Loader<'_> {
         }
         let from_number = crate::phone::normalize(&raw.from_number, &default_country_code)
             .map_err(|e| self.invalid(key("from_number"), e.to_string()))?;
-        if let Some(cb) = &raw.callback
-            && !is_valid_id(cb)
-        {
-            return Err(self.invalid(
-                key("callback"),
-                format!("{cb:?} is not an action id: use letters, digits, '_' and '-' only"),
-            ));
+        for (name, action) in [("callback", &raw.callback), ("inbound", &raw.inbound)] {
+            if let Some(action) = action
+                && !is_valid_id(action)
+            {
+                return Err(self.invalid(
+                    key(name),
+                    format!(
+                        "{action:?} is not an action id: use letters, digits, '_' and '-' only"
+                    ),
+                ));
+            }
         }
         if let Some(bad) = raw.gcs_buckets.iter().find(|b| !is_bucket_name(b)) {
             return Err(self.invalid(
@@ -837,6 +850,7 @@ impl Loader<'_> {
             auth_key: SecretString::from(auth_key.trim().to_string()),
             from_number,
             callback: raw.callback.filter(|c| !c.is_empty()),
+            inbound: raw.inbound.filter(|c| !c.is_empty()),
             sandbox: raw.sandbox,
             default_country_code,
             validate_signatures: raw.validate_signatures,
@@ -1152,6 +1166,7 @@ mod raw {
         pub(crate) auth_key: Option<String>,
         pub(crate) from_number: String,
         pub(crate) callback: Option<String>,
+        pub(crate) inbound: Option<String>,
         #[serde(default)]
         pub(crate) sandbox: bool,
         pub(crate) default_country_code: Option<String>,
@@ -1260,6 +1275,24 @@ mod tests {
                 .trusted_proxies
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_inbound_action_is_checked_like_the_callback() {
+        let with =
+            |value: &str| GOOD.replace("callback =", &format!("inbound = \"{value}\"\ncallback ="));
+        let settings = load(&with("onWhatsappMessage"), &[]).unwrap();
+        let w = settings.apps["crm"].whatsapp.as_ref().unwrap();
+        assert_eq!(w.inbound.as_deref(), Some("onWhatsappMessage"));
+        assert_eq!(
+            w.public_parameter("inbound"),
+            Some(serde_json::Value::from("onWhatsappMessage"))
+        );
+        let err = load(&with("../x"), &[]).unwrap_err().to_string();
+        assert!(err.contains("apps.crm.WHATSAPP.inbound"), "{err}");
+        assert!(err.contains("is not an action id"), "{err}");
+        let none = load(GOOD, &[]).unwrap();
+        assert_eq!(none.apps["crm"].whatsapp.as_ref().unwrap().inbound, None);
     }
 
     #[test]

@@ -86,13 +86,24 @@ impl From<protocol::Failure> for RunError {
     }
 }
 
+/// One attachment of an inbound message, as `vo.media` shows it: `{ url, contentType }`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MediaItem {
+    pub url: String,
+    pub content_type: String,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub enum Program {
     /// An action, run in its app's context as a function of `vo`.
     Action {
         id: String,
+        /// Every posted field as a string, plus `appId` and `companyId`.
         vo: Vec<(String, String)>,
+        /// An inbound message's attachments, set as the array `vo.media`; `None` (a status
+        /// callback) leaves `vo` without a `media` key.
+        media: Option<Vec<MediaItem>>,
     },
     /// A whole script, compiled for this run (the `run` command).
     Script { name: String, source: String },

@@ -6,6 +6,7 @@ use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use super::MediaItem;
 pub(crate) use crate::outbound::{Media, Variables};
 
 /// Bumped whenever a message changes shape. A worker reports it in [`Up::Ready`].
@@ -50,6 +51,8 @@ pub(crate) enum Job {
         app: String,
         id: String,
         vo: Vec<(String, String)>,
+        /// `vo.media`, for an inbound message; see [`super::Program::Action`].
+        media: Option<Vec<MediaItem>>,
     },
     /// A whole script, in a fresh context of its own.
     Script { name: String, source: String },
@@ -91,6 +94,12 @@ pub(crate) enum Call {
     Template(TemplateArgs),
     /// `utils.getParameter(name)`: the answer is JSON text, `null` when unset.
     GetParameter(String),
+    /// `utils.whatsappSessionOpen([fromNr, ]toPhoneNumber)`: `from` is `None` for the app's own
+    /// number. The answer is `true` or `false`.
+    SessionOpen {
+        from: Option<String>,
+        to: String,
+    },
 }
 
 /// `utils.sendWhatsappMessage`'s arguments, already sorted into their form by the worker.
@@ -207,6 +216,10 @@ mod tests {
                 app: "crm".into(),
                 id: "onStatus".into(),
                 vo: vec![("MessageSid".into(), "SM1".into())],
+                media: Some(vec![MediaItem {
+                    url: "https://m/0".into(),
+                    content_type: "image/jpeg".into(),
+                }]),
             },
         };
         encode(&message, &mut wire);
@@ -223,10 +236,11 @@ mod tests {
         match decode::<Down>(&body).unwrap() {
             Down::Run {
                 job: 7,
-                program: Job::Action { app, id, vo },
+                program: Job::Action { app, id, vo, media },
             } => {
                 assert_eq!((app.as_str(), id.as_str()), ("crm", "onStatus"));
                 assert_eq!(vo, [("MessageSid".to_string(), "SM1".to_string())]);
+                assert_eq!(media.unwrap()[0].content_type, "image/jpeg");
             }
             other => panic!("decoded {other:?}"),
         }

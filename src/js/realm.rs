@@ -10,7 +10,7 @@ use boa_engine::object::builtins::JsFunction;
 use boa_engine::realm::Realm;
 use boa_engine::{Context, JsError, JsNativeError, JsResult, JsString, JsValue, Source};
 
-use super::protocol::{ContextLimits, Failure};
+use super::protocol::{ContextLimits, Failure, MediaItem};
 use super::runtime;
 
 /// Refuses to compile strings at run time: `eval`, `new Function` and their async and
@@ -56,7 +56,8 @@ impl AppRealm {
         })
     }
 
-    /// Runs action `id` with `vo` as its argument, compiling it on first use. The job queue is
+    /// Runs action `id` with `vo` as its argument (and `media`, when given, as `vo.media`),
+    /// compiling it on first use. The job queue is
     /// run before returning, so a promise job never outlives its event; a run that fails anyway
     /// is reported so the caller throws this realm away with whatever it left behind.
     pub(crate) fn run_action(
@@ -64,6 +65,7 @@ impl AppRealm {
         id: &str,
         source: Option<&str>,
         vo: &[(String, String)],
+        media: Option<&[MediaItem]>,
     ) -> Result<Option<String>, Failure> {
         let context = &mut self.context;
         let action = match self.actions.get(id) {
@@ -76,6 +78,9 @@ impl AppRealm {
             }
         };
         let vo = runtime::string_record(vo, context).map_err(|e| to_failure(e, context))?;
+        if let Some(media) = media {
+            runtime::set_media(&vo, media, context).map_err(|e| to_failure(e, context))?;
+        }
         let result = action.call(&JsValue::undefined(), &[vo.into()], context);
         let result = result.and_then(|v| context.run_jobs().map(|()| v));
         finish(result, context)

@@ -10,7 +10,9 @@ use boa_engine::object::builtins::JsArray;
 use boa_engine::property::Attribute;
 use boa_engine::{Context, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction};
 
-use super::protocol::{Call, CallError, Level, Media, SendArgs, TemplateArgs, Variables};
+use super::protocol::{
+    Call, CallError, Level, Media, MediaItem, SendArgs, TemplateArgs, Variables,
+};
 
 /// The worker's way to the host, shared by every context in the worker. A call blocks the
 /// script until the host answers; a log line is sent without waiting.
@@ -29,6 +31,7 @@ const UTILS: &[(&str, usize, Native)] = &[
     ("sendWhatsappMessage", 7, send_whatsapp_message),
     ("sendWhatsappTemplate", 6, send_whatsapp_template),
     ("getParameter", 1, get_parameter),
+    ("whatsappSessionOpen", 2, whatsapp_session_open),
     ("log", 2, log),
     ("info", 1, log_info),
     ("warn", 1, log_warn),
@@ -86,6 +89,31 @@ pub(crate) fn string_record(
         );
     }
     Ok(record.build())
+}
+
+/// Sets `vo.media` to an array of `{ url, contentType }`: an inbound message's attachments.
+pub(crate) fn set_media(vo: &JsObject, media: &[MediaItem], context: &mut Context) -> JsResult<()> {
+    let items: Vec<JsValue> = media
+        .iter()
+        .map(|item| {
+            ObjectInitializer::new(context)
+                .property(
+                    JsString::from("url"),
+                    JsString::from(item.url.as_str()),
+                    Attribute::all(),
+                )
+                .property(
+                    JsString::from("contentType"),
+                    JsString::from(item.content_type.as_str()),
+                    Attribute::all(),
+                )
+                .build()
+                .into()
+        })
+        .collect();
+    let array = JsArray::from_iter(items, context);
+    vo.create_data_property_or_throw(JsString::from("media"), array, context)?;
+    Ok(())
 }
 
 fn host(context: &Context) -> JsResult<Host> {
@@ -320,6 +348,54 @@ fn get_parameter(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResu
     let value: serde_json::Value = serde_json::from_str(&answer)
         .map_err(|e| JsNativeError::error().with_message(format!("utils.getParameter: {e}")))?;
     JsValue::from_json(&value, context)
+}
+
+/// `utils.whatsappSessionOpen(toPhoneNumber)` with the app's number, or
+/// `utils.whatsappSessionOpen(fromNr, toPhoneNumber)`: whether that number may send free-form
+/// text to the contact, who wrote to it in the last 24 hours.
+fn whatsapp_session_open(
+    _: &JsValue,
+    args: &[JsValue],
+    context: &mut Context,
+) -> JsResult<JsValue> {
+    let number = |i: usize, name: &str| -> JsResult<String> {
+        let value = args.get(i).cloned().unwrap_or_default();
+        if let Some(s) = value.as_string() {
+            return Ok(s.to_std_string_escaped());
+        }
+        if let Some(n) = value.as_number() {
+            return Ok(format!("{n:.0}"));
+        }
+        Err(type_error(format!(
+            "utils.whatsappSessionOpen: {name} (argument {}) must be a string, got {}",
+            i + 1,
+            value.type_of()
+        )))
+    };
+    let request = match args.len() {
+        1 => Call::SessionOpen {
+            from: None,
+            to: number(0, "toPhoneNumber")?,
+        },
+        2 => Call::SessionOpen {
+            from: Some(number(0, "fromNr")?),
+            to: number(1, "toPhoneNumber")?,
+        },
+        n => {
+            return Err(type_error(format!(
+                "utils.whatsappSessionOpen takes (toPhoneNumber) or (fromNr, toPhoneNumber); got {n} arguments"
+            )));
+        }
+    };
+    let answer = host(context)?.call(request).map_err(|e| {
+        let error = if e.usage {
+            JsNativeError::typ()
+        } else {
+            JsNativeError::error()
+        };
+        error.with_message(format!("utils.whatsappSessionOpen: {}", e.message))
+    })?;
+    Ok(JsValue::from(answer == "true"))
 }
 
 /// `utils.log(msg, type)`: type is `INFO` (default), `WARN`, `DEBUG` or `ERROR`.

@@ -169,12 +169,13 @@ impl Engine {
     pub async fn run(&self, caller: Caller, program: Program) -> Result<RunOutput, RunError> {
         let limits = &self.shared.limits;
         let (budget, job) = match program {
-            Program::Action { id, vo } => (
+            Program::Action { id, vo, media } => (
                 limits.budget,
                 Job::Action {
                     app: caller.app.id.clone(),
                     id,
                     vo,
+                    media,
                 },
             ),
             Program::Script { name, source } => {
@@ -725,6 +726,14 @@ fn answer(
                     .and_then(|w| w.public_parameter(&name))
                     .unwrap_or_default()
                     .to_string()),
+                Call::SessionOpen { from, to } => outbound
+                    .session_open(&caller, from.as_deref(), &to)
+                    .await
+                    .map(|open| open.to_string())
+                    .map_err(|e| CallError {
+                        usage: e.is_usage(),
+                        message: e.to_string(),
+                    }),
             };
             (id, result)
         }

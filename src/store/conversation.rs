@@ -5,42 +5,15 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{MESSAGE_COLUMNS, Message, Store, StoreError, StoreReader, message_from_row};
+use super::{
+    Direction, MESSAGE_COLUMNS, Message, Store, StoreError, StoreReader, message_from_row,
+};
 
 /// How long the window stays open after the contact's last message: 24 hours, in milliseconds.
 pub const WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// At most this many messages, the newest, make up a conversation page.
 const MAX_MESSAGES: usize = 500;
-
-/// Which way a message went, as the `direction` column stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Sent by a contact to one of the app's numbers.
-    Inbound,
-    /// Sent by this host for the app (or first seen in a status callback).
-    Outbound,
-}
-
-impl Direction {
-    /// The name stored in the `direction` column and shown to operators.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-
-    /// Reads a stored or typed name; anything else is `None`.
-    pub fn parse(s: &str) -> Option<Direction> {
-        match s {
-            "inbound" => Some(Direction::Inbound),
-            "outbound" => Some(Direction::Outbound),
-            _ => None,
-        }
-    }
-}
 
 /// Whether the app may send free-form text to the contact right now. Outside the window only
 /// an approved template is delivered; free-form text fails with Twilio's 63016.
@@ -132,35 +105,33 @@ impl StoreReader {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT * FROM ( \
-                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables, profile_name \
+                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables \
                  FROM messages WHERE app = ?1 AND direction = 'inbound' AND from_number = ?2 \
                  UNION ALL \
-                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables, profile_name \
+                 SELECT {MESSAGE_COLUMNS}, content_sid, content_variables \
                  FROM messages WHERE app = ?1 AND direction = 'outbound' AND to_number = ?2 \
                  ) ORDER BY created_at DESC, id DESC LIMIT ?3"
             ))?;
+            // The conversation's own columns follow `MESSAGE_COLUMNS`'s.
+            let fields = MESSAGE_COLUMNS.split(',').count();
             let mut profile_name = None;
             let mut entries = stmt
                 .query_map(params![app, contact, MAX_MESSAGES as i64 + 1], |r| {
                     let message = message_from_row(r)?;
-                    let name: Option<String> = r.get(MESSAGE_FIELDS + 2)?;
-                    Ok((
-                        Entry {
-                            media: media_items(message.direction, message.media.as_deref()),
-                            message,
-                            content_sid: r.get(MESSAGE_FIELDS)?,
-                            content_variables: r.get(MESSAGE_FIELDS + 1)?,
-                        },
-                        name,
-                    ))
+                    Ok(Entry {
+                        media: media_items(message.direction, message.media.as_deref()),
+                        message,
+                        content_sid: r.get(fields)?,
+                        content_variables: r.get(fields + 1)?,
+                    })
                 })?
                 .map(|row| {
-                    row.map(|(entry, name)| {
+                    row.inspect(|entry| {
                         // Newest first here: the first name seen is the latest one.
                         if profile_name.is_none() {
-                            profile_name = name.filter(|n| !n.is_empty());
+                            profile_name =
+                                entry.message.profile_name.clone().filter(|n| !n.is_empty());
                         }
-                        entry
                     })
                 })
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -243,9 +214,6 @@ impl Store {
             .await
     }
 }
-
-/// How many columns `MESSAGE_COLUMNS` selects: the conversation's own columns follow them.
-const MESSAGE_FIELDS: usize = 15;
 
 /// The attachments of a stored `media` value: inbound rows keep a JSON array of
 /// `{"url","contentType"}`, outbound rows the one URL sent.

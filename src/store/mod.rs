@@ -9,6 +9,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,15 +17,38 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::twilio::webhook::{StatusCallback, status_rank};
+use crate::twilio::webhook::{self, StatusCallback, status_rank};
 
-pub use conversation::{
-    Conversation, Direction, Entry, MediaItem, NumberWindow, WINDOW_MS, Window,
-};
+pub use conversation::{Conversation, Entry, MediaItem, NumberWindow, WINDOW_MS, Window};
 
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// How long a contact's message keeps WhatsApp's customer-service window open: free-form
+/// text may be sent to them for 24 hours after it, and only templates later.
+pub const SESSION_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The time the host judges WhatsApp's 24-hour window by: [`now_ms`], moved by however far
+/// [`Clock::advance`] moved it. Production never moves it; tests do, to see a window close
+/// without waiting a day. Cloning is cheap; clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// The current time, in the store's unit.
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock (and every clone) forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(by, Ordering::Relaxed);
+    }
 }
 
 /// Why a store operation failed.
@@ -88,12 +112,72 @@ impl BackendError {
     }
 }
 
-/// A status callback as received, before it has an id: the values `twilio::webhook` read from
-/// it, kept in columns, and its fields as they came.
+/// What a stored event is, and so which of the app's actions it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A status callback about a message the host sent: runs the app's `callback` action.
+    #[default]
+    Status,
+    /// A message a contact sent to the app's number: runs the app's `inbound` action.
+    Inbound,
+}
+
+impl EventKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Inbound => "inbound",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "inbound" => EventKind::Inbound,
+            _ => EventKind::Status,
+        }
+    }
+}
+
+/// Which way a message went. `pub` so callers can filter messages by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sent by this host.
+    #[default]
+    Outbound,
+    /// Sent by a contact to an app's number.
+    Inbound,
+}
+
+impl Direction {
+    /// The name stored in the `direction` column and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+
+    /// The direction named `s` (`inbound` or `outbound`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "outbound" => Some(Direction::Outbound),
+            "inbound" => Some(Direction::Inbound),
+            _ => None,
+        }
+    }
+}
+
+/// A callback as received, before it has an id: the values `twilio::webhook` read from it, kept
+/// in columns, and its fields as they came.
 #[derive(Debug, Clone)]
 pub(crate) struct NewEvent {
     pub(crate) app: String,
     pub(crate) company: String,
+    /// A status callback, or an inbound message, which is also kept as a message row.
+    pub(crate) kind: EventKind,
     /// What Twilio posted. Its `account_sid`, when there is one, must match a message's for the
     /// event to move it.
     pub(crate) callback: StatusCallback,
@@ -102,13 +186,22 @@ pub(crate) struct NewEvent {
 }
 
 impl NewEvent {
-    /// Same sid, status and error code: the same event delivered twice.
+    /// Same sid, status and error code: the same event delivered twice. An inbound message's
+    /// status is `received`, whichever route it came in on.
     fn dedup_key(&self) -> Option<String> {
         let c = &self.callback;
         let sid = c.sid.as_deref()?;
-        let status = c.status.as_deref().unwrap_or("");
+        let status = self.status().unwrap_or("");
         let code = c.error_code.as_deref().unwrap_or("");
         Some(format!("{sid}|{status}|{code}"))
+    }
+
+    /// The status kept in the event's `message_status`: `received` for an inbound message.
+    fn status(&self) -> Option<&str> {
+        match self.kind {
+            EventKind::Inbound => Some(webhook::RECEIVED),
+            EventKind::Status => self.callback.status.as_deref(),
+        }
     }
 }
 
@@ -161,6 +254,8 @@ pub struct Event {
     pub app: String,
     /// The company id from the callback URL.
     pub company: String,
+    /// A status callback or an inbound message.
+    pub kind: EventKind,
     pub(crate) received_at: i64,
     /// Twilio's idempotency header, which makes a redelivered callback a duplicate.
     pub idempotency_token: Option<String>,
@@ -204,10 +299,13 @@ pub(crate) struct SendRecord {
     pub(crate) at: i64,
 }
 
-/// A message as operators see it: the send outcome, then the status callbacks moved it.
+/// A message as operators see it: a send's outcome, then the status callbacks moved it; or a
+/// message a contact sent to the app, as received.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
     pub(crate) id: i64,
+    /// Sent by this host, or received from a contact.
+    pub direction: Direction,
     /// Twilio's message sid; `None` when the create failed before Twilio gave one.
     pub sid: Option<String>,
     /// The app that sent it.
@@ -222,8 +320,13 @@ pub struct Message {
     pub from: Option<String>,
     /// The text sent.
     pub body: Option<String>,
-    /// A public URL, or `gs://bucket/object` for signed media.
+    /// A public URL, or `gs://bucket/object` for signed media; for an inbound message, a JSON
+    /// array of `{"url", "contentType"}`.
     pub media: Option<String>,
+    /// An inbound message's sender's WhatsApp profile name.
+    pub profile_name: Option<String>,
+    /// An inbound message's sender's WhatsApp id.
+    pub wa_id: Option<String>,
     /// The latest status: the send's outcome, then each callback's, never going backwards.
     pub status: String,
     /// Twilio's error code, from the send or a callback.
@@ -232,8 +335,6 @@ pub struct Message {
     pub error_message: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
-    /// Sent by this host, or received from the contact.
-    pub direction: Direction,
 }
 
 /// What a dispatch attempt decided about an event.
@@ -273,11 +374,12 @@ pub struct MessageFilter {
     pub(crate) app: Option<String>,
     pub(crate) company: Option<String>,
     pub(crate) status: Option<String>,
+    /// Only messages sent, or only messages received.
+    pub(crate) direction: Option<Direction>,
     /// Matches the sid, or the to/from number.
     pub(crate) search: Option<String>,
     pub(crate) since: Option<i64>,
     pub(crate) until: Option<i64>,
-    pub(crate) direction: Option<Direction>,
     pub(crate) before_id: Option<i64>,
     pub(crate) limit: usize,
 }
@@ -291,6 +393,8 @@ const FILE_NAME: &str = "store.sqlite3";
 pub struct Store {
     writer: writer::Writer,
     reader: StoreReader,
+    /// What [`Outbound`](crate::outbound::Outbound) judges the 24-hour window by.
+    clock: Clock,
 }
 
 impl Store {
@@ -311,6 +415,7 @@ impl Store {
         Ok(Store {
             writer,
             reader: StoreReader::new(reader, path),
+            clock: Clock::default(),
         })
     }
 
@@ -344,7 +449,13 @@ impl Store {
         self.reader.path()
     }
 
-    /// Stores a callback and returns once it is durable (fsynced), or found to be a repeat.
+    /// The clock the 24-hour window is judged by; `pub` so tests can move it forward.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Stores a callback and returns once it is durable (fsynced), or found to be a repeat. An
+    /// inbound message's row is written in the same transaction as its event.
     pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         self.writer.insert_event(event).await
     }
@@ -418,6 +529,19 @@ impl Store {
         sid: &str,
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         self.reader.app_message(app, sid).await
+    }
+
+    /// Whether WhatsApp's 24-hour window is open at `now_ms`; see [`StoreReader::session_open`].
+    pub(crate) async fn session_open(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.reader
+            .session_open(app, app_number, contact, now_ms)
+            .await
     }
 }
 
@@ -532,6 +656,9 @@ impl StoreReader {
             if let Some(status) = filter.status {
                 w.and(" AND status = ?", status);
             }
+            if let Some(direction) = filter.direction {
+                w.and(" AND direction = ?", direction.as_str().to_string());
+            }
             if let Some(search) = filter.search {
                 // A sid is matched whole; a phone number by its digits anywhere in to or from.
                 let search = search.trim();
@@ -551,9 +678,6 @@ impl StoreReader {
             }
             if let Some(until) = filter.until {
                 w.and(" AND created_at < ?", until);
-            }
-            if let Some(direction) = filter.direction {
-                w.and(" AND direction = ?", direction.as_str().to_string());
             }
             if let Some(before) = filter.before_id {
                 w.and(" AND id < ?", before);
@@ -587,6 +711,32 @@ impl StoreReader {
                 )
                 .optional()?;
             with_events(c, message)
+        })
+        .await
+    }
+
+    /// Whether WhatsApp's 24-hour window between app `app`'s number `app_number` and `contact`
+    /// is open at `now_ms`: the contact sent that number a message in the 24 hours before.
+    /// Numbers are E.164 without the channel prefix, as rows keep them.
+    pub(crate) async fn session_open(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (app, app_number, contact) =
+            (app.to_string(), app_number.to_string(), contact.to_string());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE app = ?1 AND direction = 'inbound' \
+                 AND from_number = ?2 AND created_at >= ?3 AND created_at <= ?4 \
+                 AND to_number = ?5)",
+            )?
+            .query_row(
+                params![app, contact, now_ms - SESSION_WINDOW_MS, now_ms, app_number],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -676,18 +826,22 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, message_sid, \
-     message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at";
+     message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at, \
+     kind";
 
 const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, from_number, body, \
-     media, status, error_code, error_message, created_at, updated_at, direction";
+     media, status, error_code, error_message, created_at, updated_at, direction, profile_name, \
+     wa_id";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let fields: String = r.get(8)?;
     let state: String = r.get(9)?;
+    let kind: String = r.get(14)?;
     Ok(Event {
         id: r.get(0)?,
         app: r.get(1)?,
         company: r.get(2)?,
+        kind: EventKind::parse(&kind),
         received_at: r.get(3)?,
         idempotency_token: r.get(4)?,
         message_sid: r.get(5)?,
@@ -703,8 +857,12 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 }
 
 fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let direction: String = r.get(14)?;
     Ok(Message {
         id: r.get(0)?,
+        direction: Direction::parse(&direction).unwrap_or_default(),
+        profile_name: r.get(15)?,
+        wa_id: r.get(16)?,
         sid: r.get(1)?,
         app: r.get(2)?,
         company: r.get(3)?,
@@ -718,22 +876,21 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         error_message: r.get(11)?,
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
-        direction: Direction::parse(&r.get::<_, String>(14)?).unwrap_or(Direction::Outbound),
     })
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
     let c = &ev.callback;
     let sid = c.sid.as_deref();
-    let status = c.status.as_deref();
+    let status = ev.status();
     let error_code = c.error_code.as_deref();
     let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
     let inserted = tx
         .prepare_cached(
             // Stored with its first attempt counted: the dispatcher starts it right after.
             "INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, \
-             message_sid, message_status, error_code, fields, attempts, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?3) ON CONFLICT DO NOTHING",
+             message_sid, message_status, error_code, fields, attempts, updated_at, kind) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?3, ?10) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             ev.app,
@@ -744,12 +901,17 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
             sid,
             status,
             error_code,
-            fields
+            fields,
+            ev.kind.as_str()
         ])?;
     if inserted == 0 {
         return Ok(Inserted::Duplicate);
     }
     let id = tx.last_insert_rowid();
+    if ev.kind == EventKind::Inbound {
+        insert_inbound(tx, ev)?;
+        return Ok(Inserted::New(id));
+    }
     // Only a message of the event's own app is moved (the conflict target is (app, sid)), and
     // only when the accounts agree: a message or an event that names no account matches any.
     if let (Some(sid), Some(status)) = (sid, status) {
@@ -780,6 +942,43 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
         ])?;
     }
     Ok(Inserted::New(id))
+}
+
+/// The message row of an inbound event: received, final, never moved by a status callback. A
+/// row the app already has for the sid is left as it is.
+fn insert_inbound(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<()> {
+    let c = &ev.callback;
+    let inbound = c.inbound();
+    let media = (!inbound.media.is_empty()).then(|| {
+        let items: Vec<_> = inbound
+            .media
+            .iter()
+            .map(|(url, content_type)| serde_json::json!({"url": url, "contentType": content_type}))
+            .collect();
+        serde_json::Value::from(items).to_string()
+    });
+    tx.prepare_cached(
+        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
+         media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 'inbound', ?12, ?13) \
+         ON CONFLICT(app, sid) DO NOTHING",
+    )?
+    .execute(params![
+        c.sid,
+        ev.app,
+        ev.company,
+        c.account_sid,
+        c.to,
+        c.from,
+        inbound.body,
+        media,
+        webhook::RECEIVED,
+        status_rank(webhook::RECEIVED),
+        ev.received_at,
+        inbound.profile_name,
+        inbound.wa_id,
+    ])?;
+    Ok(())
 }
 
 /// Inserts the message row for (app, sid); a row an early callback of the same app created is
@@ -852,6 +1051,7 @@ mod tests {
         NewEvent {
             app: "crm".into(),
             company: "ACME".into(),
+            kind: EventKind::Status,
             callback: StatusCallback {
                 sid: Some(sid.into()),
                 status: Some(status.into()),
@@ -1082,6 +1282,131 @@ mod tests {
             .map(|e| (e.app.as_str(), e.message_sid.as_deref().unwrap()))
             .collect();
         assert_eq!(stored, [("crm", "SM1"), ("ops", "SM2")]);
+        store.close().await;
+    }
+
+    /// An inbound message from `contact` to `app_number` of app `crm`, as the inbound route
+    /// stores it.
+    fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
+        let fields = [
+            ("SmsStatus", "received"),
+            ("MessageSid", sid),
+            ("AccountSid", "AC1"),
+            ("From", &format!("whatsapp:{contact}")),
+            ("To", &format!("whatsapp:{app_number}")),
+            ("Body", "hi"),
+            ("ProfileName", "Ana"),
+            ("WaId", contact.trim_start_matches('+')),
+            ("NumMedia", "1"),
+            ("MediaUrl0", "https://m/0"),
+            ("MediaContentType0", "image/jpeg"),
+        ];
+        NewEvent {
+            kind: EventKind::Inbound,
+            callback: StatusCallback::from_fields(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..status_event(sid, "", at)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_inbound_message_is_stored_as_an_event_and_a_received_message_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let event = inbound_event("SM1", "+393331234567", "+14155238886", 5);
+        let Inserted::New(id) = store.insert_event(event.clone()).await.unwrap() else {
+            panic!("not stored");
+        };
+        assert_eq!(
+            store.insert_event(event).await.unwrap(),
+            Inserted::Duplicate
+        );
+        let stored = store.event(id).await.unwrap().unwrap();
+        assert_eq!(stored.kind, EventKind::Inbound);
+        assert_eq!(stored.message_status.as_deref(), Some("received"));
+        assert_eq!(stored.attempts, 1);
+
+        // A status callback naming the sid does not move the received message.
+        store
+            .insert_event(status_event("SM1", "read", 6))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(m.direction, Direction::Inbound);
+        assert_eq!(m.status, "received");
+        assert_eq!(
+            (m.from.as_deref(), m.to.as_deref()),
+            (Some("+393331234567"), Some("+14155238886"))
+        );
+        assert_eq!(m.body.as_deref(), Some("hi"));
+        assert_eq!(
+            (m.profile_name.as_deref(), m.wa_id.as_deref()),
+            (Some("Ana"), Some("393331234567"))
+        );
+        let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            media,
+            serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
+        );
+        assert_eq!(m.created_at, 5);
+
+        store.record_send(send("crm", "AC1", "SM2"));
+        store.flush().await.unwrap();
+        let only = |direction| MessageFilter {
+            direction: Some(direction),
+            ..MessageFilter::default()
+        };
+        let inbound = store.messages(only(Direction::Inbound)).await.unwrap();
+        let outbound = store.messages(only(Direction::Outbound)).await.unwrap();
+        assert_eq!(inbound.len(), 1);
+        assert_eq!(outbound.len(), 1);
+        assert_eq!(outbound[0].sid.as_deref(), Some("SM2"));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (contact, number) = ("+393331234567", "+14155238886");
+        let at = 1_000_000_000;
+        store
+            .insert_event(inbound_event("SM1", contact, number, at))
+            .await
+            .unwrap();
+        let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
+            let store = store.clone();
+            async move { store.session_open(app, from, to, now).await.unwrap() }
+        };
+        assert!(open("crm", number, contact, at).await);
+        assert!(open("crm", number, contact, at + SESSION_WINDOW_MS).await);
+        assert!(!open("crm", number, contact, at + SESSION_WINDOW_MS + 1).await);
+        assert!(!open("crm", number, contact, at - 1).await, "not yet sent");
+        assert!(
+            !open("crm", "+14155238887", contact, at).await,
+            "another number"
+        );
+        assert!(
+            !open("crm", number, "+393331234568", at).await,
+            "another contact"
+        );
+        assert!(!open("ops", number, contact, at).await, "another app");
+        // A message the app sent to the contact opens nothing.
+        store.record_send(send("crm", "AC1", "SM2"));
+        store.flush().await.unwrap();
+        assert!(!open("crm", number, contact, at + SESSION_WINDOW_MS + 1).await);
+
+        let clock = store.clock().clone();
+        let before = clock.now_ms();
+        store.clock().advance(Duration::from_secs(24 * 3600));
+        assert!(
+            clock.now_ms() - before >= SESSION_WINDOW_MS,
+            "clones move together"
+        );
         store.close().await;
     }
 

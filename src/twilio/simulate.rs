@@ -1,6 +1,7 @@
 //! A local stand-in for Twilio (`api_base = "simulate"`): answers creates with a `queued`
 //! message and then posts the host correctly signed `sent`, `delivered` and `read` callbacks,
-//! so a fresh clone shows the whole loop without a Twilio account.
+//! so a fresh clone shows the whole loop without a Twilio account. It also writes the form of a
+//! message a contact sends, for `simulate-inbound`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,6 +144,70 @@ pub fn status_callback_fields(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+}
+
+/// A message a contact sends to an app's number, as Twilio's incoming-message webhook posts it
+/// for WhatsApp: numbers are E.164 (the `whatsapp:` prefix is added), `media` is
+/// `(url, content type)` per attachment.
+pub fn inbound_message_fields(
+    account_sid: &str,
+    contact: &str,
+    app_number: &str,
+    profile_name: &str,
+    body: &str,
+    media: &[(String, String)],
+) -> Vec<(String, String)> {
+    let sid = new_sid(if media.is_empty() { "SM" } else { "MM" });
+    let message_type = match media
+        .first()
+        .map(|(_, t)| t.split('/').next().unwrap_or(""))
+    {
+        None => "text",
+        Some(kind @ ("image" | "video" | "audio")) => kind,
+        Some(_) => "document",
+    };
+    let mut fields: Vec<(String, String)> = [
+        ("SmsMessageSid", sid.clone()),
+        ("NumMedia", media.len().to_string()),
+        ("ProfileName", profile_name.to_string()),
+        ("MessageType", message_type.to_string()),
+        ("SmsSid", sid.clone()),
+        ("WaId", contact.trim_start_matches('+').to_string()),
+        ("SmsStatus", webhook::RECEIVED.to_string()),
+        ("Body", body.to_string()),
+        ("To", address::with_channel(app_number)),
+        ("NumSegments", "1".to_string()),
+        ("ReferralNumMedia", "0".to_string()),
+        ("MessageSid", sid),
+        ("AccountSid", account_sid.to_string()),
+        ("From", address::with_channel(contact)),
+        ("ApiVersion", "2010-04-01".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (i, (url, content_type)) in media.iter().enumerate() {
+        fields.push((format!("MediaContentType{i}"), content_type.clone()));
+        fields.push((format!("MediaUrl{i}"), url.clone()));
+    }
+    fields
+}
+
+/// The content type a media URL's file name suggests, for a simulated attachment.
+pub fn guess_content_type(url: &str) -> &'static str {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match extension.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "mp4" => "video/mp4",
+        "ogg" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
 }
 
 /// Posts form fields to a webhook URL with a valid `X-Twilio-Signature`, as Twilio does.

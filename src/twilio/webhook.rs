@@ -1,6 +1,7 @@
 //! Twilio's incoming webhooks: decoding the form, the URL Twilio signs and the signature check,
 //! the headers Twilio sends, the empty TwiML answer, status ranks, and the typed
-//! [`StatusCallback`]. Everything else reads callbacks through this module, never by field name.
+//! [`StatusCallback`] (which also carries an inbound message: the "a message comes in" webhook).
+//! Everything else reads callbacks through this module, never by field name.
 
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +21,21 @@ const ERROR_CODE: &str = "ErrorCode";
 const TO: &str = "To";
 const FROM: &str = "From";
 const ACCOUNT_SID: &str = "AccountSid";
+const SMS_STATUS: &str = "SmsStatus";
+const BODY: &str = "Body";
+const PROFILE_NAME: &str = "ProfileName";
+const WA_ID: &str = "WaId";
+const NUM_MEDIA: &str = "NumMedia";
+const MEDIA_URL: &str = "MediaUrl";
+const MEDIA_CONTENT_TYPE: &str = "MediaContentType";
+
+/// The status of a message a contact sent to the app's number: what Twilio's incoming-message
+/// webhook carries as `SmsStatus`, and what an inbound message row keeps.
+pub(crate) const RECEIVED: &str = "received";
+
+/// Most media one inbound message may name; WhatsApp allows one, MMS ten. A larger `NumMedia`
+/// reads as this many, so a forged count cannot make a reader loop.
+const MAX_MEDIA: usize = 20;
 
 /// How far along a message is. Statuses only move to a higher rank; failed and undelivered are
 /// final. Twilio does not promise callback order, so a late `sent` after `read` changes nothing.
@@ -32,6 +48,8 @@ pub(crate) fn status_rank(status: &str) -> i64 {
         "delivered" => 5,
         "read" => 6,
         "failed" | "undelivered" | "canceled" => 10,
+        // An inbound message is final when it arrives: no status callback moves it.
+        RECEIVED => 10,
         _ => 0,
     }
 }
@@ -55,6 +73,8 @@ pub(crate) struct StatusCallback {
     pub(crate) from: Option<String>,
     /// `AccountSid`: the Twilio project that sent the message, whose token signs the callback.
     pub(crate) account_sid: Option<String>,
+    /// `SmsStatus`: the only status an incoming-message webhook carries (`received`).
+    pub(crate) sms_status: Option<String>,
     /// Every field in the order received.
     pub(crate) fields: Vec<(String, String)>,
 }
@@ -71,7 +91,31 @@ impl StatusCallback {
             to: number(TO),
             from: number(FROM),
             account_sid: value(ACCOUNT_SID),
+            sms_status: value(SMS_STATUS),
             fields,
+        }
+    }
+
+    /// Whether this post is a message a contact sent to the app's number rather than a status
+    /// callback. Admins often paste one URL into both of Twilio's console fields, so either route
+    /// may receive either: a `MessageStatus` other than `received` is a status callback wherever
+    /// it is posted; otherwise a post to the inbound route, or one whose status is `received`,
+    /// is an inbound message.
+    pub(crate) fn is_inbound(&self, on_inbound_route: bool) -> bool {
+        match self.status.as_deref() {
+            Some(status) => status == RECEIVED,
+            None => on_inbound_route || self.sms_status.as_deref() == Some(RECEIVED),
+        }
+    }
+
+    /// What an inbound message carries beyond a status callback's values.
+    pub(crate) fn inbound(&self) -> Inbound {
+        let value = |name| first(&self.fields, name).map(str::to_string);
+        Inbound {
+            body: value(BODY),
+            profile_name: value(PROFILE_NAME),
+            wa_id: value(WA_ID),
+            media: inbound_media(&self.fields),
         }
     }
 
@@ -79,6 +123,36 @@ impl StatusCallback {
     pub(crate) fn parse(body: &[u8]) -> Result<Self, FormError> {
         parse_form(body).map(Self::from_fields)
     }
+}
+
+/// An inbound message's own fields, read once here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Inbound {
+    /// `Body`: the text the contact wrote (a button's text for a button reply).
+    pub(crate) body: Option<String>,
+    /// `ProfileName`: the sender's WhatsApp profile name.
+    pub(crate) profile_name: Option<String>,
+    /// `WaId`: the sender's WhatsApp id (their number without `+`).
+    pub(crate) wa_id: Option<String>,
+    /// `(url, content type)` of each attachment, in order; see [`inbound_media`].
+    pub(crate) media: Vec<(String, String)>,
+}
+
+/// The attachments of an inbound message's fields, as `(url, content type)` in order: `NumMedia`
+/// says how many, `MediaUrlN` and `MediaContentTypeN` (N from 0) give each. An entry without a
+/// URL is skipped; a missing content type is empty.
+pub(crate) fn inbound_media(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let count = first(fields, NUM_MEDIA)
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_MEDIA);
+    (0..count)
+        .filter_map(|i| {
+            let url = first(fields, &format!("{MEDIA_URL}{i}"))?;
+            let content_type = first(fields, &format!("{MEDIA_CONTENT_TYPE}{i}")).unwrap_or("");
+            Some((url.to_string(), content_type.to_string()))
+        })
+        .collect()
 }
 
 /// The message sid of stored callback fields, read as [`StatusCallback`] reads it.
@@ -254,6 +328,58 @@ mod tests {
     }
 
     #[test]
+    fn an_inbound_message_reads_its_fields_and_media_in_order() {
+        let body = b"SmsStatus=received&MessageSid=MM1&AccountSid=AC1\
+            &From=whatsapp%3A%2B393331234567&To=whatsapp%3A%2B14155238886&Body=the+receipt\
+            &ProfileName=Ana&WaId=393331234567&NumMedia=2\
+            &MediaUrl1=https%3A%2F%2Fm%2F1&MediaContentType1=application%2Fpdf\
+            &MediaUrl0=https%3A%2F%2Fm%2F0&MediaContentType0=image%2Fjpeg";
+        let callback = StatusCallback::parse(body).unwrap();
+        assert_eq!(callback.from.as_deref(), Some("+393331234567"));
+        assert_eq!(callback.status, None);
+        let inbound = callback.inbound();
+        assert_eq!(inbound.body.as_deref(), Some("the receipt"));
+        assert_eq!(inbound.profile_name.as_deref(), Some("Ana"));
+        assert_eq!(inbound.wa_id.as_deref(), Some("393331234567"));
+        assert_eq!(
+            inbound.media,
+            [
+                ("https://m/0".to_string(), "image/jpeg".to_string()),
+                ("https://m/1".to_string(), "application/pdf".to_string())
+            ]
+        );
+        let counted = |n: &str| {
+            let mut fields = vec![("NumMedia".to_string(), n.to_string())];
+            fields.push(("MediaUrl0".into(), "https://m/0".into()));
+            inbound_media(&fields).len()
+        };
+        assert_eq!((counted("0"), counted("x"), counted("99999999")), (0, 0, 1));
+    }
+
+    #[test]
+    fn either_route_tells_an_inbound_message_from_a_status_callback() {
+        let post = |fields: &[(&str, &str)]| {
+            StatusCallback::from_fields(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let inbound = post(&[("SmsStatus", "received"), ("MessageSid", "SM1")]);
+        let status = post(&[("SmsStatus", "sent"), ("MessageStatus", "sent")]);
+        let received = post(&[("MessageStatus", "received")]);
+        let bare = post(&[("MessageSid", "SM1")]);
+        for on_inbound_route in [false, true] {
+            assert!(inbound.is_inbound(on_inbound_route));
+            assert!(received.is_inbound(on_inbound_route));
+            assert!(!status.is_inbound(on_inbound_route));
+        }
+        assert!(bare.is_inbound(true));
+        assert!(!bare.is_inbound(false));
+    }
+
+    #[test]
     fn statuses_rank_forward_and_failures_are_final() {
         let order = ["queued", "sending", "sent", "delivered", "read", "failed"];
         assert!(
@@ -262,6 +388,7 @@ mod tests {
                 .all(|w| status_rank(w[0]) < status_rank(w[1]))
         );
         assert_eq!(status_rank("undelivered"), status_rank("failed"));
+        assert_eq!(status_rank(RECEIVED), status_rank("failed"), "never moved");
         assert_eq!(status_rank("something new"), 0);
     }
 }

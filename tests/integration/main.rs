@@ -12,6 +12,7 @@ mod crash_safety;
 mod dashboard;
 mod dashboard_browser;
 mod edge;
+mod inbound;
 mod media_guard;
 mod metrics;
 mod outbound;
