@@ -141,10 +141,10 @@ impl StoreReader {
             let mut stmt = c.prepare_cached(
                 "SELECT to_number, max(created_at) FROM messages \
                  WHERE app = ?1 AND direction = 'inbound' AND from_number = ?2 \
-                 GROUP BY to_number ORDER BY to_number",
+                 AND created_at <= ?3 GROUP BY to_number ORDER BY to_number",
             )?;
             let windows = stmt
-                .query_map(params![app, contact], |r| {
+                .query_map(params![app, contact, now_ms], |r| {
                     Ok(NumberWindow {
                         app_number: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                         window: Window::at(r.get(1)?, now_ms),
@@ -178,8 +178,9 @@ impl StoreReader {
             .read(move |c| {
                 c.query_row(
                     "SELECT max(created_at) FROM messages WHERE app = ?1 \
-                     AND direction = 'inbound' AND from_number = ?2 AND to_number = ?3",
-                    params![app, contact, app_number],
+                     AND direction = 'inbound' AND from_number = ?2 AND to_number = ?3 \
+                     AND created_at <= ?4",
+                    params![app, contact, app_number, now_ms],
                     |r| r.get::<_, Option<i64>>(0),
                 )
                 .optional()

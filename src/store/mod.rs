@@ -26,10 +26,6 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// How long a contact's message keeps WhatsApp's customer-service window open: free-form
-/// text may be sent to them for 24 hours after it, and only templates later.
-pub const SESSION_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
-
 /// The time the host judges WhatsApp's 24-hour window by: [`now_ms`], moved by however far
 /// [`Clock::advance`] moved it. Production never moves it; tests do, to see a window close
 /// without waiting a day. Cloning is cheap; clones share the offset.
@@ -531,7 +527,8 @@ impl Store {
         self.reader.app_message(app, sid).await
     }
 
-    /// Whether WhatsApp's 24-hour window is open at `now_ms`; see [`StoreReader::session_open`].
+    /// Whether WhatsApp's 24-hour window is open at `now_ms`: the one rule is
+    /// [`StoreReader::session_window`]'s.
     pub(crate) async fn session_open(
         &self,
         app: &str,
@@ -540,8 +537,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.reader
-            .session_open(app, app_number, contact, now_ms)
+            .session_window(app, app_number, contact, now_ms)
             .await
+            .map(Window::is_open)
     }
 }
 
@@ -711,32 +709,6 @@ impl StoreReader {
                 )
                 .optional()?;
             with_events(c, message)
-        })
-        .await
-    }
-
-    /// Whether WhatsApp's 24-hour window between app `app`'s number `app_number` and `contact`
-    /// is open at `now_ms`: the contact sent that number a message in the 24 hours before.
-    /// Numbers are E.164 without the channel prefix, as rows keep them.
-    pub(crate) async fn session_open(
-        &self,
-        app: &str,
-        app_number: &str,
-        contact: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let (app, app_number, contact) =
-            (app.to_string(), app_number.to_string(), contact.to_string());
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE app = ?1 AND direction = 'inbound' \
-                 AND from_number = ?2 AND created_at >= ?3 AND created_at <= ?4 \
-                 AND to_number = ?5)",
-            )?
-            .query_row(
-                params![app, contact, now_ms - SESSION_WINDOW_MS, now_ms, app_number],
-                |r| r.get(0),
-            )
         })
         .await
     }
@@ -1383,8 +1355,8 @@ mod tests {
             async move { store.session_open(app, from, to, now).await.unwrap() }
         };
         assert!(open("crm", number, contact, at).await);
-        assert!(open("crm", number, contact, at + SESSION_WINDOW_MS).await);
-        assert!(!open("crm", number, contact, at + SESSION_WINDOW_MS + 1).await);
+        assert!(open("crm", number, contact, at + WINDOW_MS).await);
+        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
         assert!(!open("crm", number, contact, at - 1).await, "not yet sent");
         assert!(
             !open("crm", "+14155238887", contact, at).await,
@@ -1398,15 +1370,12 @@ mod tests {
         // A message the app sent to the contact opens nothing.
         store.record_send(send("crm", "AC1", "SM2"));
         store.flush().await.unwrap();
-        assert!(!open("crm", number, contact, at + SESSION_WINDOW_MS + 1).await);
+        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
 
         let clock = store.clock().clone();
         let before = clock.now_ms();
         store.clock().advance(Duration::from_secs(24 * 3600));
-        assert!(
-            clock.now_ms() - before >= SESSION_WINDOW_MS,
-            "clones move together"
-        );
+        assert!(clock.now_ms() - before >= WINDOW_MS, "clones move together");
         store.close().await;
     }
 
