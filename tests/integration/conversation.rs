@@ -2,9 +2,9 @@
 //! directions and in order, each reply with its status; the 24-hour window open or closed; the
 //! messages list's direction filter and its links to the conversation; and the 63016 note.
 //!
-//! Inbound messages are written straight into the store file with rusqlite, following the
-//! schema's column rules for an inbound row, because the inbound route is being built beside
-//! this page. Once it is merged, `insert_inbound` should post a signed inbound webhook instead.
+//! Most tests write inbound messages straight into the store file with rusqlite, as the inbound
+//! route stores them, so that a message can be dated hours or days back (the route stamps the
+//! time it arrives). The last test goes through the real inbound route end to end.
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ const WINDOW_CLOSED: &str = "The 24-hour window was closed: send a template.";
 /// Stores a message the contact `from` sent to the test app's number at `at` (Unix ms), as the
 /// inbound route stores it: direction 'inbound', numbers E.164 without the channel prefix,
 /// status 'received' (ranked final, so no status callback moves it), media as a JSON array.
-/// A stand-in until the inbound route exists: see the module's note.
+/// Written directly so that `at` can be in the past: see the module's note.
 pub fn insert_inbound(data_dir: &Path, sid: &str, from: &str, body: &str, at: i64) {
     let conn = Connection::open(data_dir.join("store.sqlite3")).expect("the store file opens");
     conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -264,5 +264,41 @@ async fn a_reply_that_failed_with_63016_says_the_window_was_closed_and_a_templat
     )
     .await;
     assert!(!inbound.contains(WINDOW_CLOSED), "{inbound}");
+    app.stop().await;
+}
+
+/// The whole loop through the real routes: a contact's message posted to the inbound route as
+/// Twilio would, the app's reply, its status callback, and the page that shows them.
+#[tokio::test]
+async fn a_message_posted_to_the_inbound_route_and_its_reply_make_the_conversation() {
+    let reply = "SM2b0000000000000000000000000000rl";
+    let (app, _config, _twilio) = spawn_with_reply(reply).await;
+    let base = url::Url::parse(&app.base_url).unwrap();
+    let url = whatsapp_host::routes::inbound_url(&base, APP, COMPANY);
+    let fields = whatsapp_host::twilio::simulate::inbound_message_fields(
+        ACCOUNT_SID,
+        TO,
+        FROM,
+        "Ana",
+        "hi from the route",
+        &[],
+    );
+    assert_eq!(app.post_signed(&url, &fields).await.status(), 200);
+    assert_eq!(app.send(TO, "Hello from the app").await.sid(), Some(reply));
+    assert_eq!(app.post_status(COMPANY, reply, "read").await.status(), 200);
+    app.store().flush().await.unwrap();
+
+    let session = app.login().await;
+    let (status, page) = get_page(&conversation_url(&app, TO), Some(&session)).await;
+    assert_eq!(status, 200, "{page}");
+    let hi = page.find("hi from the route").expect("the inbound message");
+    let hello = page.find("Hello from the app").expect("the reply");
+    assert!(hi < hello, "oldest first: {page}");
+    let outbound = &page[page.find("data-direction=\"outbound\"").unwrap()..];
+    assert!(outbound.contains("read"), "the reply's status: {page}");
+    assert!(
+        page.contains("open until"),
+        "the window just opened: {page}"
+    );
     app.stop().await;
 }

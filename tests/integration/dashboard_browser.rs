@@ -466,7 +466,7 @@ async fn conversation_page_shows_one_inbound_message_and_the_reply_with_its_stat
         .api_base(twilio.uri())
         .with_dashboard();
     let app = spawn_app(&config).await;
-    // The contact writes first (stored directly until the inbound route is merged; see
+    // The contact writes first (stored directly, dated three minutes back; see
     // `conversation::insert_inbound`), and the app replies through the real send path.
     let inbound_at = whatsapp_host::store::now_ms() - 3 * 60 * 1000;
     insert_inbound(&config.data_dir(), INBOUND_SID, TO, "hi", inbound_at);
