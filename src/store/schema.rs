@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_app_sid ON messages(app, sid);
 CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
-CREATE INDEX IF NOT EXISTS messages_contact ON messages(app, direction, from_number, created_at);
+CREATE INDEX IF NOT EXISTS messages_contact ON messages(app, from_number, created_at) WHERE direction = 'inbound';
 ";
 
 /// `UPGRADES[n]` takes a store from version `n` to `n + 1`. Each is frozen once released: a
@@ -127,8 +127,9 @@ ALTER TABLE messages ADD COLUMN wa_id TEXT;
 -- 3. A template send's Content sid and its variables (a JSON object).
 ALTER TABLE messages ADD COLUMN content_sid TEXT;
 ALTER TABLE messages ADD COLUMN content_variables TEXT;
--- 4. A contact's messages to an app: the 24-hour window and the conversation page.
-CREATE INDEX messages_contact ON messages(app, direction, from_number, created_at);
+-- 4. A contact's messages to an app: the 24-hour window and the conversation page. Partial, so
+--    the rows this host sends (nearly all of them) pay nothing for it.
+CREATE INDEX messages_contact ON messages(app, from_number, created_at) WHERE direction = 'inbound';
 ",
 ];
 
