@@ -124,14 +124,41 @@ fn host(context: &Context) -> JsResult<Host> {
     })
 }
 
+/// Asks the host for `call` on behalf of `func`. A refusal that is the script's mistake throws a
+/// `TypeError`, anything else an `Error`; both name `func`.
+fn ask(context: &Context, func: &str, call: Call) -> JsResult<String> {
+    host(context)?.call(call).map_err(|e| {
+        let error = if e.usage {
+            JsNativeError::typ()
+        } else {
+            JsNativeError::error()
+        };
+        error.with_message(format!("{func}: {}", e.message)).into()
+    })
+}
+
+/// A tenant's `(accountId, secretKey, fromNr)`: the first three arguments of `func`'s tenant
+/// forms.
+fn tenant_args(func: &str, args: &[JsValue]) -> JsResult<(String, String, String)> {
+    Ok((
+        string_arg_of(func, args, 0, "accountId", false)?,
+        string_arg_of(func, args, 1, "secretKey", false)?,
+        string_arg_of(func, args, 2, "fromNr", true)?,
+    ))
+}
+
 fn type_error(message: impl Into<String>) -> boa_engine::JsError {
     JsNativeError::typ().with_message(message.into()).into()
 }
 
+const SEND: &str = "utils.sendWhatsappMessage";
+const TEMPLATE: &str = "utils.sendWhatsappTemplate";
+const SESSION: &str = "utils.whatsappSessionOpen";
+
 /// A required string argument. Numbers are accepted for phone numbers, as scripts often keep
 /// them numeric.
 fn string_arg(args: &[JsValue], i: usize, name: &str, numbers_ok: bool) -> JsResult<String> {
-    string_arg_of("utils.sendWhatsappMessage", args, i, name, numbers_ok)
+    string_arg_of(SEND, args, i, name, numbers_ok)
 }
 
 /// [`string_arg`] for the function `func`, which its errors name.
@@ -172,14 +199,7 @@ fn optional_arg(args: &[JsValue], i: usize, name: &str) -> JsResult<Option<Strin
 fn parse_send(args: &[JsValue]) -> JsResult<SendArgs> {
     let (tenant, rest) = match args.len() {
         2..=4 => (None, 0),
-        5..=7 => (
-            Some((
-                string_arg(args, 0, "accountId", false)?,
-                string_arg(args, 1, "secretKey", false)?,
-                string_arg(args, 2, "fromNr", true)?,
-            )),
-            3,
-        ),
+        5..=7 => (Some(tenant_args(SEND, args)?), 3),
         n => {
             return Err(type_error(format!(
                 "utils.sendWhatsappMessage takes (to, message[, publicMediaURL]), (to, message, bucketName, fileName) or the same preceded by accountId, secretKey, fromNr; got {n} arguments"
@@ -223,32 +243,16 @@ fn send_whatsapp_message(
     context: &mut Context,
 ) -> JsResult<JsValue> {
     let request = parse_send(args)?;
-    let outcome = host(context)?.call(Call::Send(request)).map_err(|e| {
-        let error = if e.usage {
-            JsNativeError::typ()
-        } else {
-            JsNativeError::error()
-        };
-        error.with_message(format!("utils.sendWhatsappMessage: {}", e.message))
-    })?;
+    let outcome = ask(context, SEND, Call::Send(request))?;
     Ok(JsString::from(outcome).into())
 }
-
-const TEMPLATE: &str = "utils.sendWhatsappTemplate";
 
 /// Picks the form by argument count: 2–3 `(to, contentSid[, variables])`, 5–6 `(accountId,
 /// secretKey, fromNr, to, contentSid[, variables])`; a missing `variables` is null.
 fn parse_template(args: &[JsValue], context: &mut Context) -> JsResult<TemplateArgs> {
     let (tenant, rest) = match args.len() {
         2..=3 => (None, 0),
-        5..=6 => (
-            Some((
-                string_arg_of(TEMPLATE, args, 0, "accountId", false)?,
-                string_arg_of(TEMPLATE, args, 1, "secretKey", false)?,
-                string_arg_of(TEMPLATE, args, 2, "fromNr", true)?,
-            )),
-            3,
-        ),
+        5..=6 => (Some(tenant_args(TEMPLATE, args)?), 3),
         n => {
             return Err(type_error(format!(
                 "{TEMPLATE} takes (toPhoneNumber, contentSid, variables) or (accountId, secretKey, fromNr, toPhoneNumber, contentSid, variables); got {n} arguments"
@@ -322,14 +326,7 @@ fn send_whatsapp_template(
     context: &mut Context,
 ) -> JsResult<JsValue> {
     let request = parse_template(args, context)?;
-    let outcome = host(context)?.call(Call::Template(request)).map_err(|e| {
-        let error = if e.usage {
-            JsNativeError::typ()
-        } else {
-            JsNativeError::error()
-        };
-        error.with_message(format!("{TEMPLATE}: {}", e.message))
-    })?;
+    let outcome = ask(context, TEMPLATE, Call::Template(request))?;
     Ok(JsString::from(outcome).into())
 }
 
@@ -358,20 +355,7 @@ fn whatsapp_session_open(
     args: &[JsValue],
     context: &mut Context,
 ) -> JsResult<JsValue> {
-    let number = |i: usize, name: &str| -> JsResult<String> {
-        let value = args.get(i).cloned().unwrap_or_default();
-        if let Some(s) = value.as_string() {
-            return Ok(s.to_std_string_escaped());
-        }
-        if let Some(n) = value.as_number() {
-            return Ok(format!("{n:.0}"));
-        }
-        Err(type_error(format!(
-            "utils.whatsappSessionOpen: {name} (argument {}) must be a string, got {}",
-            i + 1,
-            value.type_of()
-        )))
-    };
+    let number = |i: usize, name: &str| string_arg_of(SESSION, args, i, name, true);
     let request = match args.len() {
         1 => Call::SessionOpen {
             from: None,
@@ -383,18 +367,11 @@ fn whatsapp_session_open(
         },
         n => {
             return Err(type_error(format!(
-                "utils.whatsappSessionOpen takes (toPhoneNumber) or (fromNr, toPhoneNumber); got {n} arguments"
+                "{SESSION} takes (toPhoneNumber) or (fromNr, toPhoneNumber); got {n} arguments"
             )));
         }
     };
-    let answer = host(context)?.call(request).map_err(|e| {
-        let error = if e.usage {
-            JsNativeError::typ()
-        } else {
-            JsNativeError::error()
-        };
-        error.with_message(format!("utils.whatsappSessionOpen: {}", e.message))
-    })?;
+    let answer = ask(context, SESSION, request)?;
     Ok(JsValue::from(answer == "true"))
 }
 
