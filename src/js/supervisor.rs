@@ -281,10 +281,14 @@ async fn supervise(shared: Arc<Shared>, slot: usize) {
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep_until(retry_at) => break,
-                        task = next_task(&shared) => match task {
-                            Some(task) => { let _ = task.reply.send(Err(error.clone())); }
-                            None => return,
-                        },
+                        tasks = next_tasks(&shared) => {
+                            if tasks.is_empty() {
+                                return;
+                            }
+                            for task in tasks {
+                                let _ = task.reply.send(Err(error.clone()));
+                            }
+                        }
                     }
                 }
                 continue;
@@ -327,11 +331,6 @@ async fn next_tasks(shared: &Shared) -> Vec<Task> {
         }
     }
     tasks
-}
-
-/// The next run from the shared queue; `None` once every engine handle is gone.
-async fn next_task(shared: &Shared) -> Option<Task> {
-    shared.queue.lock().await.recv().await
 }
 
 /// Why a worker did not start.
@@ -515,11 +514,20 @@ impl Worker {
         let mut closed = false;
         let queued = std::mem::take(carried).into();
         self.hand_over(queued, &mut flight).await;
+        // One timer for the running run's budget, moved when the head changes, rather than a
+        // new timer registered on every message the worker sends.
+        let budget_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(budget_timer);
         loop {
             if closed && flight.is_empty() {
                 return End::Closed;
             }
             let deadline = flight.front().and_then(|f| f.deadline);
+            if let Some(deadline) = deadline
+                && budget_timer.deadline() != deadline
+            {
+                budget_timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
                 message = self.io.next() => match message.map(|frame| frame.and_then(|f| protocol::decode::<Up>(&f))) {
@@ -558,7 +566,7 @@ impl Worker {
                     *call = None;
                     self.send(&Down::Reply { call: id, result }).await;
                 }
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = &mut budget_timer, if deadline.is_some() => {
                     let budget = flight.front().map(|f| f.task.budget).unwrap_or_default();
                     tracing::warn!(pid = self.pid, ?budget, "javascript run exceeded its budget; replacing its worker");
                     return self.stop(flight, carried, RunError::TimedOut(budget));
@@ -652,13 +660,6 @@ fn fail(mut flight: VecDeque<InFlight>, carried: &mut VecDeque<Task>, error: Run
 
 fn protocol_error(what: &str) -> RunError {
     RunError::Crashed(format!("protocol error: {what}"))
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Names why a worker died. Rust's runtime says so on stderr before it aborts: on a failed

@@ -123,11 +123,10 @@ impl Worker {
     fn run(&mut self, program: Job) -> Result<Option<String>, Failure> {
         match program {
             Job::Action { app, id, vo, media } => {
-                let realm = match self.realms.remove(&app) {
+                let mut realm = match self.realms.remove(&app) {
                     Some(realm) => realm,
                     None => AppRealm::new(&self.limits, self.host.clone())?,
                 };
-                let mut realm = realm;
                 let source = self.actions.get(&id).map(String::as_str);
                 let result = realm.run_action(&id, source, &vo, media.as_deref());
                 // A run that threw or hit a limit may have left state behind (a queued job, a
