@@ -80,7 +80,7 @@ fn action_call(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let services = runtime
-        .block_on(async { Services::start(settings(dir.path())) })
+        .block_on(Services::start(settings(dir.path())))
         .expect("services start");
     let caller = Caller {
         app: services.settings.apps["bench"].clone(),

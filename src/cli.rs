@@ -310,7 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn serve(settings: Arc<Settings>, first: Option<(PathBuf, Caller)>) -> anyhow::Result<i32> {
-    let services = Services::start(settings)?;
+    let services = Services::start(settings).await?;
     let app = Application::build(services.clone()).await?;
     if let Some((script, caller)) = first {
         let source = std::fs::read_to_string(&script)
@@ -384,7 +384,7 @@ async fn run_script(
     let caller = caller(&settings, app, company)?;
     let source = std::fs::read_to_string(script)
         .with_context(|| format!("failed to read script {}", script.display()))?;
-    let services = Services::start(settings)?;
+    let services = Services::start(settings).await?;
     let program = Program::Script {
         name: script.display().to_string(),
         source,
@@ -421,7 +421,7 @@ async fn send(
     request: Request,
 ) -> anyhow::Result<i32> {
     let caller = caller(&settings, app, company)?;
-    let services = Services::start(settings)?;
+    let services = Services::start(settings).await?;
     let result = services.outbound.send(&caller, request).await;
     services.outbound.settle().await;
     services.store.close().await;
@@ -612,7 +612,7 @@ async fn list_messages(
     let result = match sid {
         Some(sid) => {
             let Some((message, events)) = store.message(&sid).await? else {
-                bail!("no message with sid {sid} in {}", store.path().display());
+                bail!("no message with sid {sid} in {}", store.location());
             };
             if json {
                 println!(
@@ -707,10 +707,10 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {
-    let services = Services::start(settings.clone())?;
+    let services = Services::start(settings.clone()).await?;
     let Some(event) = services.store.event(event_id).await? else {
         services.store.close().await;
-        bail!("no event {event_id} in {}", services.store.path().display());
+        bail!("no event {event_id} in {}", services.store.location());
     };
     let result = services.dispatcher.replay_once(event).await;
     services

@@ -64,6 +64,9 @@ pub(crate) enum DispatchError {
     /// The attempt could not be recorded, so it did not run.
     #[error("the store could not record the attempt: {0}")]
     Store(String),
+    /// Another instance holds the event: it is running there, or claimed to run.
+    #[error("event {0} is being run by another instance; replay it again once that run has ended")]
+    HeldElsewhere(i64),
 }
 
 impl DispatchError {
@@ -88,6 +91,8 @@ enum Attempt {
     },
     /// Failed for the last time: the event is dead.
     Dead(DispatchError),
+    /// Not run: another instance holds the event.
+    Held,
 }
 
 /// Handle for submitting events. Cheap to clone.
@@ -140,6 +145,7 @@ impl Dispatcher {
             task: Mutex::new(None),
         });
         let task = tokio::spawn(inner.clone().run(rx));
+        tokio::spawn(inner.clone().claim_loop());
         *inner.task.lock().expect("dispatcher task lock") = Some(task);
         Dispatcher { tx, inner }
     }
@@ -161,16 +167,15 @@ impl Dispatcher {
             .into_iter()
             .partition(|e| e.state == EventState::Pending && e.attempts >= max);
         for event in interrupted {
-            let error = format!(
-                "the host stopped while attempt {} of {max} ran, every time; the event is not run again: fix the action, then replay the event",
-                event.attempts
-            );
-            tracing::error!(event = event.id, attempts = event.attempts, "{error}");
-            let result = DispatchResult::Dead { error };
-            self.inner
+            // Taken first, so an instance that reclaims it at the same moment doesn't run it.
+            if self
+                .inner
                 .store
-                .finish_dispatch(event.id, event.attempts, result);
-            crate::telemetry::action("dead");
+                .begin_attempt(event.id, event.attempts)
+                .await?
+            {
+                self.inner.interrupted(event.id, event.attempts);
+            }
         }
         let count = events.len();
         let now = now_ms();
@@ -204,9 +209,11 @@ impl Dispatcher {
         let mut work = Work::from(event);
         work.attempts = 0;
         self.inner.backlog.fetch_add(1, Ordering::Relaxed);
+        let id = work.event_id;
         match self.inner.attempt(work).await {
             Attempt::Done => Ok(()),
             Attempt::Dead(error) => Err(error),
+            Attempt::Held => Err(DispatchError::HeldElsewhere(id)),
             // Not retried from here, so it leaves the backlog; `Done` and `Dead` already left.
             Attempt::Retry { error, .. } => {
                 self.inner.leave_backlog();
@@ -291,11 +298,18 @@ impl Inner {
             work.attempts += 1;
             if !std::mem::take(&mut work.recorded) {
                 // Counted and committed before the action starts (see `DispatchResult::Started`).
-                self.store.finish_dispatch(work.event_id, work.attempts, DispatchResult::Started);
-                if let Err(e) = self.store.flush().await {
-                    tracing::error!(error = %e, "could not record the attempt; the event stays for the next start");
-                    self.leave_backlog();
-                    return Attempt::Dead(DispatchError::Store(e.to_string()));
+                match self.store.begin_attempt(work.event_id, work.attempts).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("another instance holds the event; not run here");
+                        self.leave_backlog();
+                        return Attempt::Held;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not record the attempt; the event stays for the next start");
+                        self.leave_backlog();
+                        return Attempt::Dead(DispatchError::Store(e.to_string()));
+                    }
                 }
             }
             let result = self.run_action(&work).await;
@@ -329,6 +343,69 @@ impl Inner {
         }
         .instrument(span)
         .await
+    }
+
+    /// Marks dead an event whose every attempt was cut short by its host stopping: an action
+    /// that takes the host down is not run forever.
+    fn interrupted(&self, id: i64, attempts: u32) {
+        let max = self.settings.actions.max_attempts;
+        let error = format!(
+            "the host stopped while attempt {attempts} of {max} ran, every time; the event is not run again: fix the action, then replay the event"
+        );
+        tracing::error!(event = id, attempts, "{error}");
+        self.store
+            .finish_dispatch(id, attempts, DispatchResult::Dead { error });
+        crate::telemetry::action("dead");
+    }
+
+    /// Claims the events no live instance holds and that are due (their instance died, or they
+    /// wait for a retry another instance would have made), whenever the store signals or
+    /// `store.poll` passes, and runs them like newly stored ones. Leaves claiming to others
+    /// while this instance's own queue is long.
+    async fn claim_loop(self: Arc<Self>) {
+        let wakeups = self.store.wakeups();
+        let poll = self.settings.store.poll;
+        let limit = self.permits as usize;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = wakeups.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            if self.retry_tx.upgrade().is_none() {
+                // Every handle is gone: nothing could run what this claims.
+                break;
+            }
+            if self.backlog.load(Ordering::Relaxed) >= i64::from(self.permits) {
+                continue;
+            }
+            let events = match self.store.claim_due(limit).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim due events; trying again at the next poll");
+                    continue;
+                }
+            };
+            let max = self.settings.actions.max_attempts;
+            for event in events {
+                if event.attempts > max {
+                    // The claim counted one attempt too many: each earlier one ended with its
+                    // host gone.
+                    self.interrupted(event.id, max);
+                    continue;
+                }
+                let Some(tx) = self.retry_tx.upgrade() else {
+                    return;
+                };
+                let mut work = Work::from(event);
+                work.attempts -= 1;
+                work.recorded = true;
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(work);
+            }
+            crate::telemetry::backlog(self.backlog.load(Ordering::Relaxed));
+        }
     }
 
     fn finished(&self, outcome: &'static str) {
@@ -423,7 +500,7 @@ mod tests {
 
     /// Services whose `crm` app runs an action that always throws, with a first retry a minute
     /// away: long enough that nothing here may wait for it.
-    fn services(dir: &Path) -> Services {
+    async fn services(dir: &Path) -> Services {
         std::fs::create_dir_all(dir.join("actions")).unwrap();
         std::fs::write(dir.join("actions/fails.js"), "throw new Error('boom');").unwrap();
         let text = r#"
@@ -441,7 +518,7 @@ mod tests {
         "#;
         let path = dir.join("whatsapp-host.toml");
         let settings = Settings::from_toml(text, &path, &[]).unwrap();
-        Services::start(Arc::new(settings)).unwrap()
+        Services::start(Arc::new(settings)).await.unwrap()
     }
 
     async fn stored(services: &Services, app: &str) -> Event {
@@ -475,7 +552,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_ends_the_loop_without_waiting_for_a_scheduled_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let services = services(dir.path());
+        let services = services(dir.path()).await;
         let event = stored(&services, "crm").await;
         services.dispatcher.replay(event.clone());
         let event = failed(&services, event.id).await;
@@ -491,7 +568,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_loop_ends_by_itself_once_every_handle_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let services = services(dir.path());
+        let services = services(dir.path()).await;
         let dispatcher = Dispatcher::start(
             services.settings.clone(),
             services.store.clone(),
@@ -512,7 +589,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_event_for_an_app_no_longer_in_the_settings_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let services = services(dir.path());
+        let services = services(dir.path()).await;
         let event = stored(&services, "gone").await;
         let error = services.dispatcher.replay_once(event.clone()).await;
         assert!(
@@ -533,7 +610,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replay_once_that_fails_and_would_be_retried_leaves_the_backlog_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let services = services(dir.path());
+        let services = services(dir.path()).await;
         let before = services.dispatcher.backlog();
         let event = stored(&services, "crm").await;
         for _ in 0..3 {
@@ -550,7 +627,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_failed_attempt_is_dead_with_the_actions_error() {
         let dir = tempfile::tempdir().unwrap();
-        let services = services(dir.path());
+        let services = services(dir.path()).await;
         let event = stored(&services, "crm").await;
         let mut work = Work::from(event);
         work.attempts = services.settings.actions.max_attempts - 1;

@@ -33,16 +33,16 @@ pub struct Services {
 impl Services {
     /// Opens the store, loads the signing key, compiles the actions, starts the JS workers and
     /// the dispatch loop. Must run inside a tokio runtime.
-    pub fn start(settings: Arc<Settings>) -> anyhow::Result<Services> {
-        Self::start_with(settings, twilio::RetryPolicy::default())
+    pub async fn start(settings: Arc<Settings>) -> anyhow::Result<Services> {
+        Self::start_with(settings, twilio::RetryPolicy::default()).await
     }
 
     /// Like [`Services::start`] with a chosen Twilio retry policy (tests shorten the delays).
-    pub fn start_with(
+    pub async fn start_with(
         settings: Arc<Settings>,
         retry: twilio::RetryPolicy,
     ) -> anyhow::Result<Services> {
-        let store = Store::open(&settings.server.data_dir)?;
+        let store = Store::connect(&settings).await?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("whatsapp-host/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(

@@ -20,6 +20,8 @@ pub(crate) const DEFAULT_PATH: &str = "whatsapp-host.toml";
 /// Environment variable that names the settings file.
 pub(crate) const PATH_ENV: &str = "WHATSAPP_HOST_SETTINGS";
 /// Environment variable that holds the dashboard password, so it can stay out of the file.
+/// Overrides `[store] url`, which may carry a password that has no place in the file.
+pub(crate) const STORE_URL_ENV: &str = "WHATSAPP_HOST_STORE_URL";
 pub(crate) const DASHBOARD_PASSWORD_ENV: &str = "WHATSAPP_HOST_DASHBOARD_PASSWORD";
 /// The shortest dashboard password accepted, in characters. Simulate mode accepts shorter ones
 /// (the committed demo settings use `demo`), and the server warns at start.
@@ -40,6 +42,8 @@ pub struct Settings {
     pub gcs: Option<Gcs>,
     pub(crate) actions: Actions,
     pub(crate) dashboard: Dashboard,
+    /// `[store]`: which store, and how long it keeps what is done.
+    pub(crate) store: StoreSettings,
     /// Applications by id. A `BTreeMap` so listings and `check` output are stable.
     pub apps: BTreeMap<String, Arc<App>>,
 }
@@ -139,6 +143,28 @@ pub(crate) struct Actions {
     pub(crate) loop_iteration_limit: u64,
     pub(crate) recursion_limit: usize,
 }
+
+/// `[store]`, checked.
+#[derive(Debug, Clone)]
+#[allow(dead_code, reason = "the PostgreSQL store and retention read the rest")]
+pub(crate) struct StoreSettings {
+    /// A PostgreSQL URL, shared by every instance; `None` keeps the embedded SQLite file under
+    /// `server.data_dir`. Secret: it may hold a password.
+    pub(crate) url: Option<SecretString>,
+    /// `done` and `dead` events, and messages in a final status, older than this are pruned;
+    /// `None` keeps them forever (`retention_days = 0`).
+    pub(crate) retention: Option<Duration>,
+    /// How long an instance holds an event it claimed before another may claim it: longer
+    /// than an action's budget plus its wait in this instance's queue.
+    pub(crate) lease: Duration,
+    /// How often an instance looks for events nobody holds, besides being woken.
+    pub(crate) poll: Duration,
+    /// Connections one instance opens to PostgreSQL at most.
+    pub(crate) max_connections: usize,
+}
+
+/// The settings key a store URL comes from, for errors that must not show the URL itself.
+pub(crate) const STORE_URL_KEY: &str = "store.url";
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Dashboard {
@@ -499,6 +525,7 @@ impl Loader<'_> {
         let gcs = self.gcs(raw.gcs)?;
         let actions = self.actions(raw.actions)?;
         let dashboard = self.dashboard(raw.dashboard, &twilio.api_base)?;
+        let store = self.store(raw.store)?;
         let mut apps = BTreeMap::new();
         for id in raw.apps.keys() {
             self.check_app_id(id)?;
@@ -536,6 +563,7 @@ impl Loader<'_> {
             gcs,
             actions,
             dashboard,
+            store,
             apps,
         })
     }
@@ -738,6 +766,43 @@ impl Loader<'_> {
             memory_limit_mb: raw.memory_limit_mb,
             loop_iteration_limit: raw.loop_iteration_limit,
             recursion_limit: raw.recursion_limit,
+        })
+    }
+
+    fn store(&self, raw: raw::Store) -> Result<StoreSettings, SettingsError> {
+        let (url, source) = match self.env.var(STORE_URL_ENV).filter(|u| !u.is_empty()) {
+            Some(url) => (Some(url), STORE_URL_ENV),
+            None => (raw.url.filter(|u| !u.is_empty()), STORE_URL_KEY),
+        };
+        if let Some(url) = &url {
+            crate::store::check_url(url).map_err(|why| {
+                self.invalid(
+                    STORE_URL_KEY,
+                    format!(
+                        "{source} {why}; write it as postgres://user:password@host:5432/database, or leave it out for the embedded store under server.data_dir"
+                    ),
+                )
+            })?;
+        }
+        if raw.lease_seconds == 0 {
+            return Err(self.invalid("store.lease_seconds", "must be at least 1"));
+        }
+        if raw.poll_ms == 0 {
+            return Err(self.invalid("store.poll_ms", "must be at least 1"));
+        }
+        if raw.max_connections < 2 {
+            return Err(self.invalid(
+                "store.max_connections",
+                "must be at least 2: one listens for wake-ups, the rest read and write",
+            ));
+        }
+        Ok(StoreSettings {
+            url: url.map(SecretString::from),
+            retention: (raw.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(raw.retention_days) * 86_400)),
+            lease: Duration::from_secs(raw.lease_seconds),
+            poll: Duration::from_millis(raw.poll_ms),
+            max_connections: raw.max_connections,
         })
     }
 
@@ -1012,6 +1077,8 @@ mod raw {
         #[serde(default)]
         pub(crate) dashboard: Dashboard,
         #[serde(default)]
+        pub(crate) store: Store,
+        #[serde(default)]
         pub(crate) apps: BTreeMap<String, App>,
     }
 
@@ -1047,6 +1114,28 @@ mod raw {
                 idle_timeout_ms: 30_000,
                 max_header_bytes: 16_384,
                 max_connections: 1024,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub(crate) struct Store {
+        pub(crate) url: Option<String>,
+        pub(crate) retention_days: u32,
+        pub(crate) lease_seconds: u64,
+        pub(crate) poll_ms: u64,
+        pub(crate) max_connections: usize,
+    }
+
+    impl Default for Store {
+        fn default() -> Self {
+            Self {
+                url: None,
+                retention_days: 90,
+                lease_seconds: 60,
+                poll_ms: 1000,
+                max_connections: 16,
             }
         }
     }

@@ -1,25 +1,52 @@
-//! The embedded store: the only module with SQL. It keeps every send and every callback event in
-//! one SQLite file and answers when a write is durable, so the server can acknowledge Twilio only
-//! after the event is safe. This file holds the API and the queries; `schema` the tables and their
-//! upgrades; `writer` the threads that commit and sync writes. Callers see typed values only,
-//! never SQLite.
+//! The store: the only module with SQL. It keeps every send and every callback event, answers
+//! when a write is durable, so the server can acknowledge Twilio only after the event is safe,
+//! and hands events to dispatch. This file holds the API every caller uses and the values it
+//! speaks in; the backends behind it are `sqlite` (the embedded default, one file under
+//! `server.data_dir`) and `postgres` (shared by several instances). Callers see typed values
+//! only, never which backend answers.
 
 mod conversation;
-mod schema;
-mod writer;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::twilio::webhook::{self, StatusCallback, status_rank};
+use crate::twilio::webhook::{self, StatusCallback};
 
 pub use conversation::{Conversation, Entry, MediaItem, NumberWindow, WINDOW_MS, Window};
+
+/// Checks that `url` is a PostgreSQL URL the store can connect with; the reason, when it is
+/// not, never repeats the URL, which may hold a password.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "has the scheme {:?}, but only PostgreSQL (postgres://) is supported",
+            parsed.scheme()
+        ));
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
+}
+
+/// `url` with its password, if any, replaced by `***`: what logs and errors may show.
+#[allow(dead_code, reason = "the PostgreSQL store names its server with it")]
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(a store URL that does not parse)".to_string(),
+    }
+}
 
 /// Milliseconds since the Unix epoch: the store's only time unit.
 pub fn now_ms() -> i64 {
@@ -92,6 +119,10 @@ pub enum StoreError {
     SyncFailed { source: Arc<std::io::Error> },
     #[error("the store is closed")]
     Closed,
+    #[error(
+        "this build has no PostgreSQL store yet: remove [store] url and WHATSAPP_HOST_STORE_URL to use the embedded store"
+    )]
+    Unsupported,
 }
 
 /// What the database itself reported: the `source` of a [`StoreError`]. Opaque, so no caller
@@ -103,7 +134,7 @@ pub enum StoreError {
 pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
 
 impl BackendError {
-    fn new(source: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+    pub(super) fn new(source: impl std::error::Error + Send + Sync + 'static) -> BackendError {
         BackendError(Arc::new(source))
     }
 }
@@ -184,7 +215,7 @@ pub(crate) struct NewEvent {
 impl NewEvent {
     /// Same sid, status and error code: the same event delivered twice. An inbound message's
     /// status is `received`, whichever route it came in on.
-    fn dedup_key(&self) -> Option<String> {
+    pub(super) fn dedup_key(&self) -> Option<String> {
         let c = &self.callback;
         let sid = c.sid.as_deref()?;
         let status = self.status().unwrap_or("");
@@ -193,7 +224,7 @@ impl NewEvent {
     }
 
     /// The status kept in the event's `message_status`: `received` for an inbound message.
-    fn status(&self) -> Option<&str> {
+    pub(super) fn status(&self) -> Option<&str> {
         match self.kind {
             EventKind::Inbound => Some(webhook::RECEIVED),
             EventKind::Status => self.callback.status.as_deref(),
@@ -380,69 +411,47 @@ pub struct MessageFilter {
     pub(crate) limit: usize,
 }
 
-/// The store file's name inside `server.data_dir`.
-const FILE_NAME: &str = "store.sqlite3";
-
-/// Handle to the store for the program: writes go to the writer thread, reads to a connection
-/// of their own. Cloning is cheap; all clones share one writer thread.
+/// Handle to the store for the program. Cloning is cheap; clones share the backend.
 #[derive(Clone)]
 pub struct Store {
-    writer: writer::Writer,
-    reader: StoreReader,
+    backend: Backend,
     /// What [`Outbound`](crate::outbound::Outbound) judges the 24-hour window by.
     clock: Clock,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+}
+
 impl Store {
-    /// Opens (creating if needed) `store.sqlite3` in `data_dir` and starts the writer thread.
+    /// Opens (creating if needed) the embedded store in `data_dir` and starts its writer.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let path = data_dir.join(FILE_NAME);
-        let open_err = |source: rusqlite::Error| StoreError::Open {
-            path: path.clone(),
-            source: BackendError::new(source),
-        };
-        let writer = writer::Writer::start(&path)?;
-        let reader = Connection::open(&path).map_err(open_err)?;
-        configure(&reader).map_err(open_err)?;
         Ok(Store {
-            writer,
-            reader: StoreReader::new(reader, path),
+            backend: Backend::Sqlite(sqlite::Sqlite::open(data_dir)?),
             clock: Clock::default(),
         })
     }
 
-    /// Opens the store in `data_dir` for reading only, for commands that run beside a server:
-    /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
+    /// Opens the store the settings choose: PostgreSQL when `[store] url` (or
+    /// `WHATSAPP_HOST_STORE_URL`) names one, else the embedded store under `server.data_dir`.
+    pub async fn connect(settings: &crate::settings::Settings) -> Result<Store, StoreError> {
+        match &settings.store.url {
+            None => Store::open(&settings.server.data_dir),
+            Some(_) => Err(StoreError::Unsupported),
+        }
+    }
+
+    /// Opens the store in `data_dir` for reading only, for commands that run beside a server.
     /// The store must exist already; this never creates it. A store written by a newer build is
     /// refused, as [`Store::open`] refuses it.
     pub(crate) fn open_read_only(data_dir: &Path) -> Result<StoreReader, StoreError> {
-        let path = data_dir.join(FILE_NAME);
-        if !path.try_exists().unwrap_or(true) {
-            return Err(StoreError::Missing { path });
-        }
-        let open_err = |source: rusqlite::Error| StoreError::Open {
-            path: path.clone(),
-            source: BackendError::new(source),
-        };
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        schema::known_version(&conn, &path)?;
-        Ok(StoreReader::new(conn, path))
+        sqlite::Sqlite::open_read_only(data_dir).map(StoreReader::Sqlite)
     }
 
-    /// The store file, for messages that point the operator at it.
-    pub(crate) fn path(&self) -> &Path {
-        self.reader.path()
+    /// Where the store is, for messages that point the operator at it. Never holds a password.
+    pub(crate) fn location(&self) -> String {
+        self.reader().location()
     }
 
     /// The clock the 24-hour window is judged by; `pub` so tests can move it forward.
@@ -450,41 +459,91 @@ impl Store {
         &self.clock
     }
 
-    /// Stores a callback and returns once it is durable (fsynced), or found to be a repeat. An
-    /// inbound message's row is written in the same transaction as its event.
-    pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
-        self.writer.insert_event(event).await
+    fn reader(&self) -> StoreReader {
+        match &self.backend {
+            Backend::Sqlite(s) => StoreReader::Sqlite(s.reader.clone()),
+        }
     }
 
-    /// Queues a send's outcome without waiting. The writer commits it with the next group and
+    /// Stores a callback and returns once it is durable, or found to be a repeat. An inbound
+    /// message's row is written in the same transaction as its event. A new event is stored
+    /// with its first attempt counted and held by this instance: the caller dispatches it.
+    pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert_event(event).await,
+        }
+    }
+
+    /// Queues a send's outcome without waiting. It is committed with the next group and
     /// before any later write, so a callback for the same sid never overtakes it; a message
     /// that an early callback of the same app already created is completed rather than
     /// duplicated.
     pub(crate) fn record_send(&self, record: SendRecord) {
-        if self.writer.record_send(record).is_err() {
+        let queued = match &self.backend {
+            Backend::Sqlite(s) => s.record_send(record),
+        };
+        if queued.is_err() {
             tracing::error!("the store is closed; a send was not recorded");
         }
     }
 
+    /// Counts attempt `attempts` of event `id` and holds the event for this instance, committed
+    /// before the action runs. `false` when another instance holds the event (it is running
+    /// there): the caller must not run it.
+    pub(crate) async fn begin_attempt(&self, id: i64, attempts: u32) -> Result<bool, StoreError> {
+        match &self.backend {
+            // One process owns an embedded store: nobody else can hold its events.
+            Backend::Sqlite(s) => {
+                s.finish_dispatch(id, attempts, DispatchResult::Started)?;
+                s.flush().await.map(|()| true)
+            }
+        }
+    }
+
+    /// Claims up to `limit` events that are due and held by no live instance (their holder
+    /// died, or they wait for a retry), counting an attempt for each, committed before they
+    /// are returned. An embedded store has only this process, which dispatches everything it
+    /// stores and recovers the rest at start, so it never has any.
+    pub(crate) async fn claim_due(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let _ = limit;
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Signalled when another instance may have left events to claim (a replay, a released
+    /// event); [`Store::claim_due`] is also worth polling without it, since signals can be lost.
+    pub(crate) fn wakeups(&self) -> Arc<tokio::sync::Notify> {
+        match &self.backend {
+            Backend::Sqlite(_) => Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
     /// Records a dispatch outcome without waiting: losing it in a crash only means the event
-    /// is dispatched again on restart, which at-least-once delivery allows.
+    /// is dispatched again, which at-least-once delivery allows. Written only while this
+    /// instance still holds the event for that attempt.
     pub(crate) fn finish_dispatch(&self, id: i64, attempts: u32, result: DispatchResult) {
-        let _ = self.writer.finish_dispatch(id, attempts, result);
+        let _ = match &self.backend {
+            Backend::Sqlite(s) => s.finish_dispatch(id, attempts, result),
+        };
     }
 
     /// Waits until every write queued so far, including fire-and-forget ones, is committed
-    /// and synced.
+    /// and durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.writer.flush().await
+        match &self.backend {
+            Backend::Sqlite(s) => s.flush().await,
+        }
     }
 
-    /// Commits what is queued, checkpoints the WAL and stops the writer. Later writes fail.
+    /// Commits what is queued and stops the writer. Later writes fail.
     pub async fn close(&self) {
-        self.writer.close().await;
+        match &self.backend {
+            Backend::Sqlite(s) => s.close().await,
+        }
     }
 
-    /// Whether a write can be committed right now, for `/healthz`: the writer takes the write
-    /// lock for an empty transaction and answers within a second.
+    /// Whether a write can be committed right now, for `/healthz`: answers within a second.
     pub async fn is_writable(&self) -> bool {
         matches!(
             tokio::time::timeout(Duration::from_secs(1), self.flush()).await,
@@ -494,28 +553,29 @@ impl Store {
 
     /// One event by id, for `replay` and the dashboard.
     pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
-        self.reader.event(id).await
+        self.reader().event(id).await
     }
 
-    /// Every event that still has to run: pending, or failed and waiting for a retry.
+    /// Every event that still has to run and no live instance holds: pending, or failed and
+    /// waiting for a retry.
     pub async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
-        self.reader.undispatched_events().await
+        self.reader().undispatched_events().await
     }
 
     /// Newest first.
     pub async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
-        self.reader.events(filter).await
+        self.reader().events(filter).await
     }
 
     /// Newest first.
     pub async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
-        self.reader.messages(filter).await
+        self.reader().messages(filter).await
     }
 
     /// A message by sid alone, with its events; see [`StoreReader::message`] for which one
     /// when several apps have a row for the sid.
     pub async fn message(&self, sid: &str) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
-        self.reader.message(sid).await
+        self.reader().message(sid).await
     }
 
     /// App `app`'s message `sid` and its events, oldest event first.
@@ -524,7 +584,30 @@ impl Store {
         app: &str,
         sid: &str,
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
-        self.reader.app_message(app, sid).await
+        self.reader().app_message(app, sid).await
+    }
+
+    /// See [`StoreReader::conversation`].
+    pub async fn conversation(
+        &self,
+        app: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Conversation, StoreError> {
+        self.reader().conversation(app, contact, now_ms).await
+    }
+
+    /// See [`StoreReader::session_window`].
+    pub async fn session_window(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Window, StoreError> {
+        self.reader()
+            .session_window(app, app_number, contact, now_ms)
+            .await
     }
 
     /// Whether WhatsApp's 24-hour window is open at `now_ms`: the one rule is
@@ -536,8 +619,7 @@ impl Store {
         contact: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.reader
-            .session_window(app, app_number, contact, now_ms)
+        self.session_window(app, app_number, contact, now_ms)
             .await
             .map(Window::is_open)
     }
@@ -546,146 +628,50 @@ impl Store {
 /// The read side of the store. [`Store`] reads through one; [`Store::open_read_only`] returns
 /// one alone, which has no way to write. Cloning is cheap; clones share the connection.
 #[derive(Clone)]
-pub(crate) struct StoreReader {
-    /// A std mutex: reads run in `spawn_blocking` and never hold it across an await.
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
+pub(crate) enum StoreReader {
+    Sqlite(sqlite::Reader),
 }
 
 impl StoreReader {
-    fn new(conn: Connection, path: PathBuf) -> StoreReader {
-        StoreReader {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        }
-    }
-
     /// A reader of an empty store, for `path` where no store has been created yet: every
-    /// listing is empty and every lookup finds nothing, exactly as in a fresh store. The empty
-    /// store is held in memory; nothing is written to `path` or beside it.
+    /// listing is empty and every lookup finds nothing, exactly as in a fresh store.
     pub(crate) fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
-        let open_err = |source: rusqlite::Error| StoreError::Open {
-            path: path.clone(),
-            source: BackendError::new(source),
-        };
-        let mut conn = Connection::open_in_memory().map_err(open_err)?;
-        schema::set_up(&mut conn, &path)?;
-        Ok(StoreReader::new(conn, path))
+        sqlite::Reader::empty(path).map(StoreReader::Sqlite)
     }
 
-    /// The store file, for messages that point the operator at it.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs a read on the blocking pool so the async runtime never waits on SQLite.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().expect("store reader lock");
-            f(&conn).map_err(|e| StoreError::Query(BackendError::new(e)))
-        })
-        .await
-        .expect("store read panicked")
+    /// Where the store is, for messages that point the operator at it. Never holds a password.
+    pub(crate) fn location(&self) -> String {
+        match self {
+            StoreReader::Sqlite(r) => r.path().display().to_string(),
+        }
     }
 
     /// One event by id.
     pub(crate) async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
-        self.read(move |c| {
-            c.query_row(
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
-                [id],
-                event_from_row,
-            )
-            .optional()
-        })
-        .await
+        match self {
+            StoreReader::Sqlite(r) => r.event(id).await,
+        }
     }
 
-    /// Every event that still has to run: pending, or failed and waiting for a retry.
+    /// Every event that still has to run and no live instance holds.
     pub(crate) async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE state IN ('pending','failed') ORDER BY id"
-            ))?;
-            stmt.query_map([], event_from_row)?.collect()
-        })
-        .await
+        match self {
+            StoreReader::Sqlite(r) => r.undispatched_events().await,
+        }
     }
 
     /// Newest first.
     pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
-        self.read(move |c| {
-            let mut w = Where::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1=1"));
-            if let Some(app) = filter.app {
-                w.and(" AND app = ?", app);
-            }
-            if let Some(state) = filter.state {
-                w.and(" AND state = ?", state.as_str().to_string());
-            }
-            if let Some(sid) = filter.message_sid {
-                w.and(" AND message_sid = ?", sid);
-            }
-            if let Some(before) = filter.before_id {
-                w.and(" AND id < ?", before);
-            }
-            let (sql, args) = w.finish(filter.limit);
-            let mut stmt = c.prepare(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?
-                .collect()
-        })
-        .await
+        match self {
+            StoreReader::Sqlite(r) => r.events(filter).await,
+        }
     }
 
     /// Newest first.
     pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
-        self.read(move |c| {
-            let mut w = Where::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE 1=1"));
-            if let Some(app) = filter.app {
-                w.and(" AND app = ?", app);
-            }
-            if let Some(company) = filter.company {
-                w.and(" AND company = ?", company);
-            }
-            if let Some(status) = filter.status {
-                w.and(" AND status = ?", status);
-            }
-            if let Some(direction) = filter.direction {
-                w.and(" AND direction = ?", direction.as_str().to_string());
-            }
-            if let Some(search) = filter.search {
-                // A sid is matched whole; a phone number by its digits anywhere in to or from.
-                let search = search.trim();
-                let digits: String = search.chars().filter(char::is_ascii_digit).collect();
-                let needle = if search.starts_with("SM") || digits.is_empty() {
-                    search.to_string()
-                } else {
-                    digits
-                };
-                w.and(
-                    " AND (sid = ? OR instr(to_number, ?) > 0 OR instr(from_number, ?) > 0)",
-                    needle,
-                );
-            }
-            if let Some(since) = filter.since {
-                w.and(" AND created_at >= ?", since);
-            }
-            if let Some(until) = filter.until {
-                w.and(" AND created_at < ?", until);
-            }
-            if let Some(before) = filter.before_id {
-                w.and(" AND id < ?", before);
-            }
-            let (sql, args) = w.finish(filter.limit);
-            let mut stmt = c.prepare(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(args), message_from_row)?
-                .collect()
-        })
-        .await
+        match self {
+            StoreReader::Sqlite(r) => r.messages(filter).await,
+        }
     }
 
     /// A message by sid alone, and the events its app recorded for it, oldest event first.
@@ -696,21 +682,9 @@ impl StoreReader {
         &self,
         sid: &str,
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
-        let sid = sid.to_string();
-        self.read(move |c| {
-            let message = c
-                .query_row(
-                    &format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sid = ?1 \
-                         ORDER BY body IS NULL, id LIMIT 1"
-                    ),
-                    [&sid],
-                    message_from_row,
-                )
-                .optional()?;
-            with_events(c, message)
-        })
-        .await
+        match self {
+            StoreReader::Sqlite(r) => r.message(sid).await,
+        }
     }
 
     /// App `app`'s message `sid` and the events it recorded for it, oldest event first.
@@ -719,807 +693,35 @@ impl StoreReader {
         app: &str,
         sid: &str,
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
-        let (app, sid) = (app.to_string(), sid.to_string());
-        self.read(move |c| {
-            let message = c
-                .query_row(
-                    &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE app = ?1 AND sid = ?2"),
-                    [&app, &sid],
-                    message_from_row,
-                )
-                .optional()?;
-            with_events(c, message)
-        })
-        .await
-    }
-}
-
-/// `message` with the events its own app recorded for its sid, oldest first: another app's
-/// callbacks naming the same sid are not this message's history.
-fn with_events(
-    c: &Connection,
-    message: Option<Message>,
-) -> rusqlite::Result<Option<(Message, Vec<Event>)>> {
-    let Some(message) = message else {
-        return Ok(None);
-    };
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE message_sid = ?1 AND app = ?2 \
-         ORDER BY received_at, id"
-    ))?;
-    let events = stmt
-        .query_map(params![message.sid, message.app], event_from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(Some((message, events)))
-}
-
-/// Builds a filtered, newest-first listing query with numbered parameters.
-struct Where {
-    sql: String,
-    args: Vec<rusqlite::types::Value>,
-}
-
-impl Where {
-    fn new(select: String) -> Self {
-        Self {
-            sql: select,
-            args: Vec::new(),
+        match self {
+            StoreReader::Sqlite(r) => r.app_message(app, sid).await,
         }
     }
 
-    /// Appends a clause; every `?` in it refers to `value`.
-    fn and(&mut self, clause: &str, value: impl Into<rusqlite::types::Value>) {
-        self.args.push(value.into());
-        self.sql
-            .push_str(&clause.replace('?', &format!("?{}", self.args.len())));
-    }
-
-    fn finish(mut self, limit: usize) -> (String, Vec<rusqlite::types::Value>) {
-        let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-        self.sql
-            .push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        (self.sql, self.args)
-    }
-}
-
-/// How long a connection waits for another's lock before it reports the store busy.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// WAL with `synchronous = FULL`. The writer connection then lowers it to NORMAL and syncs
-/// the log itself before answering (see `writer::writer_loop`): an acknowledged event still
-/// survives `kill -9` and a power cut, and one sync covers every group committed before it.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", -8_000)?;
-    Ok(())
-}
-
-const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, message_sid, \
-     message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at, \
-     kind";
-
-const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, from_number, body, \
-     media, status, error_code, error_message, created_at, updated_at, direction, profile_name, \
-     wa_id";
-
-fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
-    let fields: String = r.get(8)?;
-    let state: String = r.get(9)?;
-    let kind: String = r.get(14)?;
-    Ok(Event {
-        id: r.get(0)?,
-        app: r.get(1)?,
-        company: r.get(2)?,
-        kind: EventKind::parse(&kind),
-        received_at: r.get(3)?,
-        idempotency_token: r.get(4)?,
-        message_sid: r.get(5)?,
-        message_status: r.get(6)?,
-        error_code: r.get(7)?,
-        fields: serde_json::from_str(&fields).unwrap_or_default(),
-        state: EventState::parse(&state).unwrap_or(EventState::Pending),
-        attempts: r.get(10)?,
-        next_attempt_at: r.get(11)?,
-        last_error: r.get(12)?,
-        updated_at: r.get(13)?,
-    })
-}
-
-fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
-    let direction: String = r.get(14)?;
-    Ok(Message {
-        id: r.get(0)?,
-        direction: Direction::parse(&direction).unwrap_or_default(),
-        profile_name: r.get(15)?,
-        wa_id: r.get(16)?,
-        sid: r.get(1)?,
-        app: r.get(2)?,
-        company: r.get(3)?,
-        account_sid: r.get(4)?,
-        to: r.get(5)?,
-        from: r.get(6)?,
-        body: r.get(7)?,
-        media: r.get(8)?,
-        status: r.get(9)?,
-        error_code: r.get(10)?,
-        error_message: r.get(11)?,
-        created_at: r.get(12)?,
-        updated_at: r.get(13)?,
-    })
-}
-
-fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
-    let c = &ev.callback;
-    let sid = c.sid.as_deref();
-    let status = ev.status();
-    let error_code = c.error_code.as_deref();
-    let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
-    let inserted = tx
-        .prepare_cached(
-            // Stored with its first attempt counted: the dispatcher starts it right after.
-            "INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, \
-             message_sid, message_status, error_code, fields, attempts, updated_at, kind) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?3, ?10) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            ev.app,
-            ev.company,
-            ev.received_at,
-            ev.idempotency_token,
-            ev.dedup_key(),
-            sid,
-            status,
-            error_code,
-            fields,
-            ev.kind.as_str()
-        ])?;
-    if inserted == 0 {
-        return Ok(Inserted::Duplicate);
-    }
-    let id = tx.last_insert_rowid();
-    if ev.kind == EventKind::Inbound {
-        insert_inbound(tx, ev)?;
-        return Ok(Inserted::New(id));
-    }
-    // Only a message of the event's own app is moved (the conflict target is (app, sid)), and
-    // only when the accounts agree: a message or an event that names no account matches any.
-    if let (Some(sid), Some(status)) = (sid, status) {
-        tx.prepare_cached(
-            "INSERT INTO messages (sid, app, company, status, status_rank, error_code, \
-             to_number, from_number, created_at, updated_at, account_sid) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) \
-             ON CONFLICT(app, sid) DO UPDATE SET status = excluded.status, \
-             status_rank = excluded.status_rank, updated_at = excluded.updated_at, \
-             error_code = coalesce(excluded.error_code, messages.error_code), \
-             account_sid = coalesce(messages.account_sid, excluded.account_sid) \
-             WHERE excluded.status_rank > messages.status_rank \
-             AND messages.status_rank < 10 \
-             AND (excluded.account_sid IS NULL OR messages.account_sid IS NULL \
-                  OR excluded.account_sid = messages.account_sid)",
-        )?
-        .execute(params![
-            sid,
-            ev.app,
-            ev.company,
-            status,
-            status_rank(status),
-            error_code,
-            c.to,
-            c.from,
-            ev.received_at,
-            c.account_sid,
-        ])?;
-    }
-    Ok(Inserted::New(id))
-}
-
-/// The message row of an inbound event: received, final, never moved by a status callback. A
-/// row the app already has for the sid is left as it is.
-fn insert_inbound(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<()> {
-    let c = &ev.callback;
-    let inbound = c.inbound();
-    let media = (!inbound.media.is_empty()).then(|| {
-        let items: Vec<_> = inbound
-            .media
-            .iter()
-            .map(|(url, content_type)| serde_json::json!({"url": url, "contentType": content_type}))
-            .collect();
-        serde_json::Value::from(items).to_string()
-    });
-    tx.prepare_cached(
-        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
-         media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 'inbound', ?12, ?13) \
-         ON CONFLICT(app, sid) DO NOTHING",
-    )?
-    .execute(params![
-        c.sid,
-        ev.app,
-        ev.company,
-        c.account_sid,
-        c.to,
-        c.from,
-        inbound.body,
-        media,
-        webhook::RECEIVED,
-        status_rank(webhook::RECEIVED),
-        ev.received_at,
-        inbound.profile_name,
-        inbound.wa_id,
-    ])?;
-    Ok(())
-}
-
-/// Inserts the message row for (app, sid); a row an early callback of the same app created is
-/// completed. A send without a sid (refused by Twilio) always gets a row of its own.
-fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
-         media, status, status_rank, error_code, error_message, created_at, updated_at, \
-         content_sid, content_variables) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15) \
-         ON CONFLICT(app, sid) DO UPDATE SET company = excluded.company, \
-         account_sid = excluded.account_sid, to_number = excluded.to_number, \
-         from_number = excluded.from_number, body = excluded.body, media = excluded.media, \
-         content_sid = excluded.content_sid, content_variables = excluded.content_variables, \
-         created_at = min(messages.created_at, excluded.created_at), \
-         error_message = coalesce(messages.error_message, excluded.error_message), \
-         status = CASE WHEN excluded.status_rank > messages.status_rank \
-                       THEN excluded.status ELSE messages.status END, \
-         status_rank = max(excluded.status_rank, messages.status_rank)",
-    )?
-    .execute(params![
-        r.sid,
-        r.app,
-        r.company,
-        r.account_sid,
-        r.to,
-        r.from,
-        r.body,
-        r.media,
-        r.status,
-        status_rank(&r.status),
-        r.error_code.map(|c| c.to_string()),
-        r.error_message,
-        r.at,
-        r.content_sid,
-        r.content_variables
-    ])?;
-    Ok(())
-}
-
-fn finish(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    attempts: u32,
-    result: &DispatchResult,
-) -> rusqlite::Result<()> {
-    let (state, error, next) = match result {
-        DispatchResult::Started => ("pending", None, None),
-        DispatchResult::Done => ("done", None, None),
-        DispatchResult::Failed {
-            error,
-            next_attempt_at,
-        } => ("failed", Some(error.as_str()), Some(*next_attempt_at)),
-        DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None),
-    };
-    tx.prepare_cached(
-        "UPDATE events SET state = ?2, attempts = ?3, last_error = coalesce(?4, last_error), \
-         next_attempt_at = ?5, updated_at = ?6 WHERE id = ?1",
-    )?
-    .execute(params![id, state, attempts, error, next, now_ms()])?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A status event of app `crm` for `sid`; other tests change what they need.
-    pub(super) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
-        NewEvent {
-            app: "crm".into(),
-            company: "ACME".into(),
-            kind: EventKind::Status,
-            callback: StatusCallback {
-                sid: Some(sid.into()),
-                status: Some(status.into()),
-                ..StatusCallback::default()
-            },
-            idempotency_token: None,
-            received_at: at,
+    /// App `app`'s messages with `contact` (E.164: the sender of inbound messages, the
+    /// recipient of outbound ones), oldest first, and each app number's window at `now_ms`.
+    pub(crate) async fn conversation(
+        &self,
+        app: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Conversation, StoreError> {
+        match self {
+            StoreReader::Sqlite(r) => r.conversation(app, contact, now_ms).await,
         }
     }
 
-    #[tokio::test]
-    async fn status_only_moves_forward_and_failed_is_final() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for (i, s) in ["read", "sent", "delivered"].iter().enumerate() {
-            store
-                .insert_event(status_event("SM1", s, i as i64))
-                .await
-                .unwrap();
+    /// The window between app `app`'s number `app_number` and `contact` at `now_ms`: open when
+    /// the contact wrote to that number within the 24 hours before.
+    pub(crate) async fn session_window(
+        &self,
+        app: &str,
+        app_number: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<Window, StoreError> {
+        match self {
+            StoreReader::Sqlite(r) => r.session_window(app, app_number, contact, now_ms).await,
         }
-        let (m, events) = store.message("SM1").await.unwrap().unwrap();
-        assert_eq!(m.status, "read");
-        assert_eq!(events.len(), 3);
-        store
-            .insert_event(status_event("SM2", "failed", 1))
-            .await
-            .unwrap();
-        store
-            .insert_event(status_event("SM2", "delivered", 2))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.message("SM2").await.unwrap().unwrap().0.status,
-            "failed"
-        );
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let first = store
-            .insert_event(status_event("SM1", "sent", 1))
-            .await
-            .unwrap();
-        assert!(matches!(first, Inserted::New(_)));
-        let again = store
-            .insert_event(status_event("SM1", "sent", 2))
-            .await
-            .unwrap();
-        assert_eq!(again, Inserted::Duplicate);
-        let mut with_token = status_event("SM1", "delivered", 3);
-        with_token.idempotency_token = Some("tok".into());
-        assert!(matches!(
-            store.insert_event(with_token.clone()).await.unwrap(),
-            Inserted::New(_)
-        ));
-        with_token.callback.status = Some("read".into());
-        assert_eq!(
-            store.insert_event(with_token).await.unwrap(),
-            Inserted::Duplicate
-        );
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_event(status_event("SM9", "delivered", 5))
-            .await
-            .unwrap();
-        store.record_send(SendRecord {
-            sid: Some("SM9".into()),
-            app: "crm".into(),
-            company: "ACME".into(),
-            account_sid: "AC1".into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
-            body: "hi".into(),
-            media: None,
-            content_sid: None,
-            content_variables: None,
-            status: "queued".into(),
-            error_code: None,
-            error_message: None,
-            at: 4,
-        });
-        store.flush().await.unwrap();
-        let (m, _) = store.message("SM9").await.unwrap().unwrap();
-        assert_eq!(m.status, "delivered");
-        assert_eq!(m.body.as_deref(), Some("hi"));
-        assert_eq!(m.created_at, 4);
-        store.close().await;
-    }
-
-    /// App `app`'s send of `sid` from account `account`, as the outbound path records it.
-    fn send(app: &str, account: &str, sid: &str) -> SendRecord {
-        SendRecord {
-            sid: Some(sid.into()),
-            app: app.into(),
-            company: "ACME".into(),
-            account_sid: account.into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
-            body: format!("from {app}"),
-            media: None,
-            content_sid: None,
-            content_variables: None,
-            status: "queued".into(),
-            error_code: None,
-            error_message: None,
-            at: 1,
-        }
-    }
-
-    /// A status event as app `app`'s callback route stores it, naming `account`.
-    fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
-        let mut event = status_event(sid, status, at);
-        event.app = app.into();
-        event.callback.account_sid = Some(account.into());
-        event
-    }
-
-    #[tokio::test]
-    async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.record_send(send("crm", "AC_A", "SM1"));
-        store
-            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
-            .await
-            .unwrap();
-
-        // App B, with its own valid token, names A's sid with A's next and a final status.
-        for status in ["failed", "read"] {
-            let forged = app_status("ops", "AC_B", "SM1", status, 3);
-            assert!(matches!(
-                store.insert_event(forged).await.unwrap(),
-                Inserted::New(_)
-            ));
-        }
-        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(
-            (a.status.as_str(), a.account_sid.as_deref()),
-            ("delivered", Some("AC_A"))
-        );
-        assert_eq!(a.error_code, None);
-        assert_eq!(a_events.len(), 1, "B's events are not A's history");
-
-        // A's genuine `read` is new, not a repeat of B's, and moves A's message.
-        let genuine = store
-            .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
-            .await
-            .unwrap();
-        assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
-        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(a.status, "read");
-        let history: Vec<_> = a_events
-            .iter()
-            .map(|e| e.message_status.as_deref().unwrap())
-            .collect();
-        assert_eq!(history, ["delivered", "read"]);
-
-        // B's events only ever touched a row of B's own; a lookup by sid alone finds A's send.
-        let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
-        assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
-        let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
-        assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn an_event_naming_another_account_does_not_move_the_apps_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.record_send(send("crm", "AC_A", "SM1"));
-        store
-            .insert_event(app_status("crm", "AC_OTHER", "SM1", "failed", 2))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(
-            (m.status.as_str(), m.account_sid.as_deref()),
-            ("queued", Some("AC_A"))
-        );
-        // An event that names no account is matched by app alone, as before.
-        store
-            .insert_event(status_event("SM1", "sent", 3))
-            .await
-            .unwrap();
-        store
-            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 4))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(m.status, "delivered");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn an_idempotency_token_is_a_repeat_within_an_app_and_new_in_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let with_token = |app: &str, sid: &str| {
-            let mut event = app_status(app, "AC1", sid, "sent", 1);
-            event.idempotency_token = Some("ID-shared".into());
-            event
-        };
-        assert!(matches!(
-            store.insert_event(with_token("crm", "SM1")).await.unwrap(),
-            Inserted::New(_)
-        ));
-        assert!(matches!(
-            store.insert_event(with_token("ops", "SM2")).await.unwrap(),
-            Inserted::New(_)
-        ));
-        assert_eq!(
-            store.insert_event(with_token("crm", "SM3")).await.unwrap(),
-            Inserted::Duplicate
-        );
-        let events = store.events(EventFilter::default()).await.unwrap();
-        let stored: Vec<_> = events
-            .iter()
-            .rev()
-            .map(|e| (e.app.as_str(), e.message_sid.as_deref().unwrap()))
-            .collect();
-        assert_eq!(stored, [("crm", "SM1"), ("ops", "SM2")]);
-        store.close().await;
-    }
-
-    /// An inbound message from `contact` to `app_number` of app `crm`, as the inbound route
-    /// stores it.
-    fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
-        let fields = [
-            ("SmsStatus", "received"),
-            ("MessageSid", sid),
-            ("AccountSid", "AC1"),
-            ("From", &format!("whatsapp:{contact}")),
-            ("To", &format!("whatsapp:{app_number}")),
-            ("Body", "hi"),
-            ("ProfileName", "Ana"),
-            ("WaId", contact.trim_start_matches('+')),
-            ("NumMedia", "1"),
-            ("MediaUrl0", "https://m/0"),
-            ("MediaContentType0", "image/jpeg"),
-        ];
-        NewEvent {
-            kind: EventKind::Inbound,
-            callback: StatusCallback::from_fields(
-                fields
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..status_event(sid, "", at)
-        }
-    }
-
-    #[tokio::test]
-    async fn an_inbound_message_is_stored_as_an_event_and_a_received_message_row_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let event = inbound_event("SM1", "+393331234567", "+14155238886", 5);
-        let Inserted::New(id) = store.insert_event(event.clone()).await.unwrap() else {
-            panic!("not stored");
-        };
-        assert_eq!(
-            store.insert_event(event).await.unwrap(),
-            Inserted::Duplicate
-        );
-        let stored = store.event(id).await.unwrap().unwrap();
-        assert_eq!(stored.kind, EventKind::Inbound);
-        assert_eq!(stored.message_status.as_deref(), Some("received"));
-        assert_eq!(stored.attempts, 1);
-
-        // A status callback naming the sid does not move the received message.
-        store
-            .insert_event(status_event("SM1", "read", 6))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(m.direction, Direction::Inbound);
-        assert_eq!(m.status, "received");
-        assert_eq!(
-            (m.from.as_deref(), m.to.as_deref()),
-            (Some("+393331234567"), Some("+14155238886"))
-        );
-        assert_eq!(m.body.as_deref(), Some("hi"));
-        assert_eq!(
-            (m.profile_name.as_deref(), m.wa_id.as_deref()),
-            (Some("Ana"), Some("393331234567"))
-        );
-        let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            media,
-            serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
-        );
-        assert_eq!(m.created_at, 5);
-
-        store.record_send(send("crm", "AC1", "SM2"));
-        store.flush().await.unwrap();
-        let only = |direction| MessageFilter {
-            direction: Some(direction),
-            ..MessageFilter::default()
-        };
-        let inbound = store.messages(only(Direction::Inbound)).await.unwrap();
-        let outbound = store.messages(only(Direction::Outbound)).await.unwrap();
-        assert_eq!(inbound.len(), 1);
-        assert_eq!(outbound.len(), 1);
-        assert_eq!(outbound[0].sid.as_deref(), Some("SM2"));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that_number() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (contact, number) = ("+393331234567", "+14155238886");
-        let at = 1_000_000_000;
-        store
-            .insert_event(inbound_event("SM1", contact, number, at))
-            .await
-            .unwrap();
-        let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
-            let store = store.clone();
-            async move { store.session_open(app, from, to, now).await.unwrap() }
-        };
-        assert!(open("crm", number, contact, at).await);
-        assert!(open("crm", number, contact, at + WINDOW_MS).await);
-        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
-        assert!(!open("crm", number, contact, at - 1).await, "not yet sent");
-        assert!(
-            !open("crm", "+14155238887", contact, at).await,
-            "another number"
-        );
-        assert!(
-            !open("crm", number, "+393331234568", at).await,
-            "another contact"
-        );
-        assert!(!open("ops", number, contact, at).await, "another app");
-        // A message the app sent to the contact opens nothing.
-        store.record_send(send("crm", "AC1", "SM2"));
-        store.flush().await.unwrap();
-        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
-
-        let clock = store.clock().clone();
-        let before = clock.now_ms();
-        store.clock().advance(Duration::from_secs(24 * 3600));
-        assert!(clock.now_ms() - before >= WINDOW_MS, "clones move together");
-        store.close().await;
-    }
-
-    /// How many threads of this process are named `name` (Linux keeps the first 15 bytes).
-    #[cfg(target_os = "linux")]
-    fn threads_named(name: &str) -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim_end() == name)
-            .count()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn read_only_open_starts_no_threads_and_reads_beside_a_running_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_event(status_event("SM1", "sent", 1))
-            .await
-            .unwrap();
-        // Other tests in this binary may start or stop stores meanwhile, so a count that moved
-        // is tried again; a reader that started threads would move it every time.
-        let threads = || (threads_named("store-writer"), threads_named("store-sync"));
-        let mut tries = 0;
-        let reader = loop {
-            let before = threads();
-            let reader = Store::open_read_only(dir.path()).unwrap();
-            if threads() == before {
-                break reader;
-            }
-            tries += 1;
-            assert!(
-                tries < 20,
-                "opening the store read-only started store threads"
-            );
-        };
-        let events = reader.events(EventFilter::default()).await.unwrap();
-        assert_eq!(events.len(), 1);
-        // A write committed after the reader opened is seen by its next read.
-        store
-            .insert_event(status_event("SM1", "delivered", 2))
-            .await
-            .unwrap();
-        let (message, events) = reader.message("SM1").await.unwrap().unwrap();
-        assert_eq!((message.status.as_str(), events.len()), ("delivered", 2));
-        drop(reader);
-        // The writer carries on as before.
-        store
-            .insert_event(status_event("SM1", "read", 3))
-            .await
-            .unwrap();
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn read_only_open_reads_a_store_no_server_has_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_event(status_event("SM1", "sent", 1))
-            .await
-            .unwrap();
-        store.close().await;
-        let reader = Store::open_read_only(dir.path()).unwrap();
-        let events = reader.events(EventFilter::default()).await.unwrap();
-        assert_eq!(events.len(), 1);
-    }
-
-    #[test]
-    fn read_only_open_refuses_a_store_written_by_a_newer_build() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILE_NAME);
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", schema::VERSION + 1)
-            .unwrap();
-        drop(conn);
-        let Err(e) = Store::open_read_only(dir.path()) else {
-            panic!("a store of a newer schema opened");
-        };
-        assert!(
-            matches!(e, StoreError::NewerSchema { found, known, .. }
-                if found == schema::VERSION + 1 && known == schema::VERSION),
-            "{e}"
-        );
-        assert!(e.to_string().contains("newer whatsapp-host"), "{e}");
-        // The current version still opens.
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", schema::VERSION)
-            .unwrap();
-        drop(conn);
-        Store::open_read_only(dir.path()).unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_empty_reader_finds_nothing_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data").join(FILE_NAME);
-        let reader = StoreReader::empty(path.clone()).unwrap();
-        assert_eq!(reader.path(), path);
-        assert!(
-            reader
-                .events(EventFilter::default())
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let messages = reader.messages(MessageFilter::default()).await.unwrap();
-        assert!(messages.is_empty());
-        assert!(reader.message("SM1").await.unwrap().is_none());
-        assert!(!dir.path().join("data").exists());
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_store_is_refused_with_the_backends_own_words() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 4096]).unwrap();
-        let Err(e) = Store::open(dir.path()) else {
-            panic!("a file of garbage opened as a store");
-        };
-        assert!(matches!(e, StoreError::Open { .. }), "{e}");
-        let cause = std::error::Error::source(&e).expect("the backend's error is the source");
-        assert!(cause.to_string().contains("not a database"), "{cause}");
-        assert!(
-            e.to_string().ends_with(&format!(
-                "{}: {cause}",
-                dir.path().join(FILE_NAME).display()
-            )),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn read_only_open_of_a_missing_store_says_how_to_create_one_and_creates_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
-        let Err(e) = Store::open_read_only(&data_dir) else {
-            panic!("a missing store opened");
-        };
-        assert!(matches!(e, StoreError::Missing { .. }), "{e}");
-        let message = e.to_string();
-        assert!(message.contains("store.sqlite3"), "{message}");
-        assert!(message.contains("whatsapp-host serve"), "{message}");
-        assert!(!data_dir.exists());
     }
 }

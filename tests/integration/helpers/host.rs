@@ -81,6 +81,7 @@ impl Host {
         }
         let listen: SocketAddr = LISTEN.parse().unwrap();
         let services = Services::start_with(config.settings(listen), setup.retry)
+            .await
             .expect("services start on the test settings");
         Host {
             services,

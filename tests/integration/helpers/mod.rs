@@ -290,7 +290,9 @@ pub async fn spawn_app(config: &TestConfig) -> TestApp {
         .await
         .expect("a port on 127.0.0.1");
     let settings = config.settings(listener.local_addr().unwrap());
-    let services = Services::start_with(settings, fast_retry()).expect("services start");
+    let services = Services::start_with(settings, fast_retry())
+        .await
+        .expect("services start");
     let app = Application::build_on(services.clone(), listener)
         .await
         .expect("server starts");

@@ -199,7 +199,7 @@ pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::status_event;
+    use crate::store::sqlite::tests::status_event;
     use crate::store::{EventFilter, MessageFilter, NewEvent, Store};
 
     #[test]

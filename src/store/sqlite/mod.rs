@@ -1,0 +1,1087 @@
+//! The embedded SQLite backend: one file under `server.data_dir`, one writer thread that commits
+//! writes in groups and syncs them before anyone is answered, and one read connection. This file
+//! holds the backend's handle and its queries; `schema` the tables and their upgrades; `writer`
+//! the threads that commit and sync writes; `conversation` the conversation reads.
+
+mod conversation;
+pub(super) mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{
+    BackendError, Direction, DispatchResult, Event, EventFilter, EventKind, EventState, Inserted,
+    Message, MessageFilter, NewEvent, SendRecord, StoreError, now_ms,
+};
+use crate::twilio::webhook::{self, status_rank};
+
+/// The store file's name inside `server.data_dir`.
+const FILE_NAME: &str = "store.sqlite3";
+
+/// The backend's handle: writes go to the writer thread, reads to a connection of their own.
+/// Cloning is cheap; all clones share one writer thread.
+#[derive(Clone)]
+pub(super) struct Sqlite {
+    writer: writer::Writer,
+    pub(super) reader: Reader,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) `store.sqlite3` in `data_dir` and starts the writer thread.
+    pub(super) fn open(data_dir: &Path) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.clone(),
+            source: BackendError::new(source),
+        };
+        let writer = writer::Writer::start(&path)?;
+        let reader = Connection::open(&path).map_err(open_err)?;
+        configure(&reader).map_err(open_err)?;
+        Ok(Sqlite {
+            writer,
+            reader: Reader::new(reader, path),
+        })
+    }
+
+    /// Opens the store in `data_dir` for reading only, for commands that run beside a server:
+    /// no writer, sync or checkpoint thread starts, and closing never checkpoints the log.
+    /// The store must exist already; this never creates it. A store written by a newer build is
+    /// refused, as [`Sqlite::open`] refuses it.
+    pub(super) fn open_read_only(data_dir: &Path) -> Result<Reader, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        if !path.try_exists().unwrap_or(true) {
+            return Err(StoreError::Missing { path });
+        }
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.clone(),
+            source: BackendError::new(source),
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        schema::known_version(&conn, &path)?;
+        Ok(Reader::new(conn, path))
+    }
+
+    pub(super) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        self.writer.insert_event(event).await
+    }
+
+    pub(super) fn record_send(&self, record: SendRecord) -> Result<(), StoreError> {
+        self.writer.record_send(record)
+    }
+
+    pub(super) fn finish_dispatch(
+        &self,
+        id: i64,
+        attempts: u32,
+        result: DispatchResult,
+    ) -> Result<(), StoreError> {
+        self.writer.finish_dispatch(id, attempts, result)
+    }
+
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        self.writer.flush().await
+    }
+
+    pub(super) async fn close(&self) {
+        self.writer.close().await;
+    }
+}
+
+/// The read side of the store. [`Store`] reads through one; [`Store::open_read_only`] returns
+/// one alone, which has no way to write. Cloning is cheap; clones share the connection.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    /// A std mutex: reads run in `spawn_blocking` and never hold it across an await.
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Reader {
+    fn new(conn: Connection, path: PathBuf) -> Reader {
+        Reader {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        }
+    }
+
+    /// A reader of an empty store, for `path` where no store has been created yet: every
+    /// listing is empty and every lookup finds nothing, exactly as in a fresh store. The empty
+    /// store is held in memory; nothing is written to `path` or beside it.
+    pub(crate) fn empty(path: PathBuf) -> Result<Reader, StoreError> {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.clone(),
+            source: BackendError::new(source),
+        };
+        let mut conn = Connection::open_in_memory().map_err(open_err)?;
+        schema::set_up(&mut conn, &path)?;
+        Ok(Reader::new(conn, path))
+    }
+
+    /// The store file, for messages that point the operator at it.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a read on the blocking pool so the async runtime never waits on SQLite.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().expect("store reader lock");
+            f(&conn).map_err(|e| StoreError::Query(BackendError::new(e)))
+        })
+        .await
+        .expect("store read panicked")
+    }
+
+    /// One event by id.
+    pub(crate) async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+                [id],
+                event_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Every event that still has to run: pending, or failed and waiting for a retry.
+    pub(crate) async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE state IN ('pending','failed') ORDER BY id"
+            ))?;
+            stmt.query_map([], event_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
+        self.read(move |c| {
+            let mut w = Where::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1=1"));
+            if let Some(app) = filter.app {
+                w.and(" AND app = ?", app);
+            }
+            if let Some(state) = filter.state {
+                w.and(" AND state = ?", state.as_str().to_string());
+            }
+            if let Some(sid) = filter.message_sid {
+                w.and(" AND message_sid = ?", sid);
+            }
+            if let Some(before) = filter.before_id {
+                w.and(" AND id < ?", before);
+            }
+            let (sql, args) = w.finish(filter.limit);
+            let mut stmt = c.prepare(&sql)?;
+            stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
+        self.read(move |c| {
+            let mut w = Where::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE 1=1"));
+            if let Some(app) = filter.app {
+                w.and(" AND app = ?", app);
+            }
+            if let Some(company) = filter.company {
+                w.and(" AND company = ?", company);
+            }
+            if let Some(status) = filter.status {
+                w.and(" AND status = ?", status);
+            }
+            if let Some(direction) = filter.direction {
+                w.and(" AND direction = ?", direction.as_str().to_string());
+            }
+            if let Some(search) = filter.search {
+                // A sid is matched whole; a phone number by its digits anywhere in to or from.
+                let search = search.trim();
+                let digits: String = search.chars().filter(char::is_ascii_digit).collect();
+                let needle = if search.starts_with("SM") || digits.is_empty() {
+                    search.to_string()
+                } else {
+                    digits
+                };
+                w.and(
+                    " AND (sid = ? OR instr(to_number, ?) > 0 OR instr(from_number, ?) > 0)",
+                    needle,
+                );
+            }
+            if let Some(since) = filter.since {
+                w.and(" AND created_at >= ?", since);
+            }
+            if let Some(until) = filter.until {
+                w.and(" AND created_at < ?", until);
+            }
+            if let Some(before) = filter.before_id {
+                w.and(" AND id < ?", before);
+            }
+            let (sql, args) = w.finish(filter.limit);
+            let mut stmt = c.prepare(&sql)?;
+            stmt.query_map(rusqlite::params_from_iter(args), message_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    /// A message by sid alone, and the events its app recorded for it, oldest event first.
+    /// Sids are unique per app, so several apps may have a row for one sid (another app's
+    /// callbacks naming it): this returns the one this host sent, else the oldest. Callers that
+    /// know the app use [`Reader::app_message`].
+    pub(crate) async fn message(
+        &self,
+        sid: &str,
+    ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+        let sid = sid.to_string();
+        self.read(move |c| {
+            let message = c
+                .query_row(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sid = ?1 \
+                         ORDER BY body IS NULL, id LIMIT 1"
+                    ),
+                    [&sid],
+                    message_from_row,
+                )
+                .optional()?;
+            with_events(c, message)
+        })
+        .await
+    }
+
+    /// App `app`'s message `sid` and the events it recorded for it, oldest event first.
+    pub(crate) async fn app_message(
+        &self,
+        app: &str,
+        sid: &str,
+    ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
+        let (app, sid) = (app.to_string(), sid.to_string());
+        self.read(move |c| {
+            let message = c
+                .query_row(
+                    &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE app = ?1 AND sid = ?2"),
+                    [&app, &sid],
+                    message_from_row,
+                )
+                .optional()?;
+            with_events(c, message)
+        })
+        .await
+    }
+}
+
+/// `message` with the events its own app recorded for its sid, oldest first: another app's
+/// callbacks naming the same sid are not this message's history.
+fn with_events(
+    c: &Connection,
+    message: Option<Message>,
+) -> rusqlite::Result<Option<(Message, Vec<Event>)>> {
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE message_sid = ?1 AND app = ?2 \
+         ORDER BY received_at, id"
+    ))?;
+    let events = stmt
+        .query_map(params![message.sid, message.app], event_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(Some((message, events)))
+}
+
+/// Builds a filtered, newest-first listing query with numbered parameters.
+struct Where {
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl Where {
+    fn new(select: String) -> Self {
+        Self {
+            sql: select,
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends a clause; every `?` in it refers to `value`.
+    fn and(&mut self, clause: &str, value: impl Into<rusqlite::types::Value>) {
+        self.args.push(value.into());
+        self.sql
+            .push_str(&clause.replace('?', &format!("?{}", self.args.len())));
+    }
+
+    fn finish(mut self, limit: usize) -> (String, Vec<rusqlite::types::Value>) {
+        let limit = if limit == 0 { 100 } else { limit.min(10_000) };
+        self.sql
+            .push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        (self.sql, self.args)
+    }
+}
+
+/// How long a connection waits for another's lock before it reports the store busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WAL with `synchronous = FULL`. The writer connection then lowers it to NORMAL and syncs
+/// the log itself before answering (see `writer::writer_loop`): an acknowledged event still
+/// survives `kill -9` and a power cut, and one sync covers every group committed before it.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -8_000)?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, message_sid, \
+     message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at, \
+     kind";
+
+const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, from_number, body, \
+     media, status, error_code, error_message, created_at, updated_at, direction, profile_name, \
+     wa_id";
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let fields: String = r.get(8)?;
+    let state: String = r.get(9)?;
+    let kind: String = r.get(14)?;
+    Ok(Event {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        company: r.get(2)?,
+        kind: EventKind::parse(&kind),
+        received_at: r.get(3)?,
+        idempotency_token: r.get(4)?,
+        message_sid: r.get(5)?,
+        message_status: r.get(6)?,
+        error_code: r.get(7)?,
+        fields: serde_json::from_str(&fields).unwrap_or_default(),
+        state: EventState::parse(&state).unwrap_or(EventState::Pending),
+        attempts: r.get(10)?,
+        next_attempt_at: r.get(11)?,
+        last_error: r.get(12)?,
+        updated_at: r.get(13)?,
+    })
+}
+
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let direction: String = r.get(14)?;
+    Ok(Message {
+        id: r.get(0)?,
+        direction: Direction::parse(&direction).unwrap_or_default(),
+        profile_name: r.get(15)?,
+        wa_id: r.get(16)?,
+        sid: r.get(1)?,
+        app: r.get(2)?,
+        company: r.get(3)?,
+        account_sid: r.get(4)?,
+        to: r.get(5)?,
+        from: r.get(6)?,
+        body: r.get(7)?,
+        media: r.get(8)?,
+        status: r.get(9)?,
+        error_code: r.get(10)?,
+        error_message: r.get(11)?,
+        created_at: r.get(12)?,
+        updated_at: r.get(13)?,
+    })
+}
+
+fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<Inserted> {
+    let c = &ev.callback;
+    let sid = c.sid.as_deref();
+    let status = ev.status();
+    let error_code = c.error_code.as_deref();
+    let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
+    let inserted = tx
+        .prepare_cached(
+            // Stored with its first attempt counted: the dispatcher starts it right after.
+            "INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, \
+             message_sid, message_status, error_code, fields, attempts, updated_at, kind) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?3, ?10) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            ev.app,
+            ev.company,
+            ev.received_at,
+            ev.idempotency_token,
+            ev.dedup_key(),
+            sid,
+            status,
+            error_code,
+            fields,
+            ev.kind.as_str()
+        ])?;
+    if inserted == 0 {
+        return Ok(Inserted::Duplicate);
+    }
+    let id = tx.last_insert_rowid();
+    if ev.kind == EventKind::Inbound {
+        insert_inbound(tx, ev)?;
+        return Ok(Inserted::New(id));
+    }
+    // Only a message of the event's own app is moved (the conflict target is (app, sid)), and
+    // only when the accounts agree: a message or an event that names no account matches any.
+    if let (Some(sid), Some(status)) = (sid, status) {
+        tx.prepare_cached(
+            "INSERT INTO messages (sid, app, company, status, status_rank, error_code, \
+             to_number, from_number, created_at, updated_at, account_sid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) \
+             ON CONFLICT(app, sid) DO UPDATE SET status = excluded.status, \
+             status_rank = excluded.status_rank, updated_at = excluded.updated_at, \
+             error_code = coalesce(excluded.error_code, messages.error_code), \
+             account_sid = coalesce(messages.account_sid, excluded.account_sid) \
+             WHERE excluded.status_rank > messages.status_rank \
+             AND messages.status_rank < 10 \
+             AND (excluded.account_sid IS NULL OR messages.account_sid IS NULL \
+                  OR excluded.account_sid = messages.account_sid)",
+        )?
+        .execute(params![
+            sid,
+            ev.app,
+            ev.company,
+            status,
+            status_rank(status),
+            error_code,
+            c.to,
+            c.from,
+            ev.received_at,
+            c.account_sid,
+        ])?;
+    }
+    Ok(Inserted::New(id))
+}
+
+/// The message row of an inbound event: received, final, never moved by a status callback. A
+/// row the app already has for the sid is left as it is.
+fn insert_inbound(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<()> {
+    let c = &ev.callback;
+    let inbound = c.inbound();
+    let media = (!inbound.media.is_empty()).then(|| {
+        let items: Vec<_> = inbound
+            .media
+            .iter()
+            .map(|(url, content_type)| serde_json::json!({"url": url, "contentType": content_type}))
+            .collect();
+        serde_json::Value::from(items).to_string()
+    });
+    tx.prepare_cached(
+        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
+         media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 'inbound', ?12, ?13) \
+         ON CONFLICT(app, sid) DO NOTHING",
+    )?
+    .execute(params![
+        c.sid,
+        ev.app,
+        ev.company,
+        c.account_sid,
+        c.to,
+        c.from,
+        inbound.body,
+        media,
+        webhook::RECEIVED,
+        status_rank(webhook::RECEIVED),
+        ev.received_at,
+        inbound.profile_name,
+        inbound.wa_id,
+    ])?;
+    Ok(())
+}
+
+/// Inserts the message row for (app, sid); a row an early callback of the same app created is
+/// completed. A send without a sid (refused by Twilio) always gets a row of its own.
+fn record_send(tx: &rusqlite::Transaction<'_>, r: &SendRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
+         media, status, status_rank, error_code, error_message, created_at, updated_at, \
+         content_sid, content_variables) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15) \
+         ON CONFLICT(app, sid) DO UPDATE SET company = excluded.company, \
+         account_sid = excluded.account_sid, to_number = excluded.to_number, \
+         from_number = excluded.from_number, body = excluded.body, media = excluded.media, \
+         content_sid = excluded.content_sid, content_variables = excluded.content_variables, \
+         created_at = min(messages.created_at, excluded.created_at), \
+         error_message = coalesce(messages.error_message, excluded.error_message), \
+         status = CASE WHEN excluded.status_rank > messages.status_rank \
+                       THEN excluded.status ELSE messages.status END, \
+         status_rank = max(excluded.status_rank, messages.status_rank)",
+    )?
+    .execute(params![
+        r.sid,
+        r.app,
+        r.company,
+        r.account_sid,
+        r.to,
+        r.from,
+        r.body,
+        r.media,
+        r.status,
+        status_rank(&r.status),
+        r.error_code.map(|c| c.to_string()),
+        r.error_message,
+        r.at,
+        r.content_sid,
+        r.content_variables
+    ])?;
+    Ok(())
+}
+
+fn finish(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    attempts: u32,
+    result: &DispatchResult,
+) -> rusqlite::Result<()> {
+    let (state, error, next) = match result {
+        DispatchResult::Started => ("pending", None, None),
+        DispatchResult::Done => ("done", None, None),
+        DispatchResult::Failed {
+            error,
+            next_attempt_at,
+        } => ("failed", Some(error.as_str()), Some(*next_attempt_at)),
+        DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None),
+    };
+    tx.prepare_cached(
+        "UPDATE events SET state = ?2, attempts = ?3, last_error = coalesce(?4, last_error), \
+         next_attempt_at = ?5, updated_at = ?6 WHERE id = ?1",
+    )?
+    .execute(params![id, state, attempts, error, next, now_ms()])?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::store::{Store, StoreReader, WINDOW_MS};
+    use crate::twilio::webhook::StatusCallback;
+
+    /// A status event of app `crm` for `sid`; other tests change what they need.
+    pub(super) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
+        NewEvent {
+            app: "crm".into(),
+            company: "ACME".into(),
+            kind: EventKind::Status,
+            callback: StatusCallback {
+                sid: Some(sid.into()),
+                status: Some(status.into()),
+                ..StatusCallback::default()
+            },
+            idempotency_token: None,
+            received_at: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn status_only_moves_forward_and_failed_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, s) in ["read", "sent", "delivered"].iter().enumerate() {
+            store
+                .insert_event(status_event("SM1", s, i as i64))
+                .await
+                .unwrap();
+        }
+        let (m, events) = store.message("SM1").await.unwrap().unwrap();
+        assert_eq!(m.status, "read");
+        assert_eq!(events.len(), 3);
+        store
+            .insert_event(status_event("SM2", "failed", 1))
+            .await
+            .unwrap();
+        store
+            .insert_event(status_event("SM2", "delivered", 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.message("SM2").await.unwrap().unwrap().0.status,
+            "failed"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store
+            .insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap();
+        assert!(matches!(first, Inserted::New(_)));
+        let again = store
+            .insert_event(status_event("SM1", "sent", 2))
+            .await
+            .unwrap();
+        assert_eq!(again, Inserted::Duplicate);
+        let mut with_token = status_event("SM1", "delivered", 3);
+        with_token.idempotency_token = Some("tok".into());
+        assert!(matches!(
+            store.insert_event(with_token.clone()).await.unwrap(),
+            Inserted::New(_)
+        ));
+        with_token.callback.status = Some("read".into());
+        assert_eq!(
+            store.insert_event(with_token).await.unwrap(),
+            Inserted::Duplicate
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_event(status_event("SM9", "delivered", 5))
+            .await
+            .unwrap();
+        store.record_send(SendRecord {
+            sid: Some("SM9".into()),
+            app: "crm".into(),
+            company: "ACME".into(),
+            account_sid: "AC1".into(),
+            to: "+393331234567".into(),
+            from: "+14155238886".into(),
+            body: "hi".into(),
+            media: None,
+            content_sid: None,
+            content_variables: None,
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+            at: 4,
+        });
+        store.flush().await.unwrap();
+        let (m, _) = store.message("SM9").await.unwrap().unwrap();
+        assert_eq!(m.status, "delivered");
+        assert_eq!(m.body.as_deref(), Some("hi"));
+        assert_eq!(m.created_at, 4);
+        store.close().await;
+    }
+
+    /// App `app`'s send of `sid` from account `account`, as the outbound path records it.
+    fn send(app: &str, account: &str, sid: &str) -> SendRecord {
+        SendRecord {
+            sid: Some(sid.into()),
+            app: app.into(),
+            company: "ACME".into(),
+            account_sid: account.into(),
+            to: "+393331234567".into(),
+            from: "+14155238886".into(),
+            body: format!("from {app}"),
+            media: None,
+            content_sid: None,
+            content_variables: None,
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+            at: 1,
+        }
+    }
+
+    /// A status event as app `app`'s callback route stores it, naming `account`.
+    fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
+        let mut event = status_event(sid, status, at);
+        event.app = app.into();
+        event.callback.account_sid = Some(account.into());
+        event
+    }
+
+    #[tokio::test]
+    async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.record_send(send("crm", "AC_A", "SM1"));
+        store
+            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
+            .await
+            .unwrap();
+
+        // App B, with its own valid token, names A's sid with A's next and a final status.
+        for status in ["failed", "read"] {
+            let forged = app_status("ops", "AC_B", "SM1", status, 3);
+            assert!(matches!(
+                store.insert_event(forged).await.unwrap(),
+                Inserted::New(_)
+            ));
+        }
+        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(
+            (a.status.as_str(), a.account_sid.as_deref()),
+            ("delivered", Some("AC_A"))
+        );
+        assert_eq!(a.error_code, None);
+        assert_eq!(a_events.len(), 1, "B's events are not A's history");
+
+        // A's genuine `read` is new, not a repeat of B's, and moves A's message.
+        let genuine = store
+            .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
+            .await
+            .unwrap();
+        assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
+        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(a.status, "read");
+        let history: Vec<_> = a_events
+            .iter()
+            .map(|e| e.message_status.as_deref().unwrap())
+            .collect();
+        assert_eq!(history, ["delivered", "read"]);
+
+        // B's events only ever touched a row of B's own; a lookup by sid alone finds A's send.
+        let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
+        assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
+        let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
+        assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_naming_another_account_does_not_move_the_apps_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.record_send(send("crm", "AC_A", "SM1"));
+        store
+            .insert_event(app_status("crm", "AC_OTHER", "SM1", "failed", 2))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(
+            (m.status.as_str(), m.account_sid.as_deref()),
+            ("queued", Some("AC_A"))
+        );
+        // An event that names no account is matched by app alone, as before.
+        store
+            .insert_event(status_event("SM1", "sent", 3))
+            .await
+            .unwrap();
+        store
+            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 4))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(m.status, "delivered");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_token_is_a_repeat_within_an_app_and_new_in_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let with_token = |app: &str, sid: &str| {
+            let mut event = app_status(app, "AC1", sid, "sent", 1);
+            event.idempotency_token = Some("ID-shared".into());
+            event
+        };
+        assert!(matches!(
+            store.insert_event(with_token("crm", "SM1")).await.unwrap(),
+            Inserted::New(_)
+        ));
+        assert!(matches!(
+            store.insert_event(with_token("ops", "SM2")).await.unwrap(),
+            Inserted::New(_)
+        ));
+        assert_eq!(
+            store.insert_event(with_token("crm", "SM3")).await.unwrap(),
+            Inserted::Duplicate
+        );
+        let events = store.events(EventFilter::default()).await.unwrap();
+        let stored: Vec<_> = events
+            .iter()
+            .rev()
+            .map(|e| (e.app.as_str(), e.message_sid.as_deref().unwrap()))
+            .collect();
+        assert_eq!(stored, [("crm", "SM1"), ("ops", "SM2")]);
+        store.close().await;
+    }
+
+    /// An inbound message from `contact` to `app_number` of app `crm`, as the inbound route
+    /// stores it.
+    fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
+        let fields = [
+            ("SmsStatus", "received"),
+            ("MessageSid", sid),
+            ("AccountSid", "AC1"),
+            ("From", &format!("whatsapp:{contact}")),
+            ("To", &format!("whatsapp:{app_number}")),
+            ("Body", "hi"),
+            ("ProfileName", "Ana"),
+            ("WaId", contact.trim_start_matches('+')),
+            ("NumMedia", "1"),
+            ("MediaUrl0", "https://m/0"),
+            ("MediaContentType0", "image/jpeg"),
+        ];
+        NewEvent {
+            kind: EventKind::Inbound,
+            callback: StatusCallback::from_fields(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..status_event(sid, "", at)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_inbound_message_is_stored_as_an_event_and_a_received_message_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let event = inbound_event("SM1", "+393331234567", "+14155238886", 5);
+        let Inserted::New(id) = store.insert_event(event.clone()).await.unwrap() else {
+            panic!("not stored");
+        };
+        assert_eq!(
+            store.insert_event(event).await.unwrap(),
+            Inserted::Duplicate
+        );
+        let stored = store.event(id).await.unwrap().unwrap();
+        assert_eq!(stored.kind, EventKind::Inbound);
+        assert_eq!(stored.message_status.as_deref(), Some("received"));
+        assert_eq!(stored.attempts, 1);
+
+        // A status callback naming the sid does not move the received message.
+        store
+            .insert_event(status_event("SM1", "read", 6))
+            .await
+            .unwrap();
+        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+        assert_eq!(m.direction, Direction::Inbound);
+        assert_eq!(m.status, "received");
+        assert_eq!(
+            (m.from.as_deref(), m.to.as_deref()),
+            (Some("+393331234567"), Some("+14155238886"))
+        );
+        assert_eq!(m.body.as_deref(), Some("hi"));
+        assert_eq!(
+            (m.profile_name.as_deref(), m.wa_id.as_deref()),
+            (Some("Ana"), Some("393331234567"))
+        );
+        let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            media,
+            serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
+        );
+        assert_eq!(m.created_at, 5);
+
+        store.record_send(send("crm", "AC1", "SM2"));
+        store.flush().await.unwrap();
+        let only = |direction| MessageFilter {
+            direction: Some(direction),
+            ..MessageFilter::default()
+        };
+        let inbound = store.messages(only(Direction::Inbound)).await.unwrap();
+        let outbound = store.messages(only(Direction::Outbound)).await.unwrap();
+        assert_eq!(inbound.len(), 1);
+        assert_eq!(outbound.len(), 1);
+        assert_eq!(outbound[0].sid.as_deref(), Some("SM2"));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (contact, number) = ("+393331234567", "+14155238886");
+        let at = 1_000_000_000;
+        store
+            .insert_event(inbound_event("SM1", contact, number, at))
+            .await
+            .unwrap();
+        let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
+            let store = store.clone();
+            async move { store.session_open(app, from, to, now).await.unwrap() }
+        };
+        assert!(open("crm", number, contact, at).await);
+        assert!(open("crm", number, contact, at + WINDOW_MS).await);
+        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
+        assert!(!open("crm", number, contact, at - 1).await, "not yet sent");
+        assert!(
+            !open("crm", "+14155238887", contact, at).await,
+            "another number"
+        );
+        assert!(
+            !open("crm", number, "+393331234568", at).await,
+            "another contact"
+        );
+        assert!(!open("ops", number, contact, at).await, "another app");
+        // A message the app sent to the contact opens nothing.
+        store.record_send(send("crm", "AC1", "SM2"));
+        store.flush().await.unwrap();
+        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
+
+        let clock = store.clock().clone();
+        let before = clock.now_ms();
+        store.clock().advance(Duration::from_secs(24 * 3600));
+        assert!(clock.now_ms() - before >= WINDOW_MS, "clones move together");
+        store.close().await;
+    }
+
+    /// How many threads of this process are named `name` (Linux keeps the first 15 bytes).
+    #[cfg(target_os = "linux")]
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn read_only_open_starts_no_threads_and_reads_beside_a_running_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap();
+        // Other tests in this binary may start or stop stores meanwhile, so a count that moved
+        // is tried again; a reader that started threads would move it every time.
+        let threads = || (threads_named("store-writer"), threads_named("store-sync"));
+        let mut tries = 0;
+        let reader = loop {
+            let before = threads();
+            let reader = Store::open_read_only(dir.path()).unwrap();
+            if threads() == before {
+                break reader;
+            }
+            tries += 1;
+            assert!(
+                tries < 20,
+                "opening the store read-only started store threads"
+            );
+        };
+        let events = reader.events(EventFilter::default()).await.unwrap();
+        assert_eq!(events.len(), 1);
+        // A write committed after the reader opened is seen by its next read.
+        store
+            .insert_event(status_event("SM1", "delivered", 2))
+            .await
+            .unwrap();
+        let (message, events) = reader.message("SM1").await.unwrap().unwrap();
+        assert_eq!((message.status.as_str(), events.len()), ("delivered", 2));
+        drop(reader);
+        // The writer carries on as before.
+        store
+            .insert_event(status_event("SM1", "read", 3))
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn read_only_open_reads_a_store_no_server_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap();
+        store.close().await;
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        let events = reader.events(EventFilter::default()).await.unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_refuses_a_store_written_by_a_newer_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let Err(e) = Store::open_read_only(dir.path()) else {
+            panic!("a store of a newer schema opened");
+        };
+        assert!(
+            matches!(e, StoreError::NewerSchema { found, known, .. }
+                if found == schema::VERSION + 1 && known == schema::VERSION),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer whatsapp-host"), "{e}");
+        // The current version still opens.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::VERSION)
+            .unwrap();
+        drop(conn);
+        Store::open_read_only(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_empty_reader_finds_nothing_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join(FILE_NAME);
+        let reader = StoreReader::empty(path.clone()).unwrap();
+        assert_eq!(reader.location(), path.display().to_string());
+        assert!(
+            reader
+                .events(EventFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let messages = reader.messages(MessageFilter::default()).await.unwrap();
+        assert!(messages.is_empty());
+        assert!(reader.message("SM1").await.unwrap().is_none());
+        assert!(!dir.path().join("data").exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused_with_the_backends_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 4096]).unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a file of garbage opened as a store");
+        };
+        assert!(matches!(e, StoreError::Open { .. }), "{e}");
+        let cause = std::error::Error::source(&e).expect("the backend's error is the source");
+        assert!(cause.to_string().contains("not a database"), "{cause}");
+        assert!(
+            e.to_string().ends_with(&format!(
+                "{}: {cause}",
+                dir.path().join(FILE_NAME).display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_store_says_how_to_create_one_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let Err(e) = Store::open_read_only(&data_dir) else {
+            panic!("a missing store opened");
+        };
+        assert!(matches!(e, StoreError::Missing { .. }), "{e}");
+        let message = e.to_string();
+        assert!(message.contains("store.sqlite3"), "{message}");
+        assert!(message.contains("whatsapp-host serve"), "{message}");
+        assert!(!data_dir.exists());
+    }
+}
