@@ -6,6 +6,8 @@
 //! only, never which backend answers.
 
 mod conversation;
+#[allow(dead_code, reason = "the PostgreSQL backend's operations land next")]
+mod postgres;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
