@@ -575,7 +575,7 @@ fn finish(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use crate::store::{Store, StoreReader, WINDOW_MS};
     use crate::twilio::webhook::StatusCallback;
