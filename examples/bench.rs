@@ -55,13 +55,18 @@ struct Args {
     /// Apps in the settings for the idle and start-up run.
     #[arg(long, default_value_t = 100)]
     apps: usize,
-    /// Which runs to make, comma-separated: idle, example, work, scale, sends, replace.
+    /// Which runs to make, comma-separated: idle, example, work, scale, pg, pg2, sends, replace.
+    /// `pg` and `pg2` are the example action on PostgreSQL with one and two instances.
     #[arg(
         long,
-        default_value = "idle,example,work,scale,sends,replace",
+        default_value = "idle,example,work,scale,pg,pg2,sends,replace",
         value_delimiter = ','
     )]
     only: Vec<String>,
+    /// A PostgreSQL server for the `pg` runs, as a URL whose user may create databases; each
+    /// run gets a database of its own. `benches/run.sh` starts a throwaway one when unset.
+    #[arg(long, env = "WHATSAPP_HOST_BENCH_PG_URL")]
+    pg_url: Option<String>,
     /// Where to keep the servers' logs and data instead of a temporary folder that is removed.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -114,23 +119,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if want("example") {
         eprintln!("== callbacks, example action");
         let dir = root.path().join("example");
-        let load = callbacks(&args, &dir, EXAMPLE_ACTION, 0).await?;
+        let load = callbacks(&args, &dir, &Target::sqlite(EXAMPLE_ACTION)).await?;
         figures.callbacks.push(("example action".into(), load));
     }
     if want("work") {
         eprintln!("== callbacks, action doing a little work");
         let dir = root.path().join("work");
-        let load = callbacks(&args, &dir, WORK_ACTION, 0).await?;
+        let load = callbacks(&args, &dir, &Target::sqlite(WORK_ACTION)).await?;
         figures.callbacks.push(("work action".into(), load));
     }
     if want("scale") {
         eprintln!(
-            "== callbacks, example action, store holding {} rows",
+            "== callbacks, example action, store holding {} rows older than the retention, being pruned",
             args.rows
         );
         let dir = root.path().join("scale");
-        let load = callbacks(&args, &dir, EXAMPLE_ACTION, args.rows).await?;
-        let label = format!("example, {} stored", short_count(args.rows));
+        let target = Target {
+            rows: args.rows,
+            ..Target::sqlite(EXAMPLE_ACTION)
+        };
+        let load = callbacks(&args, &dir, &target).await?;
+        let label = format!("example, {} pruned", short_count(args.rows));
+        figures.callbacks.push((label, load));
+    }
+    for (run, instances) in [("pg", 1), ("pg2", 2)] {
+        if !want(run) {
+            continue;
+        }
+        let Some(server) = &args.pg_url else {
+            bail!(
+                "the {run} run needs a PostgreSQL server: pass --pg-url or set WHATSAPP_HOST_BENCH_PG_URL"
+            );
+        };
+        eprintln!("== callbacks, example action, PostgreSQL, {instances} instance(s)");
+        let url = fresh_database(server).await?;
+        let target = Target {
+            pg_url: Some(url),
+            instances,
+            ..Target::sqlite(EXAMPLE_ACTION)
+        };
+        let load = callbacks(&args, &root.path().join(run), &target).await?;
+        let label = format!("example, PG x{instances}");
         figures.callbacks.push((label, load));
     }
     if want("sends") {
@@ -547,22 +576,40 @@ fn scatter(run: u64, conn: u64, n: u64) -> u128 {
     (u128::from(a) << 64) | u128::from(b)
 }
 
-/// Starts a server with `action` for app `bench`, optionally fills its store with `rows` events
-/// and messages first, posts callbacks from every connection for the window, then waits for the
-/// backlog to empty and stops the server.
-async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::Result<Load> {
-    let port = free_port()?;
-    let settings = write_settings(
-        dir,
-        port,
-        "simulate",
-        &app_toml("bench", Some("onWhatsappStatus"), FROM),
-        Some(action),
-    )?;
-    let data = dir.join("data");
-    let prefill = if rows > 0 {
+/// What a callback run loads: which action, on which store, behind how many instances.
+struct Target {
+    action: &'static str,
+    /// Events and messages in the store before the load, dated past the retention so the
+    /// pruner deletes them during it (SQLite only).
+    rows: u64,
+    /// A PostgreSQL database shared by every instance; `None` for the embedded store.
+    pg_url: Option<String>,
+    instances: usize,
+}
+
+impl Target {
+    fn sqlite(action: &'static str) -> Target {
+        Target {
+            action,
+            rows: 0,
+            pg_url: None,
+            instances: 1,
+        }
+    }
+}
+
+/// Starts the target's servers with its action for app `bench`, optionally fills the store
+/// first, posts callbacks from every connection (spread over the instances) for the window,
+/// then waits for every backlog to empty and stops the servers.
+async fn callbacks(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Load> {
+    let store_toml = match &target.pg_url {
+        Some(url) => format!("[store]\nurl = \"{url}\"\n\n"),
+        None => String::new(),
+    };
+    let mut servers = Vec::with_capacity(target.instances);
+    let prefill = if target.rows > 0 {
         let started = Instant::now();
-        prefill_store(&data, rows).await?;
+        prefill_store(&dir.join("i0/data"), target.rows).await?;
         eprintln!(
             "   filled the store in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -571,33 +618,49 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
     } else {
         None
     };
-    let server = Server::start(&args.server, &settings, port).await?;
-    let addr = server.addr;
+    for i in 0..target.instances {
+        let port = free_port()?;
+        let apps = store_toml.clone() + &app_toml("bench", Some("onWhatsappStatus"), FROM);
+        let settings = write_settings(
+            &dir.join(format!("i{i}")),
+            port,
+            "simulate",
+            &apps,
+            Some(target.action),
+        )?;
+        servers.push(Server::start(&args.server, &settings, port).await?);
+    }
+    let load_started_ms = whatsapp_host::store::now_ms();
     let run: u64 = rand::random::<u32>() as u64;
 
     let mut conns = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        conns.push(Conn::connect(addr).await?);
+    for c in 0..args.connections {
+        let server = &servers[c % servers.len()];
+        conns.push((server.addr.port(), Conn::connect(server.addr).await?));
     }
-    let (done_before, _) = dispatch_counts(addr).await?;
-    let cpu_before = server.cpu_by_thread();
+    let mut done_before = 0.0;
+    let mut cpu_before = Vec::new();
+    for server in &servers {
+        done_before += dispatch_counts(server.addr).await?.0;
+        cpu_before.push(server.cpu_by_thread());
+    }
     let driver_before = own_cpu_us();
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let pss_sampler = {
-        let pid = server.pid;
+        let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
         tokio::spawn(async move {
             let mut peak = 0;
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                peak = peak.max(pss_tree_kb(pid));
+                peak = peak.max(pids.iter().map(|pid| pss_tree_kb(*pid)).sum());
             }
             peak
         })
     };
     let mut tasks = Vec::with_capacity(conns.len());
-    for (c, mut conn) in conns.into_iter().enumerate() {
+    for (c, (port, mut conn)) in conns.into_iter().enumerate() {
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::with_capacity(16_384);
@@ -630,22 +693,35 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
     }
     let window = started.elapsed();
     let ended = Instant::now();
-    let (done_after, backlog_at_end) = dispatch_counts(addr).await?;
+    let backlog = async || -> anyhow::Result<(f64, f64)> {
+        let (mut done, mut backlog) = (0.0, 0.0);
+        for server in &servers {
+            let (d, b) = dispatch_counts(server.addr).await?;
+            done += d;
+            backlog += b;
+        }
+        Ok((done, backlog))
+    };
+    let (done_after, backlog_at_end) = backlog().await?;
     let mut emptied_after = (backlog_at_end == 0.0).then_some(Duration::ZERO);
     while emptied_after.is_none() && ended.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if dispatch_counts(addr).await?.1 == 0.0 {
+        if backlog().await?.1 == 0.0 {
             emptied_after = Some(ended.elapsed());
         }
     }
-    let peak_rss_kb = server.memory_kb("VmHWM");
+    let peak_rss_kb = servers.iter().map(|s| s.memory_kb("VmHWM")).sum();
     let peak_pss_kb = pss_sampler.await?;
-    let mut cpu_us = server.cpu_by_thread();
-    for (name, before) in cpu_before {
-        *cpu_us.entry(name).or_insert(0.0) -= before;
+    let mut cpu_us = std::collections::BTreeMap::new();
+    for (server, before) in servers.iter().zip(cpu_before) {
+        for (name, us) in server.cpu_by_thread() {
+            *cpu_us.entry(name.clone()).or_insert(0.0) += us - before.get(&name).unwrap_or(&0.0);
+        }
     }
     let driver_us = own_cpu_us() - driver_before;
-    server.stop().await?;
+    for server in servers {
+        server.stop().await?;
+    }
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -653,7 +729,10 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
             .copied()
             .unwrap_or(0)
     };
-    let stored_done = count_done(&data)?.saturating_sub(rows);
+    let stored_done = match &target.pg_url {
+        Some(url) => count_done_pg(url, load_started_ms).await?,
+        None => count_done(&dir.join("i0/data"), load_started_ms)?,
+    };
     Ok(Load {
         window,
         acknowledged: latencies.len() as u64,
@@ -672,17 +751,48 @@ async fn callbacks(args: &Args, dir: &Path, action: &str, rows: u64) -> anyhow::
     })
 }
 
-fn count_done(data: &Path) -> anyhow::Result<u64> {
+/// Creates a database of its own for one run on the server `url` names; returns its URL.
+async fn fresh_database(url: &str) -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("failed to connect to the benchmark's PostgreSQL server")?;
+    tokio::spawn(connection);
+    let name = format!("wh_bench_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&name);
+    Ok(parsed.to_string())
+}
+
+/// Events received since `since_ms` that are done, in a PostgreSQL store.
+async fn count_done_pg(url: &str, since_ms: i64) -> anyhow::Result<u64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE state = 'done' AND received_at >= $1",
+            &[&since_ms],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Events received since `since_ms` that are done, in the embedded store.
+fn count_done(data: &Path, since_ms: i64) -> anyhow::Result<u64> {
     let conn = rusqlite::Connection::open(data.join("store.sqlite3"))?;
     Ok(conn.query_row(
-        "SELECT count(*) FROM events WHERE state = 'done'",
-        [],
+        "SELECT count(*) FROM events WHERE state = 'done' AND received_at >= ?1",
+        [since_ms],
         |r| r.get::<_, i64>(0),
     )? as u64)
 }
 
 /// Fills a new store with `rows` messages and one `read` event for each, done, as if the host
-/// had run for a while. The store creates the schema; rows go in with one bulk transaction.
+/// had run for a while, 100 days ago: past the default 90-day retention, so the pruner deletes
+/// them while the load runs. The store creates the schema; rows go in with one bulk
+/// transaction.
 async fn prefill_store(data: &Path, rows: u64) -> anyhow::Result<()> {
     let store = whatsapp_host::store::Store::open(data)?;
     store.close().await;
@@ -703,7 +813,7 @@ async fn prefill_store(data: &Path, rows: u64) -> anyhow::Result<()> {
                  message_sid, message_status, fields, state, attempts, updated_at) \
                  VALUES ('bench', ?1, ?2, ?3, ?4, ?5, 'read', ?6, 'done', 1, ?2)",
             )?;
-            let start_ms = whatsapp_host::store::now_ms() - rows as i64 * 10;
+            let start_ms = whatsapp_host::store::now_ms() - 100 * 86_400_000 - rows as i64 * 10;
             for i in 0..rows {
                 let sid = format!("SM{:032x}", rand::random::<u128>());
                 let at = start_ms + i as i64 * 10;
@@ -1072,21 +1182,36 @@ fn print_table(args: &Args, f: &Figures) {
         );
     };
     let empty = f.callbacks.iter().find(|(n, _)| n == "example action");
+    let rate_of = |l: &Load| l.acknowledged as f64 / l.window.as_secs_f64();
+    let one_pg = f.callbacks.iter().find(|(n, _)| n == "example, PG x1");
     for (name, l) in &f.callbacks {
-        let secs = l.window.as_secs_f64();
-        let rate = l.acknowledged as f64 / secs;
+        let rate = rate_of(l);
+        // PostgreSQL's targets are its own: it shares this machine's two cores with the hosts.
+        let pg = name.contains("PG");
+        let (min_rate, max_p99_ms) = if pg { (5_000, 20) } else { (18_000, 10) };
         row(
             &format!("callbacks/s, {name}"),
             format!("{} /s", thousands(rate)),
-            ">= 18,000",
-            Some(rate >= 18_000.0),
+            &format!(">= {}", thousands(f64::from(min_rate))),
+            Some(rate >= f64::from(min_rate)),
         );
         row(
             &format!("  p99, {name}"),
             format!("{:.1} ms", l.p99_us as f64 / 1000.0),
-            "<= 10 ms",
-            Some(l.p99_us <= 10_000),
+            &format!("<= {max_p99_ms} ms"),
+            Some(l.p99_us <= max_p99_ms * 1000),
         );
+        if name == "example, PG x2"
+            && let Some((_, one)) = one_pg
+        {
+            let change = rate / rate_of(one) - 1.0;
+            row(
+                "  vs one instance",
+                format!("{:+.1}%", change * 100.0),
+                "no slower",
+                Some(change >= 0.0),
+            );
+        }
         let kept_pace = l.emptied_after.is_some_and(|d| d <= Duration::from_secs(1));
         row(
             &format!("  backlog empty, {name}"),
