@@ -145,7 +145,6 @@ impl Dispatcher {
             task: Mutex::new(None),
         });
         let task = tokio::spawn(inner.clone().run(rx));
-        tokio::spawn(inner.clone().claim_loop());
         *inner.task.lock().expect("dispatcher task lock") = Some(task);
         Dispatcher { tx, inner }
     }
@@ -157,9 +156,11 @@ impl Dispatcher {
         let _ = self.tx.send(work);
     }
 
-    /// Resubmits every event the store holds as pending or failed; returns how many. A pending
-    /// event whose attempts are all used up was running each time the host stopped: it is
-    /// dead, not run again, so an action that takes the host down cannot do so forever.
+    /// Resubmits every event the store holds as pending or failed that no live instance holds;
+    /// returns how many. A pending event whose attempts are all used up was running each time
+    /// the host stopped: it is dead, not run again, so an action that takes the host down
+    /// cannot do so forever. From then on, this instance also claims what other instances
+    /// leave (see `claim_loop`): only a serving host does, never a command-line run.
     pub(crate) async fn recover(&self) -> Result<usize, crate::store::StoreError> {
         let events = self.inner.store.undispatched_events().await?;
         let max = self.inner.settings.actions.max_attempts;
@@ -192,6 +193,7 @@ impl Dispatcher {
             }
         }
         crate::telemetry::backlog(self.backlog());
+        tokio::spawn(self.inner.clone().claim_loop());
         Ok(count)
     }
 
