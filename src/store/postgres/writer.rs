@@ -1,0 +1,582 @@
+//! The PostgreSQL write path: one task gathers the writes that arrive together and commits each
+//! group in one transaction on one pooled connection, its statements pipelined, while up to a
+//! few earlier groups still commit. A write is answered only once its group is committed with
+//! `synchronous_commit` on: acknowledged means durable.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+
+use super::{BackendError, CHANNEL, DispatchResult, Inserted, NewEvent, SendRecord, StoreError};
+use crate::store::{EventKind, now_ms};
+use crate::twilio::webhook::{self, status_rank};
+
+/// Most writes one group commits; bounds the latency of the last one in a group.
+const MAX_GROUP: usize = 1024;
+/// How many times a group that lost a deadlock (or a serialization check) against another
+/// instance's group is tried again before its writes are refused.
+const RETRIES: u32 = 3;
+
+/// How many groups commit at once for a pool of `max_connections`: enough to keep the server
+/// busy while one group waits for its commit to be flushed, leaving connections for reads.
+pub(super) fn groups_in_flight(max_connections: usize) -> u32 {
+    (max_connections / 2).clamp(1, 8) as u32
+}
+
+/// The sending side of the writer task. Cloning is cheap; all clones share one task.
+#[derive(Clone)]
+pub(super) struct Writer {
+    ops: mpsc::UnboundedSender<Op>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Writer {
+    /// Starts the writer task on the current runtime.
+    pub(super) fn start(pool: Pool, instance: Arc<str>, lease: Duration, in_flight: u32) -> Writer {
+        let (ops, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Ctx {
+            pool,
+            instance,
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+        });
+        let task = tokio::spawn(run(rx, ctx, in_flight.max(1)));
+        Writer {
+            ops,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    pub(super) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Write(Work::Insert(event), Some(Reply::Event(tx))))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) fn record_send(&self, record: SendRecord) -> Result<(), StoreError> {
+        self.send(Op::Write(Work::Send(record), None))
+    }
+
+    pub(super) fn finish_dispatch(
+        &self,
+        id: i64,
+        attempts: u32,
+        result: DispatchResult,
+    ) -> Result<(), StoreError> {
+        self.send(Op::Write(
+            Work::Finish {
+                id,
+                attempts,
+                result,
+            },
+            None,
+        ))
+    }
+
+    /// Answers once every write queued before it is committed.
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Write(Work::Nothing, Some(Reply::Barrier(tx))))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Op::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.task.lock().expect("store writer lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.ops.send(op).map_err(|_| StoreError::Closed)
+    }
+}
+
+/// What every group needs: where to commit, and who this instance is.
+struct Ctx {
+    pool: Pool,
+    instance: Arc<str>,
+    lease_ms: i64,
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every op is a write; boxing it would allocate per write for a rare close"
+)]
+enum Op {
+    /// A write, with where to answer when someone waits.
+    Write(Work, Option<Reply>),
+    /// Commits what came before, then stops the writer.
+    Close(oneshot::Sender<()>),
+}
+
+/// One write's statement.
+enum Work {
+    Insert(NewEvent),
+    Send(SendRecord),
+    /// Nobody waits: losing it in a crash only means the event is dispatched again.
+    Finish {
+        id: i64,
+        attempts: u32,
+        result: DispatchResult,
+    },
+    /// A barrier: no statement, answered when its group (and every earlier one) is committed.
+    Nothing,
+}
+
+impl Work {
+    /// The order a group applies its writes in: message rows by (app, sid), then events by
+    /// id, so two instances' groups lock rows in the same order and never deadlock each other.
+    fn order(&self) -> (u8, &str, &str, i64) {
+        match self {
+            Work::Insert(e) => (0, &e.app, e.callback.sid.as_deref().unwrap_or(""), 0),
+            Work::Send(s) => (0, &s.app, s.sid.as_deref().unwrap_or(""), 0),
+            Work::Finish { id, .. } => (1, "", "", *id),
+            Work::Nothing => (2, "", "", 0),
+        }
+    }
+}
+
+enum Reply {
+    Event(oneshot::Sender<Result<Inserted, StoreError>>),
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The writer task: waits for a free slot, takes the next write and every write queued behind
+/// it, and commits them as one group on a task of its own while it gathers the next. A group
+/// with a barrier (or the close) first waits for every earlier group to finish.
+async fn run(mut rx: mpsc::UnboundedReceiver<Op>, ctx: Arc<Ctx>, slots: u32) {
+    let permits = Arc::new(Semaphore::new(slots as usize));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut group = Vec::new();
+        let mut closing = None;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                Op::Write(work, reply) => group.push((work, reply)),
+                Op::Close(reply) => closing = Some(reply),
+            }
+            if closing.is_none() && group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        let barrier = closing.is_some()
+            || group
+                .iter()
+                .any(|(_, reply)| matches!(reply, Some(Reply::Barrier(_))));
+        let rest = if barrier && slots > 1 {
+            match permits.clone().acquire_many_owned(slots - 1).await {
+                Ok(rest) => Some(rest),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        if let Some(closing) = closing {
+            if !group.is_empty() {
+                commit(&ctx, group).await;
+            }
+            let _ = closing.send(());
+            break;
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            commit(&ctx, group).await;
+            drop((permit, rest));
+        });
+    }
+    // Every group in flight finishes before the writer reports itself stopped.
+    let _ = permits.acquire_many(slots).await;
+}
+
+/// Commits one group, trying again when it lost a deadlock, and answers every write in it.
+async fn commit(ctx: &Ctx, mut group: Vec<(Work, Option<Reply>)>) {
+    group.sort_by(|a, b| a.0.order().cmp(&b.0.order()));
+    let works: Vec<&Work> = group.iter().map(|(w, _)| w).collect();
+    let mut tries = 0;
+    let outcome = loop {
+        match apply(ctx, &works).await {
+            Err(GroupError::Db(e))
+                if tries < RETRIES
+                    && matches!(
+                        e.code(),
+                        Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                            | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                    ) =>
+            {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "store group lost a deadlock; trying it again");
+            }
+            outcome => break outcome,
+        }
+    };
+    match outcome {
+        Ok(inserted) => {
+            for ((_, reply), inserted) in group.into_iter().zip(inserted) {
+                match reply {
+                    Some(Reply::Event(reply)) => {
+                        let _ = reply.send(Ok(inserted.unwrap_or(Inserted::Duplicate)));
+                    }
+                    Some(Reply::Barrier(reply)) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Err(e) => {
+            let source = e.into_backend();
+            tracing::error!(error = %source, "store commit failed; the writes in this group were not acknowledged");
+            for (_, reply) in group {
+                let error = || StoreError::CommitFailed {
+                    source: source.clone(),
+                };
+                match reply {
+                    Some(Reply::Event(reply)) => {
+                        let _ = reply.send(Err(error()));
+                    }
+                    Some(Reply::Barrier(reply)) => {
+                        let _ = reply.send(Err(error()));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum GroupError {
+    Pool(deadpool_postgres::PoolError),
+    Db(tokio_postgres::Error),
+}
+
+impl GroupError {
+    fn into_backend(self) -> BackendError {
+        match self {
+            GroupError::Pool(e) => BackendError::new(e),
+            GroupError::Db(e) => BackendError::new(e),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for GroupError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        GroupError::Db(e)
+    }
+}
+
+type Step<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Inserted>, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Applies `works` in one transaction, their statements pipelined, and commits. Returns, for
+/// each write in order, what an insert found.
+async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, GroupError> {
+    let mut client = ctx.pool.get().await.map_err(GroupError::Pool)?;
+    let statements = Statements {
+        status: client.prepare_cached(INSERT_STATUS).await?,
+        inbound: client.prepare_cached(INSERT_INBOUND).await?,
+        send: client.prepare_cached(RECORD_SEND).await?,
+        finish: client.prepare_cached(FINISH).await?,
+    };
+    let tx = client.transaction().await?;
+    let now = now_ms();
+    let lease_until = now.saturating_add(ctx.lease_ms);
+    let mut notify = false;
+    let steps: Vec<Step<'_>> = works
+        .iter()
+        .map(|work| -> Step<'_> {
+            let (tx, st) = (&tx, &statements);
+            match work {
+                Work::Insert(ev) => Box::pin(insert(tx, st, ev, &ctx.instance, lease_until)),
+                Work::Send(rec) => Box::pin(async move {
+                    record_send(tx, st, rec).await?;
+                    Ok(None)
+                }),
+                Work::Finish {
+                    id,
+                    attempts,
+                    result,
+                } => {
+                    // A retry that is due already may be taken by any instance: wake them.
+                    if let DispatchResult::Failed {
+                        next_attempt_at, ..
+                    } = result
+                    {
+                        notify |= *next_attempt_at <= now;
+                    }
+                    let holder = Holder {
+                        instance: &ctx.instance,
+                        now,
+                        lease_until,
+                    };
+                    let step = finish(tx, st, *id, *attempts, result, holder);
+                    Box::pin(async move {
+                        step.await?;
+                        Ok(None)
+                    })
+                }
+                Work::Nothing => Box::pin(async { Ok(None) }),
+            }
+        })
+        .collect();
+    let inserted = futures::future::try_join_all(steps).await?;
+    if notify {
+        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+struct Statements {
+    status: tokio_postgres::Statement,
+    inbound: tokio_postgres::Statement,
+    send: tokio_postgres::Statement,
+    finish: tokio_postgres::Statement,
+}
+
+/// A status callback: the event, held by this instance with its first attempt counted, and,
+/// only when the event is new, the message's row moved forward. Only a message of the event's
+/// own app is moved (the conflict target is (app, sid)), only forward, never past a final
+/// status, and only when the accounts agree: a message or an event that names no account
+/// matches any.
+const INSERT_STATUS: &str = "WITH ev AS ( \
+     INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, message_sid, \
+       message_status, error_code, fields, attempts, updated_at, kind, lease_owner, lease_until) \
+     VALUES ($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text, $8::text, \
+       $9::text, 1, $3, $10::text, $11::text, $12::bigint) \
+     ON CONFLICT DO NOTHING RETURNING id), \
+   msg AS ( \
+     INSERT INTO messages AS m (sid, app, company, status, status_rank, error_code, to_number, \
+       from_number, created_at, updated_at, account_sid) \
+     SELECT $6, $1, $2, $7, $13::integer, $8, $14::text, $15::text, $3, $3, $16::text FROM ev \
+     WHERE $6 IS NOT NULL AND $7 IS NOT NULL \
+     ON CONFLICT (app, sid) DO UPDATE SET status = EXCLUDED.status, \
+       status_rank = EXCLUDED.status_rank, updated_at = EXCLUDED.updated_at, \
+       error_code = coalesce(EXCLUDED.error_code, m.error_code), \
+       account_sid = coalesce(m.account_sid, EXCLUDED.account_sid) \
+     WHERE EXCLUDED.status_rank > m.status_rank AND m.status_rank < 10 \
+       AND (EXCLUDED.account_sid IS NULL OR m.account_sid IS NULL \
+            OR EXCLUDED.account_sid = m.account_sid)) \
+   SELECT id FROM ev";
+
+/// An inbound message: the event, and, only when it is new, the message's row: received,
+/// final, never moved by a status callback. A row the app already has for the sid is kept.
+const INSERT_INBOUND: &str = "WITH ev AS ( \
+     INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, message_sid, \
+       message_status, error_code, fields, attempts, updated_at, kind, lease_owner, lease_until) \
+     VALUES ($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text, $8::text, \
+       $9::text, 1, $3, $10::text, $11::text, $12::bigint) \
+     ON CONFLICT DO NOTHING RETURNING id), \
+   msg AS ( \
+     INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, media, \
+       status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
+     SELECT $6, $1, $2, $16::text, $14::text, $15::text, $17::text, $18::text, $7, \
+       $13::integer, $3, $3, 'inbound', $19::text, $20::text FROM ev \
+     ON CONFLICT (app, sid) DO NOTHING) \
+   SELECT id FROM ev";
+
+/// A send's row for (app, sid); a row an early callback of the same app created is completed,
+/// keeping the further status. A send without a sid (refused by Twilio) gets a row of its own.
+const RECORD_SEND: &str = "INSERT INTO messages AS m (sid, app, company, account_sid, \
+     to_number, from_number, body, media, status, status_rank, error_code, error_message, \
+     created_at, updated_at, content_sid, content_variables) \
+   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15) \
+   ON CONFLICT (app, sid) DO UPDATE SET company = EXCLUDED.company, \
+     account_sid = EXCLUDED.account_sid, to_number = EXCLUDED.to_number, \
+     from_number = EXCLUDED.from_number, body = EXCLUDED.body, media = EXCLUDED.media, \
+     content_sid = EXCLUDED.content_sid, content_variables = EXCLUDED.content_variables, \
+     created_at = least(m.created_at, EXCLUDED.created_at), \
+     error_message = coalesce(m.error_message, EXCLUDED.error_message), \
+     status = CASE WHEN EXCLUDED.status_rank > m.status_rank \
+                   THEN EXCLUDED.status ELSE m.status END, \
+     status_rank = greatest(EXCLUDED.status_rank, m.status_rank)";
+
+/// A dispatch outcome, written only while this instance holds the event for that attempt; a
+/// final one (done, failed, dead) releases the lease. `Started` counts the attempt and keeps
+/// the lease. A dead outcome may name the attempt before the one a claim counted: the claim of
+/// an event whose attempts were all cut short counts one more, then the event is declared dead
+/// at the maximum.
+const FINISH: &str = "UPDATE events SET state = $2::text, attempts = $3::integer, \
+     last_error = coalesce($4::text, last_error), next_attempt_at = $5::bigint, \
+     updated_at = $6::bigint, \
+     lease_owner = CASE WHEN $8::boolean THEN NULL ELSE lease_owner END, \
+     lease_until = CASE WHEN $8 THEN NULL ELSE $9::bigint END \
+   WHERE id = $1::bigint AND lease_owner = $7::text \
+     AND (attempts = $3 OR $2 = 'pending' OR ($2 = 'dead' AND attempts = $3 + 1))";
+
+async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    ev: &NewEvent,
+    instance: &str,
+    lease_until: i64,
+) -> Result<Option<Inserted>, tokio_postgres::Error> {
+    let c = &ev.callback;
+    let status = ev.status();
+    let fields = serde_json::to_string(&c.fields).expect("string pairs serialize");
+    let dedup_key = ev.dedup_key();
+    let rank = status.map_or(0, |s| status_rank(s) as i32);
+    let kind = ev.kind.as_str();
+    let row = match ev.kind {
+        EventKind::Status => {
+            tx.query_opt(
+                &st.status,
+                &[
+                    &ev.app,
+                    &ev.company,
+                    &ev.received_at,
+                    &ev.idempotency_token,
+                    &dedup_key,
+                    &c.sid,
+                    &status,
+                    &c.error_code,
+                    &fields,
+                    &kind,
+                    &instance,
+                    &lease_until,
+                    &rank,
+                    &c.to,
+                    &c.from,
+                    &c.account_sid,
+                ],
+            )
+            .await?
+        }
+        EventKind::Inbound => {
+            let inbound = c.inbound();
+            let media = (!inbound.media.is_empty()).then(|| {
+                let items: Vec<_> = inbound
+                        .media
+                        .iter()
+                        .map(|(url, content_type)| {
+                            serde_json::json!({"url": url, "contentType": content_type})
+                        })
+                        .collect();
+                serde_json::Value::from(items).to_string()
+            });
+            let rank = status_rank(webhook::RECEIVED) as i32;
+            tx.query_opt(
+                &st.inbound,
+                &[
+                    &ev.app,
+                    &ev.company,
+                    &ev.received_at,
+                    &ev.idempotency_token,
+                    &dedup_key,
+                    &c.sid,
+                    &status,
+                    &c.error_code,
+                    &fields,
+                    &kind,
+                    &instance,
+                    &lease_until,
+                    &rank,
+                    &c.to,
+                    &c.from,
+                    &c.account_sid,
+                    &inbound.body,
+                    &media,
+                    &inbound.profile_name,
+                    &inbound.wa_id,
+                ],
+            )
+            .await?
+        }
+    };
+    Ok(Some(match row {
+        Some(row) => Inserted::New(row.get(0)),
+        None => Inserted::Duplicate,
+    }))
+}
+
+async fn record_send(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    r: &SendRecord,
+) -> Result<(), tokio_postgres::Error> {
+    let rank = status_rank(&r.status) as i32;
+    let error_code = r.error_code.map(|c| c.to_string());
+    tx.execute(
+        &st.send,
+        &[
+            &r.sid,
+            &r.app,
+            &r.company,
+            &r.account_sid,
+            &r.to,
+            &r.from,
+            &r.body,
+            &r.media,
+            &r.status,
+            &rank,
+            &error_code,
+            &r.error_message,
+            &r.at,
+            &r.content_sid,
+            &r.content_variables,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// This instance, and the time a write is made at.
+struct Holder<'a> {
+    instance: &'a str,
+    now: i64,
+    /// Where a lease this write takes or extends ends.
+    lease_until: i64,
+}
+
+fn finish<'a>(
+    tx: &'a tokio_postgres::Transaction<'_>,
+    st: &'a Statements,
+    id: i64,
+    attempts: u32,
+    result: &'a DispatchResult,
+    holder: Holder<'a>,
+) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+    let (state, error, next, release) = match result {
+        DispatchResult::Started => ("pending", None, None, false),
+        DispatchResult::Done => ("done", None, None, true),
+        DispatchResult::Failed {
+            error,
+            next_attempt_at,
+        } => ("failed", Some(error.as_str()), Some(*next_attempt_at), true),
+        DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None, true),
+    };
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    async move {
+        tx.execute(
+            &st.finish,
+            &[
+                &id,
+                &state,
+                &attempts,
+                &error,
+                &next,
+                &holder.now,
+                &holder.instance,
+                &release,
+                &holder.lease_until,
+            ],
+        )
+        .await
+    }
+}
