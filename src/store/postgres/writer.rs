@@ -24,9 +24,11 @@ const MAX_GROUP: usize = 1024;
 const RETRIES: u32 = 3;
 
 /// How many groups commit at once for a pool of `max_connections`: enough to keep the server
-/// busy while one group waits for its commit to be flushed, leaving connections for reads.
+/// busy while one group waits for its commit to be flushed, few enough that groups stay large
+/// under load (each group's fixed cost is paid once for all its writes), leaving most
+/// connections for reads and claims.
 pub(super) fn groups_in_flight(max_connections: usize) -> u32 {
-    (max_connections / 2).clamp(1, 8) as u32
+    (max_connections / 4).clamp(1, 4) as u32
 }
 
 /// The sending side of the writer task. Cloning is cheap; all clones share one task.
@@ -284,63 +286,107 @@ impl From<tokio_postgres::Error> for GroupError {
 type Step<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Inserted>, tokio_postgres::Error>> + Send + 'a>>;
 
-/// Applies `works` in one transaction, their statements pipelined, and commits. Returns, for
-/// each write in order, what an insert found.
+/// Applies `works` in one transaction and commits it, in one round trip: `BEGIN`, every
+/// write's statement and `COMMIT` are sent together, in order, before any answer is read. When
+/// a statement fails, the server turns the `COMMIT` into a rollback, so nothing was applied.
+/// Returns, for each write in order, what an insert found.
 async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, GroupError> {
-    let mut client = ctx.pool.get().await.map_err(GroupError::Pool)?;
+    let client = ctx.pool.get().await.map_err(GroupError::Pool)?;
     let statements = Statements {
         status: client.prepare_cached(INSERT_STATUS).await?,
         inbound: client.prepare_cached(INSERT_INBOUND).await?,
         send: client.prepare_cached(RECORD_SEND).await?,
         finish: client.prepare_cached(FINISH).await?,
     };
-    let tx = client.transaction().await?;
+    let pg: &tokio_postgres::Client = &client;
     let now = now_ms();
     let lease_until = now.saturating_add(ctx.lease_ms);
-    let mut notify = false;
-    let steps: Vec<Step<'_>> = works
-        .iter()
-        .map(|work| -> Step<'_> {
-            let (tx, st) = (&tx, &statements);
-            match work {
-                Work::Insert(ev) => Box::pin(insert(tx, st, ev, &ctx.instance, lease_until)),
-                Work::Send(rec) => Box::pin(async move {
-                    record_send(tx, st, rec).await?;
-                    Ok(None)
-                }),
-                Work::Finish {
-                    id,
-                    attempts,
-                    result,
-                } => {
-                    // A retry that is due already may be taken by any instance: wake them.
-                    if let DispatchResult::Failed {
-                        next_attempt_at, ..
-                    } = result
-                    {
-                        notify |= *next_attempt_at <= now;
-                    }
-                    let holder = Holder {
-                        instance: &ctx.instance,
-                        now,
-                        lease_until,
-                    };
-                    let step = finish(tx, st, *id, *attempts, result, holder);
-                    Box::pin(async move {
-                        step.await?;
-                        Ok(None)
-                    })
-                }
-                Work::Nothing => Box::pin(async { Ok(None) }),
-            }
-        })
-        .collect();
-    let inserted = futures::future::try_join_all(steps).await?;
-    if notify {
-        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    // A retry that is due already may be taken by any instance: wake them.
+    let notify = works.iter().any(|work| {
+        matches!(work, Work::Finish { result: DispatchResult::Failed { next_attempt_at, .. }, .. }
+            if *next_attempt_at <= now)
+    });
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(works.len() + 3);
+    steps.push(Box::pin(async move {
+        pg.batch_execute("BEGIN").await?;
+        Ok(None)
+    }));
+    for work in works {
+        let st = &statements;
+        steps.push(match work {
+            Work::Insert(ev) => Box::pin(insert(pg, st, ev, &ctx.instance, lease_until)),
+            Work::Send(rec) => Box::pin(async move {
+                record_send(pg, st, rec).await?;
+                Ok(None)
+            }),
+            // Written together, below.
+            Work::Finish { .. } => continue,
+            Work::Nothing => Box::pin(async { Ok(None) }),
+        });
     }
-    tx.commit().await?;
-    Ok(inserted)
+    let outcomes = latest_outcomes(works);
+    if !outcomes.is_empty() {
+        let holder = Holder {
+            instance: &ctx.instance,
+            now,
+            lease_until,
+        };
+        let step = finish(pg, &statements, outcomes, holder);
+        steps.push(Box::pin(async move {
+            step.await?;
+            Ok(None)
+        }));
+    }
+    if notify {
+        steps.push(Box::pin(async move {
+            pg.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            Ok(None)
+        }));
+    }
+    steps.push(Box::pin(async move {
+        pg.batch_execute("COMMIT").await?;
+        Ok(None)
+    }));
+    let mut results = in_order(steps).await;
+    // The first error is the cause; those after it only say the transaction was aborted.
+    if let Some(position) = results.iter().position(Result::is_err) {
+        let Err(e) = results.swap_remove(position) else {
+            unreachable!("an error at this position");
+        };
+        if !e.is_closed() {
+            // The COMMIT was a rollback; make sure no transaction is left open either way.
+            let _ = pg.batch_execute("ROLLBACK").await;
+        }
+        return Err(GroupError::Db(e));
+    }
+    // Past BEGIN, one answer per write that is not an outcome, in order.
+    let mut answers = results.into_iter().skip(1);
+    Ok(works
+        .iter()
+        .map(|work| match work {
+            Work::Finish { .. } => None,
+            _ => answers.next().and_then(|r| r.ok().flatten()),
+        })
+        .collect())
+}
+
+/// Runs `steps` to completion, first polling each once in order: tokio-postgres sends a
+/// request when its future is first polled, so the requests go out in `steps`' order and are
+/// pipelined on the one connection.
+async fn in_order<T>(steps: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
+    let mut steps: Vec<_> = steps.into_iter().map(futures::future::maybe_done).collect();
+    for step in &mut steps {
+        let _ = futures::poll!(Pin::new(step));
+    }
+    futures::future::join_all(steps.iter_mut().map(Pin::new)).await;
+    steps
+        .iter_mut()
+        .map(|step| {
+            Pin::new(step)
+                .take_output()
+                .expect("every step ran to completion")
+        })
+        .collect()
 }
 
 struct Statements {
@@ -407,21 +453,24 @@ const RECORD_SEND: &str = "INSERT INTO messages AS m (sid, app, company, account
                    THEN EXCLUDED.status ELSE m.status END, \
      status_rank = greatest(EXCLUDED.status_rank, m.status_rank)";
 
-/// A dispatch outcome, written only while this instance holds the event for that attempt; a
-/// final one (done, failed, dead) releases the lease. `Started` counts the attempt and keeps
-/// the lease. A dead outcome may name the attempt before the one a claim counted: the claim of
-/// an event whose attempts were all cut short counts one more, then the event is declared dead
-/// at the maximum.
-const FINISH: &str = "UPDATE events SET state = $2::text, attempts = $3::integer, \
-     last_error = coalesce($4::text, last_error), next_attempt_at = $5::bigint, \
-     updated_at = $6::bigint, \
-     lease_owner = CASE WHEN $8::boolean THEN NULL ELSE lease_owner END, \
-     lease_until = CASE WHEN $8 THEN NULL ELSE $9::bigint END \
-   WHERE id = $1::bigint AND lease_owner = $7::text \
-     AND (attempts = $3 OR $2 = 'pending' OR ($2 = 'dead' AND attempts = $3 + 1))";
+/// A group's dispatch outcomes, in one statement (one row of the arrays each), each written
+/// only while this instance holds the event for that attempt; a final one (done, failed, dead)
+/// releases the lease. `Started` counts the attempt and extends the lease. A dead outcome may
+/// name the attempt before the one a claim counted: the claim of an event whose attempts were
+/// all cut short counts one more, then the event is declared dead at the maximum.
+const FINISH: &str = "UPDATE events AS e SET state = u.state, attempts = u.attempts, \
+     last_error = coalesce(u.error, e.last_error), next_attempt_at = u.next, \
+     updated_at = $7::bigint, \
+     lease_owner = CASE WHEN u.release THEN NULL ELSE e.lease_owner END, \
+     lease_until = CASE WHEN u.release THEN NULL ELSE $9::bigint END \
+   FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::bigint[], \
+     $6::boolean[]) AS u(id, state, attempts, error, next, release) \
+   WHERE e.id = u.id AND e.lease_owner = $8::text \
+     AND (e.attempts = u.attempts OR u.state = 'pending' \
+          OR (u.state = 'dead' AND e.attempts = u.attempts + 1))";
 
 async fn insert(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     st: &Statements,
     ev: &NewEvent,
     instance: &str,
@@ -506,7 +555,7 @@ async fn insert(
 }
 
 async fn record_send(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     st: &Statements,
     r: &SendRecord,
 ) -> Result<(), tokio_postgres::Error> {
@@ -544,39 +593,72 @@ struct Holder<'a> {
     lease_until: i64,
 }
 
-fn finish<'a>(
-    tx: &'a tokio_postgres::Transaction<'_>,
-    st: &'a Statements,
-    id: i64,
-    attempts: u32,
-    result: &'a DispatchResult,
-    holder: Holder<'a>,
-) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-    let (state, error, next, release) = match result {
-        DispatchResult::Started => ("pending", None, None, false),
-        DispatchResult::Done => ("done", None, None, true),
-        DispatchResult::Failed {
-            error,
-            next_attempt_at,
-        } => ("failed", Some(error.as_str()), Some(*next_attempt_at), true),
-        DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None, true),
-    };
-    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    async move {
-        tx.execute(
-            &st.finish,
-            &[
-                &id,
-                &state,
-                &attempts,
-                &error,
-                &next,
-                &holder.now,
-                &holder.instance,
-                &release,
-                &holder.lease_until,
-            ],
-        )
-        .await
+/// One outcome per event: the one for its latest attempt, the last of those when several name
+/// it. Applied one after another, the others would be ignored or overwritten anyway.
+fn latest_outcomes<'a>(works: &[&'a Work]) -> Vec<(i64, u32, &'a DispatchResult)> {
+    let mut outcomes: Vec<(i64, u32, &DispatchResult)> = Vec::new();
+    for work in works {
+        if let Work::Finish {
+            id,
+            attempts,
+            result,
+        } = work
+        {
+            match outcomes.iter_mut().find(|(seen, ..)| seen == id) {
+                Some(kept) if kept.1 <= *attempts => *kept = (*id, *attempts, result),
+                Some(_) => {}
+                None => outcomes.push((*id, *attempts, result)),
+            }
+        }
     }
+    outcomes
+}
+
+async fn finish(
+    tx: &tokio_postgres::Client,
+    st: &Statements,
+    outcomes: Vec<(i64, u32, &DispatchResult)>,
+    holder: Holder<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let n = outcomes.len();
+    let (mut ids, mut states, mut attempts, mut errors, mut nexts, mut releases) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, attempt, result) in outcomes {
+        let (state, error, next, release) = match result {
+            DispatchResult::Started => ("pending", None, None, false),
+            DispatchResult::Done => ("done", None, None, true),
+            DispatchResult::Failed {
+                error,
+                next_attempt_at,
+            } => ("failed", Some(error.as_str()), Some(*next_attempt_at), true),
+            DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None, true),
+        };
+        ids.push(id);
+        states.push(state);
+        attempts.push(i32::try_from(attempt).unwrap_or(i32::MAX));
+        errors.push(error);
+        nexts.push(next);
+        releases.push(release);
+    }
+    tx.execute(
+        &st.finish,
+        &[
+            &ids,
+            &states,
+            &attempts,
+            &errors,
+            &nexts,
+            &releases,
+            &holder.now,
+            &holder.instance,
+            &holder.lease_until,
+        ],
+    )
+    .await
 }
