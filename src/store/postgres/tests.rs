@@ -12,6 +12,7 @@ use crate::store::{
     Backend, Clock, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
     MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
 };
+use crate::twilio::simulate;
 use crate::twilio::webhook::StatusCallback;
 
 /// The server every test makes its database on.
@@ -113,27 +114,13 @@ fn send(app: &str, account: &str, sid: &str) -> SendRecord {
 }
 
 fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
-    let fields = [
-        ("SmsStatus", "received"),
-        ("MessageSid", sid),
-        ("AccountSid", "AC1"),
-        ("From", &format!("whatsapp:{contact}")),
-        ("To", &format!("whatsapp:{app_number}")),
-        ("Body", "hi"),
-        ("ProfileName", "Ana"),
-        ("WaId", contact.trim_start_matches('+')),
-        ("NumMedia", "1"),
-        ("MediaUrl0", "https://m/0"),
-        ("MediaContentType0", "image/jpeg"),
-    ];
+    let media = [("https://m/0".to_string(), "image/jpeg".to_string())];
+    let fields = simulate::inbound_message_fields("AC1", contact, app_number, "Ana", "hi", &media);
+    let mut callback = StatusCallback::from_fields(fields);
+    callback.sid = Some(sid.into());
     NewEvent {
         kind: EventKind::Inbound,
-        callback: StatusCallback::from_fields(
-            fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
+        callback,
         ..status_event(sid, "", at)
     }
 }
