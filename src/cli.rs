@@ -556,8 +556,9 @@ async fn check(settings: &Settings) -> anyhow::Result<i32> {
 }
 
 /// The store for `events` and `messages`, opened read-only. Before a server has received
-/// anything there is no store file: that reads as an empty store, as it did when these commands
-/// created one, with a hint on stderr; nothing is written.
+/// anything there is no store file (or no tables in the PostgreSQL database): that reads as an
+/// empty store, as it did when these commands created one, with a hint on stderr; nothing is
+/// written.
 async fn read_store(settings: &Settings) -> anyhow::Result<StoreReader> {
     match StoreReader::connect(settings).await {
         Err(StoreError::Missing { path }) => {
@@ -566,6 +567,11 @@ async fn read_store(settings: &Settings) -> anyhow::Result<StoreReader> {
                 path.display()
             );
             Ok(StoreReader::empty(path)?)
+        }
+        // A PostgreSQL database no instance has set up yet reads the same way.
+        Err(StoreError::NotMigrated { server }) => {
+            eprintln!("no store at {server} yet: nothing has been received");
+            Ok(StoreReader::empty(server.into())?)
         }
         opened => Ok(opened?),
     }

@@ -117,11 +117,11 @@ impl Postgres {
         self.writer.flush().await
     }
 
-    /// Commits what is queued, stops the writer and the listener and closes the pool.
+    /// Commits what is queued and stops the writer and the listener. Reads still work, as on
+    /// the embedded store; the pool's connections close when the last handle is dropped.
     pub(super) async fn close(&self) {
         self.writer.close().await;
         self.stop.cancel();
-        self.pool.close();
         tracing::debug!(server = %self.location, "closed the PostgreSQL store");
     }
 

@@ -724,6 +724,53 @@ async fn a_due_retry_wakes_the_other_instances() {
 }
 
 #[tokio::test]
+async fn the_listener_reconnects_and_listens_again_after_its_connection_is_killed() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let wakeups = store.wakeups();
+    let admin = client(&url).await;
+    let listener = || async {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    let wait_for_listener = |not: Option<i32>| async move {
+        for _ in 0..100 {
+            if let Some(pid) = listener().await.filter(|pid| Some(*pid) != not) {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no listener connection");
+    };
+    let first = wait_for_listener(None).await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    let second = wait_for_listener(Some(first)).await;
+    assert_ne!(first, second);
+    // Woken once for the reconnection (notifications meanwhile were lost), then by a NOTIFY.
+    tokio::time::timeout(Duration::from_secs(5), wakeups.notified())
+        .await
+        .expect("woken after reconnecting");
+    admin
+        .batch_execute("NOTIFY whatsapp_host_events")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeups.notified())
+        .await
+        .expect("woken by a notification after reconnecting");
+    store.close().await;
+}
+
+#[tokio::test]
 async fn migrations_apply_once_whether_run_twice_or_at_once() {
     let url = fresh_database().await;
     let runs = futures::future::join_all((0..4).map(|_| super::migrate(&url))).await;
