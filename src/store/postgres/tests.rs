@@ -910,4 +910,11 @@ async fn insert_throughput() {
         p(0.99)
     );
     store.close().await;
+    drop(store);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    client(&server_url())
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
