@@ -868,25 +868,47 @@ async fn an_unreachable_server_fails_at_start_naming_the_setting_but_never_the_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
 async fn insert_throughput() {
+    measure(1).await;
+}
+
+/// The same with two instances on one database, the 64 clients split between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn insert_throughput_two_instances() {
+    measure(2).await;
+}
+
+/// 64 clients each store 400 callbacks, one after another, as Twilio posts them (every field
+/// Twilio sends), and record a done outcome for each, as dispatch would.
+async fn measure(instances: usize) {
     let url = fresh_database().await;
-    let store = instance(&url).await;
+    let mut stores = Vec::new();
+    for _ in 0..instances {
+        stores.push(instance(&url).await);
+    }
     let clients = 64;
     let per_client = 400;
     let started = std::time::Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let store = store.clone();
+            let store = stores[c % instances].clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
-                    let at = std::time::Instant::now();
-                    let sid = format!("SM{c}x{i}");
-                    let id = new_id(
-                        store
-                            .insert_event(status_event(&sid, "sent", 1))
-                            .await
-                            .unwrap(),
+                    let sid = format!("SM{c:016}{i:016}");
+                    let fields = simulate::status_callback_fields(
+                        &sid,
+                        "AC00000000000000000000000000000000",
+                        "+14155238886",
+                        "+393331234567",
+                        "delivered",
                     );
+                    let event = NewEvent {
+                        callback: StatusCallback::from_fields(fields),
+                        ..status_event(&sid, "delivered", 1)
+                    };
+                    let at = std::time::Instant::now();
+                    let id = new_id(store.insert_event(event).await.unwrap());
                     latencies.push(at.elapsed());
                     store.finish_dispatch(id, 1, DispatchResult::Done);
                 }
@@ -898,19 +920,22 @@ async fn insert_throughput() {
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
-    store.flush().await.unwrap();
+    for store in &stores {
+        store.flush().await.unwrap();
+    }
     let elapsed = started.elapsed();
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "{} inserts (+ a done outcome each) by {clients} clients in {elapsed:?}: {:.0}/s, p50 {:?}, p99 {:?}",
+        "{instances} instance(s): {} callbacks (+ a done outcome each) by {clients} clients in {elapsed:?}: {:.0}/s, p50 {:?}, p99 {:?}",
         latencies.len(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
         p(0.5),
         p(0.99)
     );
-    store.close().await;
-    drop(store);
+    for store in stores {
+        store.close().await;
+    }
     let name = url.rsplit('/').next().unwrap().to_string();
     client(&server_url())
         .await
