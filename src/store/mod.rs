@@ -35,12 +35,23 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
 }
 
-/// `url` with its password, if any, replaced by `***`: what logs and errors may show.
+/// `url` with its password, if any, replaced by `***`: what logs and errors may show. A
+/// password given as a `password=` parameter is hidden too.
 pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" { "***".into() } else { v };
+                        (k.into_owned(), v.into_owned())
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             parsed.to_string()
         }

@@ -863,6 +863,16 @@ async fn an_unreachable_server_fails_at_start_naming_the_setting_but_never_the_p
     }
 }
 
+#[test]
+fn redact_hides_a_password_wherever_the_url_gives_it() {
+    let shown = crate::store::redact("postgres://wh:s3cret@db:5432/store?sslmode=disable");
+    assert_eq!(shown, "postgres://wh:***@db:5432/store?sslmode=disable");
+    let shown = crate::store::redact("postgres://wh@db/store?password=s3cret&connect_timeout=5");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("connect_timeout=5"), "{shown}");
+    assert!(!crate::store::redact("postgres://wh:s3cret@[::1").contains("s3cret"));
+}
+
 /// Not a test: a measurement of how many callbacks a second one instance stores. Run with
 /// `cargo test --lib store::postgres::tests::insert_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
