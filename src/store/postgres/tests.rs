@@ -637,6 +637,22 @@ async fn claim_due_takes_expired_leases_and_due_retries_only() {
     // Now B's: nobody else claims them again.
     assert!(a.claim_due(10).await.unwrap().is_empty());
     assert!(!a.begin_attempt(ids[1], 3).await.unwrap());
+    // With every attempt used up, the dispatcher declares a claimed event dead at the maximum,
+    // one below what the claim counted; that outcome is written and releases the lease.
+    b.finish_dispatch(
+        ids[1],
+        1,
+        DispatchResult::Dead {
+            error: "interrupted".into(),
+        },
+    );
+    b.flush().await.unwrap();
+    let dead = b.event(ids[1]).await.unwrap().unwrap();
+    assert_eq!((dead.state, dead.attempts), (EventState::Dead, 1));
+    assert!(
+        a.begin_attempt(ids[1], 1).await.unwrap(),
+        "released: a replay may take it"
+    );
     a.close().await;
     b.close().await;
 }
