@@ -265,6 +265,45 @@ async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
 }
 
 #[tokio::test]
+async fn a_write_the_server_refuses_fails_alone_and_its_group_still_commits() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    // PostgreSQL refuses NUL in text: this inbound message's body cannot be stored.
+    let mut poison = inbound_event("SMbad", "+393331234567", "+14155238886", 1);
+    poison.callback.fields.retain(|(k, _)| k != "Body");
+    poison.callback.fields.push(("Body".into(), "a\0b".into()));
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let event = if i == 7 {
+                poison.clone()
+            } else {
+                status_event(&format!("SM{i}"), "sent", i)
+            };
+            tokio::spawn(async move { store.insert_event(event).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for write in writes {
+        match write.await.unwrap() {
+            Ok(inserted) => {
+                new_id(inserted);
+            }
+            Err(e) => {
+                assert!(matches!(e, StoreError::CommitFailed { .. }), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1);
+    assert_eq!(
+        store.events(EventFilter::default()).await.unwrap().len(),
+        19
+    );
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
     let url = fresh_database().await;
     let store = instance(&url).await;

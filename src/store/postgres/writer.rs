@@ -206,13 +206,50 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Op>, ctx: Arc<Ctx>, slots: u32) {
     let _ = permits.acquire_many(slots).await;
 }
 
-/// Commits one group, trying again when it lost a deadlock, and answers every write in it.
+/// Commits one group and answers every write in it. When the server refuses a statement
+/// (not a lost connection), one write may be at fault, as one failing statement aborts the
+/// whole transaction: each write is then tried alone, so the others still commit and only the
+/// faulty one is refused, as on the embedded store.
 async fn commit(ctx: &Ctx, mut group: Vec<(Work, Option<Reply>)>) {
     group.sort_by(|a, b| a.0.order().cmp(&b.0.order()));
     let works: Vec<&Work> = group.iter().map(|(w, _)| w).collect();
+    match apply_retrying(ctx, &works).await {
+        Ok(inserted) => {
+            for ((_, reply), inserted) in group.into_iter().zip(inserted) {
+                answer(reply, Ok(inserted));
+            }
+        }
+        Err(GroupError::Db(e)) if group.len() > 1 && e.code().is_some() => {
+            tracing::warn!(error = %e, writes = group.len(), "the store refused a group of writes; trying each alone");
+            for (work, reply) in group {
+                let result = apply_retrying(ctx, &[&work]).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = ?e, "store commit failed; the write was not acknowledged");
+                }
+                answer(
+                    reply,
+                    result
+                        .map(|mut one| one.pop().flatten())
+                        .map_err(GroupError::into_backend),
+                );
+            }
+        }
+        Err(e) => {
+            let source = e.into_backend();
+            tracing::error!(error = %source, "store commit failed; the writes in this group were not acknowledged");
+            for (_, reply) in group {
+                answer(reply, Err(source.clone()));
+            }
+        }
+    }
+}
+
+/// [`apply`], tried again when the group lost a deadlock (or a serialization check) against
+/// another instance's group.
+async fn apply_retrying(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, GroupError> {
     let mut tries = 0;
-    let outcome = loop {
-        match apply(ctx, &works).await {
+    loop {
+        match apply(ctx, works).await {
             Err(GroupError::Db(e))
                 if tries < RETRIES
                     && matches!(
@@ -224,41 +261,26 @@ async fn commit(ctx: &Ctx, mut group: Vec<(Work, Option<Reply>)>) {
                 tries += 1;
                 tracing::debug!(error = %e, tries, "store group lost a deadlock; trying it again");
             }
-            outcome => break outcome,
+            outcome => return outcome,
         }
-    };
-    match outcome {
-        Ok(inserted) => {
-            for ((_, reply), inserted) in group.into_iter().zip(inserted) {
-                match reply {
-                    Some(Reply::Event(reply)) => {
-                        let _ = reply.send(Ok(inserted.unwrap_or(Inserted::Duplicate)));
-                    }
-                    Some(Reply::Barrier(reply)) => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    None => {}
-                }
-            }
+    }
+}
+
+/// Answers one write, if someone waits: what its insert found, or why it was not committed.
+fn answer(reply: Option<Reply>, result: Result<Option<Inserted>, BackendError>) {
+    let failed = |source: BackendError| StoreError::CommitFailed { source };
+    match reply {
+        Some(Reply::Event(reply)) => {
+            let _ = reply.send(
+                result
+                    .map(|inserted| inserted.unwrap_or(Inserted::Duplicate))
+                    .map_err(failed),
+            );
         }
-        Err(e) => {
-            let source = e.into_backend();
-            tracing::error!(error = %source, "store commit failed; the writes in this group were not acknowledged");
-            for (_, reply) in group {
-                let error = || StoreError::CommitFailed {
-                    source: source.clone(),
-                };
-                match reply {
-                    Some(Reply::Event(reply)) => {
-                        let _ = reply.send(Err(error()));
-                    }
-                    Some(Reply::Barrier(reply)) => {
-                        let _ = reply.send(Err(error()));
-                    }
-                    None => {}
-                }
-            }
+        Some(Reply::Barrier(reply)) => {
+            let _ = reply.send(result.map(|_| ()).map_err(failed));
         }
+        None => {}
     }
 }
 
