@@ -304,6 +304,67 @@ async fn a_write_the_server_refuses_fails_alone_and_its_group_still_commits() {
 }
 
 #[tokio::test]
+async fn callbacks_stored_together_keep_every_rule_of_one_at_a_time() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    store.record_send(send("crm", "AC_A", "SMacct"));
+    store.flush().await.unwrap();
+    // Arriving together, so most are stored by one statement: new ones, repeats of each other
+    // by key and by token, and one naming another account.
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(status_event(&format!("SM{i}"), "delivered", i));
+        events.push(status_event(&format!("SM{i}"), "delivered", i));
+    }
+    for sid in ["SMtokA", "SMtokB"] {
+        let mut event = status_event(sid, "sent", 1);
+        event.idempotency_token = Some("shared".into());
+        events.push(event);
+    }
+    events.push(app_status("crm", "AC_OTHER", "SMacct", "failed", 2));
+    let writes: Vec<_> = events
+        .into_iter()
+        .map(|event| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_event(event).await.unwrap() })
+        })
+        .collect();
+    let mut new_ids = HashSet::new();
+    for write in writes {
+        if let Inserted::New(id) = write.await.unwrap() {
+            assert!(new_ids.insert(id), "id {id} answered twice");
+        }
+    }
+    assert_eq!(new_ids.len(), 30 + 1 + 1);
+    let stored = store
+        .events(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    let stored_ids: HashSet<i64> = stored.iter().map(|e| e.id).collect();
+    assert_eq!(stored_ids, new_ids, "each answer names the event it stored");
+    for event in &stored {
+        assert_eq!(event.attempts, 1);
+        let sid = event.message_sid.as_deref().unwrap();
+        let (m, history) = store.app_message("crm", sid).await.unwrap().unwrap();
+        if sid == "SMacct" {
+            assert_eq!(m.status, "queued", "another account's event moves nothing");
+        } else {
+            assert_eq!(m.status, event.message_status.clone().unwrap());
+            assert_eq!(history.len(), 1);
+        }
+    }
+    let tokens = stored
+        .iter()
+        .filter(|e| e.idempotency_token.is_some())
+        .count();
+    assert_eq!(tokens, 1);
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
     let url = fresh_database().await;
     let store = instance(&url).await;

@@ -305,22 +305,50 @@ impl From<tokio_postgres::Error> for GroupError {
     }
 }
 
-type Step<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<Inserted>, tokio_postgres::Error>> + Send + 'a>>;
+/// One statement of a group: the answers it owes, as (index of the write, what it found).
+type Step<'a> = Pin<
+    Box<dyn Future<Output = Result<Vec<(usize, Inserted)>, tokio_postgres::Error>> + Send + 'a>,
+>;
 
-/// Applies `works` in one transaction and commits it, in one round trip: `BEGIN`, every
-/// write's statement and `COMMIT` are sent together, in order, before any answer is read. When
-/// a statement fails, the server turns the `COMMIT` into a rollback, so nothing was applied.
+/// The status callbacks of a group that one statement can store together: each names a sid
+/// and is the group's first insert naming its message (one statement may move a message row
+/// only once, and an inbound message or an earlier callback for it must be stored first). The
+/// rest are stored one statement each, after them.
+fn batchable(works: &[&Work]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let batch: Vec<usize> = works
+        .iter()
+        .enumerate()
+        .filter_map(|(i, work)| match work {
+            Work::Insert(ev) => {
+                let sid = ev.callback.sid.as_deref()?;
+                let first = seen.insert((ev.app.as_str(), sid));
+                (first && ev.kind == EventKind::Status).then_some(i)
+            }
+            _ => None,
+        })
+        .collect();
+    // One alone gains nothing.
+    if batch.len() < 2 { Vec::new() } else { batch }
+}
+
+/// Applies `works` in one transaction and commits it, in one round trip: `BEGIN`, the
+/// statements and `COMMIT` are sent together, in order, before any answer is read. Sends go
+/// first (a callback in the same group never overtakes its send), then the status callbacks
+/// that can be stored together, in one statement, then every other write in order. When a
+/// statement fails, the server turns the `COMMIT` into a rollback, so nothing was applied.
 /// Returns, for each write in order, what an insert found.
 async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, GroupError> {
     let client = ctx.pool.get().await.map_err(GroupError::Pool)?;
     let statements = Statements {
         status: client.prepare_cached(INSERT_STATUS).await?,
+        statuses: client.prepare_cached(INSERT_STATUSES).await?,
         inbound: client.prepare_cached(INSERT_INBOUND).await?,
         send: client.prepare_cached(RECORD_SEND).await?,
         finish: client.prepare_cached(FINISH).await?,
     };
     let pg: &tokio_postgres::Client = &client;
+    let st = &statements;
     let now = now_ms();
     let lease_until = now.saturating_add(ctx.lease_ms);
     // A retry that is due already may be taken by any instance: wake them.
@@ -328,19 +356,46 @@ async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, Grou
         matches!(work, Work::Finish { result: DispatchResult::Failed { next_attempt_at, .. }, .. }
             if *next_attempt_at <= now)
     });
-    let mut steps: Vec<Step<'_>> = Vec::with_capacity(works.len() + 3);
+    let batch = batchable(works);
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(works.len() + 4);
     steps.push(Box::pin(async move {
         pg.batch_execute("BEGIN").await?;
-        Ok(None)
+        Ok(Vec::new())
     }));
-    for work in works {
-        let st = &statements;
-        steps.push(match work {
-            Work::Insert(ev) => Box::pin(insert(pg, st, ev, &ctx.instance, lease_until)),
-            Work::Send(rec) => Box::pin(async move {
-                record_send(pg, st, rec).await?;
-                Ok(None)
-            }),
+    for rec in works.iter().filter_map(|w| match w {
+        Work::Send(rec) => Some(rec),
+        _ => None,
+    }) {
+        steps.push(Box::pin(async move {
+            record_send(pg, st, rec).await?;
+            Ok(Vec::new())
+        }));
+    }
+    if !batch.is_empty() {
+        let events: Vec<(usize, &NewEvent)> = batch
+            .iter()
+            .filter_map(|&i| match works[i] {
+                Work::Insert(ev) => Some((i, ev)),
+                _ => None,
+            })
+            .collect();
+        steps.push(Box::pin(insert_statuses(
+            pg,
+            st,
+            events,
+            &ctx.instance,
+            lease_until,
+        )));
+    }
+    for (i, work) in works.iter().enumerate() {
+        if batch.contains(&i) {
+            continue;
+        }
+        match work {
+            Work::Insert(ev) => steps.push(Box::pin(async move {
+                let inserted = insert(pg, st, ev, &ctx.instance, lease_until).await?;
+                Ok(inserted.map(|found| (i, found)).into_iter().collect())
+            })),
             Work::Finish {
                 id,
                 attempts,
@@ -352,23 +407,23 @@ async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, Grou
                     lease_until,
                 };
                 let step = finish(pg, st, *id, *attempts, result, holder);
-                Box::pin(async move {
+                steps.push(Box::pin(async move {
                     step.await?;
-                    Ok(None)
-                })
+                    Ok(Vec::new())
+                }));
             }
-            Work::Nothing => Box::pin(async { Ok(None) }),
-        });
+            Work::Send(_) | Work::Nothing => {}
+        }
     }
     if notify {
         steps.push(Box::pin(async move {
             pg.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-            Ok(None)
+            Ok(Vec::new())
         }));
     }
     steps.push(Box::pin(async move {
         pg.batch_execute("COMMIT").await?;
-        Ok(None)
+        Ok(Vec::new())
     }));
     let mut results = in_order(steps).await;
     // The first error is the cause; those after it only say the transaction was aborted.
@@ -382,13 +437,17 @@ async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, Grou
         }
         return Err(GroupError::Db(e));
     }
-    // Past BEGIN, one answer per write.
-    Ok(results
-        .into_iter()
-        .skip(1)
-        .take(works.len())
-        .map(|r| r.ok().flatten())
-        .collect())
+    let mut answers: Vec<Option<Inserted>> = vec![None; works.len()];
+    for (i, found) in results.into_iter().flat_map(|r| r.unwrap_or_default()) {
+        answers[i] = Some(found);
+    }
+    // An insert the statement returned nothing for was a repeat.
+    for (answer, work) in answers.iter_mut().zip(works) {
+        if matches!(work, Work::Insert(_)) && answer.is_none() {
+            *answer = Some(Inserted::Duplicate);
+        }
+    }
+    Ok(answers)
 }
 
 /// Runs `steps` to completion, first polling each once in order: tokio-postgres sends a
@@ -412,6 +471,7 @@ async fn in_order<T>(steps: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -
 
 struct Statements {
     status: tokio_postgres::Statement,
+    statuses: tokio_postgres::Statement,
     inbound: tokio_postgres::Statement,
     send: tokio_postgres::Statement,
     finish: tokio_postgres::Statement,
@@ -441,6 +501,40 @@ const INSERT_STATUS: &str = "WITH ev AS ( \
        AND (EXCLUDED.account_sid IS NULL OR m.account_sid IS NULL \
             OR EXCLUDED.account_sid = m.account_sid)) \
    SELECT id FROM ev";
+
+/// Status callbacks stored together, one row of the arrays each, with what [`INSERT_STATUS`]
+/// does for one: the events, held by this instance, and, for the new ones only, their messages
+/// moved forward under the same rules. No two rows name one message (see [`batchable`]), so a
+/// new event is matched to its row by (app, sid); the rows go in the group's order, (app, sid),
+/// so instances lock them in the same order. Returns each new event's id with its row's
+/// position (from 1).
+const INSERT_STATUSES: &str = "WITH input AS ( \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+       $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], $11::text[], \
+       $12::text[], $13::text[]) WITH ORDINALITY AS i(app, company, received_at, token, \
+       dedup_key, sid, status, error_code, fields, rank, to_number, from_number, account_sid, \
+       ord)), \
+   ev AS ( \
+     INSERT INTO events (app, company, received_at, idempotency_token, dedup_key, message_sid, \
+       message_status, error_code, fields, attempts, updated_at, kind, lease_owner, lease_until) \
+     SELECT app, company, received_at, token, dedup_key, sid, status, error_code, fields, 1, \
+       received_at, 'status', $14::text, $15::bigint FROM input ORDER BY ord \
+     ON CONFLICT DO NOTHING RETURNING id, app, message_sid), \
+   msg AS ( \
+     INSERT INTO messages AS m (sid, app, company, status, status_rank, error_code, to_number, \
+       from_number, created_at, updated_at, account_sid) \
+     SELECT i.sid, i.app, i.company, i.status, i.rank, i.error_code, i.to_number, \
+       i.from_number, i.received_at, i.received_at, i.account_sid \
+     FROM ev JOIN input AS i ON i.app = ev.app AND i.sid = ev.message_sid \
+     WHERE i.status IS NOT NULL ORDER BY i.ord \
+     ON CONFLICT (app, sid) DO UPDATE SET status = EXCLUDED.status, \
+       status_rank = EXCLUDED.status_rank, updated_at = EXCLUDED.updated_at, \
+       error_code = coalesce(EXCLUDED.error_code, m.error_code), \
+       account_sid = coalesce(m.account_sid, EXCLUDED.account_sid) \
+     WHERE EXCLUDED.status_rank > m.status_rank AND m.status_rank < 10 \
+       AND (EXCLUDED.account_sid IS NULL OR m.account_sid IS NULL \
+            OR EXCLUDED.account_sid = m.account_sid)) \
+   SELECT ev.id, i.ord FROM ev JOIN input AS i ON i.app = ev.app AND i.sid = ev.message_sid";
 
 /// An inbound message: the event, and, only when it is new, the message's row: received,
 /// final, never moved by a status callback. A row the app already has for the sid is kept.
@@ -570,6 +664,77 @@ async fn insert(
         Some(row) => Inserted::New(row.get(0)),
         None => Inserted::Duplicate,
     }))
+}
+
+/// Stores `events` (index of the write, event) with [`INSERT_STATUSES`]; returns the new
+/// ones' ids by write index.
+async fn insert_statuses(
+    tx: &tokio_postgres::Client,
+    st: &Statements,
+    events: Vec<(usize, &NewEvent)>,
+    instance: &str,
+    lease_until: i64,
+) -> Result<Vec<(usize, Inserted)>, tokio_postgres::Error> {
+    let n = events.len();
+    let mut app = Vec::with_capacity(n);
+    let mut company = Vec::with_capacity(n);
+    let mut received_at = Vec::with_capacity(n);
+    let mut token = Vec::with_capacity(n);
+    let mut dedup_key = Vec::with_capacity(n);
+    let mut sid = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut error_code = Vec::with_capacity(n);
+    let mut fields = Vec::with_capacity(n);
+    let mut rank = Vec::with_capacity(n);
+    let mut to = Vec::with_capacity(n);
+    let mut from = Vec::with_capacity(n);
+    let mut account = Vec::with_capacity(n);
+    for (_, ev) in &events {
+        let c = &ev.callback;
+        app.push(ev.app.as_str());
+        company.push(ev.company.as_str());
+        received_at.push(ev.received_at);
+        token.push(ev.idempotency_token.as_deref());
+        dedup_key.push(ev.dedup_key());
+        sid.push(c.sid.as_deref());
+        status.push(ev.status());
+        error_code.push(c.error_code.as_deref());
+        fields.push(serde_json::to_string(&c.fields).expect("string pairs serialize"));
+        rank.push(ev.status().map_or(0, |s| status_rank(s) as i32));
+        to.push(c.to.as_deref());
+        from.push(c.from.as_deref());
+        account.push(c.account_sid.as_deref());
+    }
+    let rows = tx
+        .query(
+            &st.statuses,
+            &[
+                &app,
+                &company,
+                &received_at,
+                &token,
+                &dedup_key,
+                &sid,
+                &status,
+                &error_code,
+                &fields,
+                &rank,
+                &to,
+                &from,
+                &account,
+                &instance,
+                &lease_until,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let ord: i64 = row.get(1);
+            let (i, _) = events.get(usize::try_from(ord).ok()?.checked_sub(1)?)?;
+            Some((*i, Inserted::New(row.get(0))))
+        })
+        .collect())
 }
 
 async fn record_send(
