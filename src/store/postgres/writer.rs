@@ -359,7 +359,10 @@ async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, Grou
     let batch = batchable(works);
     let mut steps: Vec<Step<'_>> = Vec::with_capacity(works.len() + 4);
     steps.push(Box::pin(async move {
-        pg.batch_execute("BEGIN").await?;
+        // Every statement here reaches rows by a key: an index scan, whatever the planner
+        // thinks of a table that was empty when a statement was first planned.
+        pg.batch_execute("BEGIN; SET LOCAL enable_seqscan = off")
+            .await?;
         Ok(Vec::new())
     }));
     for rec in works.iter().filter_map(|w| match w {
@@ -396,24 +399,21 @@ async fn apply(ctx: &Ctx, works: &[&Work]) -> Result<Vec<Option<Inserted>>, Grou
                 let inserted = insert(pg, st, ev, &ctx.instance, lease_until).await?;
                 Ok(inserted.map(|found| (i, found)).into_iter().collect())
             })),
-            Work::Finish {
-                id,
-                attempts,
-                result,
-            } => {
-                let holder = Holder {
-                    instance: &ctx.instance,
-                    now,
-                    lease_until,
-                };
-                let step = finish(pg, st, *id, *attempts, result, holder);
-                steps.push(Box::pin(async move {
-                    step.await?;
-                    Ok(Vec::new())
-                }));
-            }
-            Work::Send(_) | Work::Nothing => {}
+            Work::Finish { .. } | Work::Send(_) | Work::Nothing => {}
         }
+    }
+    let outcomes = latest_outcomes(works);
+    if !outcomes.is_empty() {
+        let holder = Holder {
+            instance: &ctx.instance,
+            now,
+            lease_until,
+        };
+        let step = finish(pg, st, outcomes, holder);
+        steps.push(Box::pin(async move {
+            step.await?;
+            Ok(Vec::new())
+        }));
     }
     if notify {
         steps.push(Box::pin(async move {
@@ -568,18 +568,21 @@ const RECORD_SEND: &str = "INSERT INTO messages AS m (sid, app, company, account
                    THEN EXCLUDED.status ELSE m.status END, \
      status_rank = greatest(EXCLUDED.status_rank, m.status_rank)";
 
-/// A dispatch outcome, written only while this instance holds the event for that attempt; a
-/// final one (done, failed, dead) releases the lease. `Started` counts the attempt and keeps
-/// the lease. A dead outcome may name the attempt before the one a claim counted: the claim of
-/// an event whose attempts were all cut short counts one more, then the event is declared dead
-/// at the maximum.
-const FINISH: &str = "UPDATE events SET state = $2::text, attempts = $3::integer, \
-     last_error = coalesce($4::text, last_error), next_attempt_at = $5::bigint, \
-     updated_at = $6::bigint, \
-     lease_owner = CASE WHEN $8::boolean THEN NULL ELSE lease_owner END, \
-     lease_until = CASE WHEN $8 THEN NULL ELSE $9::bigint END \
-   WHERE id = $1::bigint AND lease_owner = $7::text \
-     AND (attempts = $3 OR $2 = 'pending' OR ($2 = 'dead' AND attempts = $3 + 1))";
+/// A group's dispatch outcomes, in one statement (one row of the arrays each), each written
+/// only while this instance holds the event for that attempt; a final one (done, failed, dead)
+/// releases the lease. `Started` counts the attempt and extends the lease. A dead outcome may
+/// name the attempt before the one a claim counted: the claim of an event whose attempts were
+/// all cut short counts one more, then the event is declared dead at the maximum.
+const FINISH: &str = "UPDATE events AS e SET state = u.state, attempts = u.attempts, \
+     last_error = coalesce(u.error, e.last_error), next_attempt_at = u.next, \
+     updated_at = $7::bigint, \
+     lease_owner = CASE WHEN u.release THEN NULL ELSE e.lease_owner END, \
+     lease_until = CASE WHEN u.release THEN NULL ELSE $9::bigint END \
+   FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::bigint[], \
+     $6::boolean[]) AS u(id, state, attempts, error, next, release) \
+   WHERE e.id = u.id AND e.lease_owner = $8::text \
+     AND (e.attempts = u.attempts OR u.state = 'pending' \
+          OR (u.state = 'dead' AND e.attempts = u.attempts + 1))";
 
 async fn insert(
     tx: &tokio_postgres::Client,
@@ -776,39 +779,72 @@ struct Holder<'a> {
     lease_until: i64,
 }
 
-fn finish<'a>(
-    tx: &'a tokio_postgres::Client,
-    st: &'a Statements,
-    id: i64,
-    attempts: u32,
-    result: &'a DispatchResult,
-    holder: Holder<'a>,
-) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-    let (state, error, next, release) = match result {
-        DispatchResult::Started => ("pending", None, None, false),
-        DispatchResult::Done => ("done", None, None, true),
-        DispatchResult::Failed {
-            error,
-            next_attempt_at,
-        } => ("failed", Some(error.as_str()), Some(*next_attempt_at), true),
-        DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None, true),
-    };
-    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    async move {
-        tx.execute(
-            &st.finish,
-            &[
-                &id,
-                &state,
-                &attempts,
-                &error,
-                &next,
-                &holder.now,
-                &holder.instance,
-                &release,
-                &holder.lease_until,
-            ],
-        )
-        .await
+/// One outcome per event: the one for its latest attempt, the last of those when several name
+/// it. Applied one after another, the others would be ignored or overwritten anyway.
+fn latest_outcomes<'a>(works: &[&'a Work]) -> Vec<(i64, u32, &'a DispatchResult)> {
+    let mut outcomes: Vec<(i64, u32, &DispatchResult)> = Vec::new();
+    for work in works {
+        if let Work::Finish {
+            id,
+            attempts,
+            result,
+        } = work
+        {
+            match outcomes.iter_mut().find(|(seen, ..)| seen == id) {
+                Some(kept) if kept.1 <= *attempts => *kept = (*id, *attempts, result),
+                Some(_) => {}
+                None => outcomes.push((*id, *attempts, result)),
+            }
+        }
     }
+    outcomes
+}
+
+async fn finish(
+    tx: &tokio_postgres::Client,
+    st: &Statements,
+    outcomes: Vec<(i64, u32, &DispatchResult)>,
+    holder: Holder<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let n = outcomes.len();
+    let (mut ids, mut states, mut attempts, mut errors, mut nexts, mut releases) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, attempt, result) in outcomes {
+        let (state, error, next, release) = match result {
+            DispatchResult::Started => ("pending", None, None, false),
+            DispatchResult::Done => ("done", None, None, true),
+            DispatchResult::Failed {
+                error,
+                next_attempt_at,
+            } => ("failed", Some(error.as_str()), Some(*next_attempt_at), true),
+            DispatchResult::Dead { error } => ("dead", Some(error.as_str()), None, true),
+        };
+        ids.push(id);
+        states.push(state);
+        attempts.push(i32::try_from(attempt).unwrap_or(i32::MAX));
+        errors.push(error);
+        nexts.push(next);
+        releases.push(release);
+    }
+    tx.execute(
+        &st.finish,
+        &[
+            &ids,
+            &states,
+            &attempts,
+            &errors,
+            &nexts,
+            &releases,
+            &holder.now,
+            &holder.instance,
+            &holder.lease_until,
+        ],
+    )
+    .await
 }
