@@ -14,7 +14,7 @@ use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
 use crate::store::{
-    Direction, EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader,
+    Direction, EventFilter, EventState, MessageFilter, Migrated, Store, StoreError, StoreReader,
 };
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
@@ -104,6 +104,9 @@ pub(crate) enum Command {
     },
     /// Dispatch one stored event again, now, and report the outcome.
     Replay { event_id: i64 },
+    /// Bring the store's schema up to date: apply PostgreSQL's pending migrations, or open
+    /// the embedded store, which upgrades itself.
+    Migrate,
     /// Show messages with their status history.
     Messages {
         #[arg(long)]
@@ -271,6 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             list_events(settings, filter, json).await
         }
         Command::Replay { event_id } => replay(settings, event_id).await,
+        Command::Migrate => migrate(&settings).await,
         Command::Messages {
             sid,
             direction,
@@ -552,16 +556,22 @@ async fn check(settings: &Settings) -> anyhow::Result<i32> {
 }
 
 /// The store for `events` and `messages`, opened read-only. Before a server has received
-/// anything there is no store file: that reads as an empty store, as it did when these commands
-/// created one, with a hint on stderr; nothing is written.
-fn read_store(data_dir: &Path) -> anyhow::Result<StoreReader> {
-    match Store::open_read_only(data_dir) {
+/// anything there is no store file (or no tables in the PostgreSQL database): that reads as an
+/// empty store, as it did when these commands created one, with a hint on stderr; nothing is
+/// written.
+async fn read_store(settings: &Settings) -> anyhow::Result<StoreReader> {
+    match StoreReader::connect(settings).await {
         Err(StoreError::Missing { path }) => {
             eprintln!(
                 "no store at {} yet: nothing has been received",
                 path.display()
             );
             Ok(StoreReader::empty(path)?)
+        }
+        // A PostgreSQL database no instance has set up yet reads the same way.
+        Err(StoreError::NotMigrated { server }) => {
+            eprintln!("no store at {server} yet: nothing has been received");
+            Ok(StoreReader::empty(server.into())?)
         }
         opened => Ok(opened?),
     }
@@ -572,7 +582,7 @@ async fn list_events(
     filter: EventFilter,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = read_store(&settings.server.data_dir)?;
+    let store = read_store(&settings).await?;
     let events = store.events(filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -608,7 +618,7 @@ async fn list_messages(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let store = read_store(&settings.server.data_dir)?;
+    let store = read_store(&settings).await?;
     let result = match sid {
         Some(sid) => {
             let Some((message, events)) = store.message(&sid).await? else {
@@ -704,6 +714,26 @@ fn fmt_ms(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms.max(0))
         .and_then(|t| jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&t))
         .unwrap_or_else(|_| ms.to_string())
+}
+
+/// `migrate`: prints the migrations applied, or that the store was up to date.
+async fn migrate(settings: &Settings) -> anyhow::Result<i32> {
+    match Store::migrate(settings).await? {
+        Migrated::Postgres { server, applied } if applied.is_empty() => {
+            println!("the PostgreSQL store at {server} is up to date");
+        }
+        Migrated::Postgres { server, applied } => {
+            println!("applied to the PostgreSQL store at {server}:");
+            for migration in applied {
+                println!("  {migration}");
+            }
+        }
+        Migrated::Embedded { path } => println!(
+            "no [store] url: the embedded store at {} migrates itself when it is opened, and is up to date",
+            path.display()
+        ),
+    }
+    Ok(0)
 }
 
 async fn replay(settings: Arc<Settings>, event_id: i64) -> anyhow::Result<i32> {

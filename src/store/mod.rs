@@ -6,7 +6,6 @@
 //! only, never which backend answers.
 
 mod conversation;
-#[allow(dead_code, reason = "the PostgreSQL backend's operations land next")]
 mod postgres;
 mod sqlite;
 
@@ -36,13 +35,23 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
 }
 
-/// `url` with its password, if any, replaced by `***`: what logs and errors may show.
-#[allow(dead_code, reason = "the PostgreSQL store names its server with it")]
+/// `url` with its password, if any, replaced by `***`: what logs and errors may show. A
+/// password given as a `password=` parameter is hidden too.
 pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" { "***".into() } else { v };
+                        (k.into_owned(), v.into_owned())
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             parsed.to_string()
         }
@@ -121,10 +130,18 @@ pub enum StoreError {
     SyncFailed { source: Arc<std::io::Error> },
     #[error("the store is closed")]
     Closed,
+    /// `server` never holds the password.
     #[error(
-        "this build has no PostgreSQL store yet: remove [store] url and WHATSAPP_HOST_STORE_URL to use the embedded store"
+        "failed to connect to the PostgreSQL store at {server} (store.url, or WHATSAPP_HOST_STORE_URL): {source}; check that the server is running and the URL, user and password are right"
     )]
-    Unsupported,
+    Connect {
+        server: String,
+        source: BackendError,
+    },
+    #[error(
+        "the PostgreSQL store at {server} has no tables yet: run `whatsapp-host migrate` or `whatsapp-host serve` first"
+    )]
+    NotMigrated { server: String },
 }
 
 /// What the database itself reported: the `source` of a [`StoreError`]. Opaque, so no caller
@@ -424,6 +441,20 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug)]
+pub(crate) enum Migrated {
+    /// The PostgreSQL store at `server` (password hidden) got these migrations; none when it
+    /// was up to date.
+    Postgres {
+        server: String,
+        applied: Vec<String>,
+    },
+    /// The embedded store at `path` was opened, which brings its schema up to date by itself.
+    Embedded { path: PathBuf },
 }
 
 impl Store {
@@ -438,9 +469,36 @@ impl Store {
     /// Opens the store the settings choose: PostgreSQL when `[store] url` (or
     /// `WHATSAPP_HOST_STORE_URL`) names one, else the embedded store under `server.data_dir`.
     pub async fn connect(settings: &crate::settings::Settings) -> Result<Store, StoreError> {
+        use secrecy::ExposeSecret as _;
         match &settings.store.url {
             None => Store::open(&settings.server.data_dir),
-            Some(_) => Err(StoreError::Unsupported),
+            Some(url) => Ok(Store {
+                backend: Backend::Postgres(
+                    postgres::Postgres::connect(url.expose_secret(), &settings.store).await?,
+                ),
+                clock: Clock::default(),
+            }),
+        }
+    }
+
+    /// Brings the store the settings choose up to date: applies PostgreSQL's pending
+    /// migrations under their advisory lock, or opens (and closes) the embedded store, which
+    /// upgrades itself on open.
+    pub(crate) async fn migrate(
+        settings: &crate::settings::Settings,
+    ) -> Result<Migrated, StoreError> {
+        use secrecy::ExposeSecret as _;
+        match &settings.store.url {
+            Some(url) => Ok(Migrated::Postgres {
+                server: redact(url.expose_secret()),
+                applied: postgres::migrate(url.expose_secret()).await?,
+            }),
+            None => {
+                let store = Store::open(&settings.server.data_dir)?;
+                let path = PathBuf::from(store.location());
+                store.close().await;
+                Ok(Migrated::Embedded { path })
+            }
         }
     }
 
@@ -464,6 +522,7 @@ impl Store {
     fn reader(&self) -> StoreReader {
         match &self.backend {
             Backend::Sqlite(s) => StoreReader::Sqlite(s.reader.clone()),
+            Backend::Postgres(p) => StoreReader::Postgres(p.reader.clone()),
         }
     }
 
@@ -473,6 +532,7 @@ impl Store {
     pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert_event(event).await,
+            Backend::Postgres(p) => p.insert_event(event).await,
         }
     }
 
@@ -483,6 +543,7 @@ impl Store {
     pub(crate) fn record_send(&self, record: SendRecord) {
         let queued = match &self.backend {
             Backend::Sqlite(s) => s.record_send(record),
+            Backend::Postgres(p) => p.record_send(record),
         };
         if queued.is_err() {
             tracing::error!("the store is closed; a send was not recorded");
@@ -499,6 +560,7 @@ impl Store {
                 s.finish_dispatch(id, attempts, DispatchResult::Started)?;
                 s.flush().await.map(|()| true)
             }
+            Backend::Postgres(p) => p.begin_attempt(id, attempts).await,
         }
     }
 
@@ -507,9 +569,9 @@ impl Store {
     /// are returned. An embedded store has only this process, which dispatches everything it
     /// stores and recovers the rest at start, so it never has any.
     pub(crate) async fn claim_due(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let _ = limit;
         match &self.backend {
             Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(p) => p.claim_due(limit).await,
         }
     }
 
@@ -518,6 +580,7 @@ impl Store {
     pub(crate) fn wakeups(&self) -> Arc<tokio::sync::Notify> {
         match &self.backend {
             Backend::Sqlite(_) => Arc::new(tokio::sync::Notify::new()),
+            Backend::Postgres(p) => p.wakeups(),
         }
     }
 
@@ -527,6 +590,7 @@ impl Store {
     pub(crate) fn finish_dispatch(&self, id: i64, attempts: u32, result: DispatchResult) {
         let _ = match &self.backend {
             Backend::Sqlite(s) => s.finish_dispatch(id, attempts, result),
+            Backend::Postgres(p) => p.finish_dispatch(id, attempts, result),
         };
     }
 
@@ -535,6 +599,7 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.flush().await,
+            Backend::Postgres(p) => p.flush().await,
         }
     }
 
@@ -542,6 +607,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(p) => p.close().await,
         }
     }
 
@@ -632,9 +698,25 @@ impl Store {
 #[derive(Clone)]
 pub(crate) enum StoreReader {
     Sqlite(sqlite::Reader),
+    Postgres(postgres::Reader),
 }
 
 impl StoreReader {
+    /// A reader of the store the settings choose, for commands that run beside a server:
+    /// PostgreSQL when `[store] url` names one (failing at once when it cannot be reached),
+    /// else the embedded store opened read-only, as [`Store::open_read_only`] opens it.
+    pub(crate) async fn connect(
+        settings: &crate::settings::Settings,
+    ) -> Result<StoreReader, StoreError> {
+        use secrecy::ExposeSecret as _;
+        match &settings.store.url {
+            None => Store::open_read_only(&settings.server.data_dir),
+            Some(url) => postgres::read_only(url.expose_secret())
+                .await
+                .map(StoreReader::Postgres),
+        }
+    }
+
     /// A reader of an empty store, for `path` where no store has been created yet: every
     /// listing is empty and every lookup finds nothing, exactly as in a fresh store.
     pub(crate) fn empty(path: PathBuf) -> Result<StoreReader, StoreError> {
@@ -645,6 +727,7 @@ impl StoreReader {
     pub(crate) fn location(&self) -> String {
         match self {
             StoreReader::Sqlite(r) => r.path().display().to_string(),
+            StoreReader::Postgres(r) => r.location().to_string(),
         }
     }
 
@@ -652,6 +735,7 @@ impl StoreReader {
     pub(crate) async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.event(id).await,
+            StoreReader::Postgres(r) => r.event(id).await,
         }
     }
 
@@ -659,6 +743,7 @@ impl StoreReader {
     pub(crate) async fn undispatched_events(&self) -> Result<Vec<Event>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.undispatched_events().await,
+            StoreReader::Postgres(r) => r.undispatched_events().await,
         }
     }
 
@@ -666,6 +751,7 @@ impl StoreReader {
     pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.events(filter).await,
+            StoreReader::Postgres(r) => r.events(filter).await,
         }
     }
 
@@ -673,6 +759,7 @@ impl StoreReader {
     pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.messages(filter).await,
+            StoreReader::Postgres(r) => r.messages(filter).await,
         }
     }
 
@@ -686,6 +773,7 @@ impl StoreReader {
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.message(sid).await,
+            StoreReader::Postgres(r) => r.message(sid).await,
         }
     }
 
@@ -697,6 +785,7 @@ impl StoreReader {
     ) -> Result<Option<(Message, Vec<Event>)>, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.app_message(app, sid).await,
+            StoreReader::Postgres(r) => r.app_message(app, sid).await,
         }
     }
 
@@ -710,6 +799,7 @@ impl StoreReader {
     ) -> Result<Conversation, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.conversation(app, contact, now_ms).await,
+            StoreReader::Postgres(r) => r.conversation(app, contact, now_ms).await,
         }
     }
 
@@ -724,6 +814,7 @@ impl StoreReader {
     ) -> Result<Window, StoreError> {
         match self {
             StoreReader::Sqlite(r) => r.session_window(app, app_number, contact, now_ms).await,
+            StoreReader::Postgres(r) => r.session_window(app, app_number, contact, now_ms).await,
         }
     }
 }

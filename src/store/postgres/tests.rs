@@ -1,0 +1,1071 @@
+//! Tests of the PostgreSQL backend against a real server: `$WHATSAPP_HOST_TEST_PG_URL`, each
+//! test on a database of its own. Two `Store`s on one database stand for two instances.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use super::Postgres;
+use crate::settings::StoreSettings;
+use crate::store::{
+    Backend, Clock, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
+    MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
+};
+use crate::twilio::simulate;
+use crate::twilio::webhook::StatusCallback;
+
+/// The server every test makes its database on.
+fn server_url() -> String {
+    std::env::var("WHATSAPP_HOST_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "WHATSAPP_HOST_TEST_PG_URL is not set: the PostgreSQL store's tests need a server. \
+             Run scripts/test.sh, which starts a throwaway one, or set it to a postgres:// URL \
+             whose user may CREATE DATABASE"
+        )
+    })
+}
+
+/// A client of `url`, its connection driven in the background.
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to WHATSAPP_HOST_TEST_PG_URL: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// The URL of a new, empty database on the test server.
+async fn fresh_database() -> String {
+    let base = server_url();
+    let name = format!("wh_{:016x}", rand::random::<u64>());
+    client(&base)
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE on WHATSAPP_HOST_TEST_PG_URL");
+    let mut url = url::Url::parse(&base).expect("WHATSAPP_HOST_TEST_PG_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+fn settings(lease: Duration) -> StoreSettings {
+    StoreSettings {
+        url: None,
+        retention: None,
+        lease,
+        poll: Duration::from_millis(100),
+        max_connections: 16,
+    }
+}
+
+/// A store on `url`, as one instance opens it.
+async fn instance(url: &str) -> Store {
+    instance_with(url, Duration::from_secs(60)).await
+}
+
+async fn instance_with(url: &str, lease: Duration) -> Store {
+    Store {
+        backend: Backend::Postgres(Postgres::connect(url, &settings(lease)).await.unwrap()),
+        clock: Clock::default(),
+    }
+}
+
+/// A status event of app `crm` for `sid`; tests change what they need.
+fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
+    NewEvent {
+        app: "crm".into(),
+        company: "ACME".into(),
+        kind: EventKind::Status,
+        callback: StatusCallback {
+            sid: Some(sid.into()),
+            status: Some(status.into()),
+            ..StatusCallback::default()
+        },
+        idempotency_token: None,
+        received_at: at,
+    }
+}
+
+fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
+    let mut event = status_event(sid, status, at);
+    event.app = app.into();
+    event.callback.account_sid = Some(account.into());
+    event
+}
+
+fn send(app: &str, account: &str, sid: &str) -> SendRecord {
+    SendRecord {
+        sid: Some(sid.into()),
+        app: app.into(),
+        company: "ACME".into(),
+        account_sid: account.into(),
+        to: "+393331234567".into(),
+        from: "+14155238886".into(),
+        body: format!("from {app}"),
+        media: None,
+        content_sid: None,
+        content_variables: None,
+        status: "queued".into(),
+        error_code: None,
+        error_message: None,
+        at: 1,
+    }
+}
+
+fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
+    let media = [("https://m/0".to_string(), "image/jpeg".to_string())];
+    let fields = simulate::inbound_message_fields("AC1", contact, app_number, "Ana", "hi", &media);
+    let mut callback = StatusCallback::from_fields(fields);
+    callback.sid = Some(sid.into());
+    NewEvent {
+        kind: EventKind::Inbound,
+        callback,
+        ..status_event(sid, "", at)
+    }
+}
+
+fn new_id(inserted: Inserted) -> i64 {
+    match inserted {
+        Inserted::New(id) => id,
+        Inserted::Duplicate => panic!("stored as a repeat"),
+    }
+}
+
+/// Runs `sql` on the test database directly, as another process would.
+async fn exec(url: &str, sql: &str) {
+    client(url).await.batch_execute(sql).await.unwrap();
+}
+
+#[tokio::test]
+async fn repeats_are_stored_once_across_two_instances() {
+    let url = fresh_database().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        for store in [&a, &b] {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut token = status_event(&format!("SMt{i}"), "sent", i);
+                token.idempotency_token = Some(format!("tok{i}"));
+                let by_key = store
+                    .insert_event(status_event(&format!("SM{i}"), "sent", i))
+                    .await
+                    .unwrap();
+                let by_token = store.insert_event(token).await.unwrap();
+                (by_key, by_token)
+            }));
+        }
+    }
+    let mut new = 0;
+    for task in tasks {
+        let (by_key, by_token) = task.await.unwrap();
+        new += matches!(by_key, Inserted::New(_)) as usize;
+        new += matches!(by_token, Inserted::New(_)) as usize;
+    }
+    assert_eq!(new, 80, "each key is new exactly once, on one instance");
+    let events = b
+        .events(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 80);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn status_only_moves_forward_whichever_instance_sees_which_event() {
+    let url = fresh_database().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let orders: [[&str; 3]; 6] = [
+        ["sent", "delivered", "read"],
+        ["sent", "read", "delivered"],
+        ["delivered", "sent", "read"],
+        ["delivered", "read", "sent"],
+        ["read", "sent", "delivered"],
+        ["read", "delivered", "sent"],
+    ];
+    for (n, order) in orders.iter().enumerate() {
+        let sid = format!("SM{n}");
+        for (i, status) in order.iter().enumerate() {
+            let store = if i % 2 == 0 { &a } else { &b };
+            store
+                .insert_event(status_event(&sid, status, i as i64))
+                .await
+                .unwrap();
+        }
+        let (m, events) = a.message(&sid).await.unwrap().unwrap();
+        assert_eq!((m.status.as_str(), events.len()), ("read", 3), "{order:?}");
+    }
+    // All at once, on both instances.
+    let mut tasks = Vec::new();
+    for (i, status) in ["sending", "sent", "delivered", "read", "queued"]
+        .iter()
+        .enumerate()
+    {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let event = status_event("SMrace", status, i as i64);
+        tasks.push(tokio::spawn(async move {
+            store.insert_event(event).await.unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(a.message("SMrace").await.unwrap().unwrap().0.status, "read");
+    // Failed is final.
+    a.insert_event(status_event("SMf", "failed", 1))
+        .await
+        .unwrap();
+    b.insert_event(status_event("SMf", "read", 2))
+        .await
+        .unwrap();
+    assert_eq!(b.message("SMf").await.unwrap().unwrap().0.status, "failed");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let first = store
+        .insert_event(status_event("SM1", "sent", 1))
+        .await
+        .unwrap();
+    assert!(matches!(first, Inserted::New(_)));
+    let again = store
+        .insert_event(status_event("SM1", "sent", 2))
+        .await
+        .unwrap();
+    assert_eq!(again, Inserted::Duplicate);
+    let mut with_token = status_event("SM1", "delivered", 3);
+    with_token.idempotency_token = Some("tok".into());
+    assert!(matches!(
+        store.insert_event(with_token.clone()).await.unwrap(),
+        Inserted::New(_)
+    ));
+    with_token.callback.status = Some("read".into());
+    assert_eq!(
+        store.insert_event(with_token).await.unwrap(),
+        Inserted::Duplicate
+    );
+    // In one group: the second of two equal events is the repeat.
+    let (x, y) = tokio::join!(
+        store.insert_event(status_event("SM2", "sent", 1)),
+        store.insert_event(status_event("SM2", "sent", 1)),
+    );
+    let mut outcomes = [x.unwrap(), y.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, Inserted::Duplicate));
+    assert!(matches!(outcomes, [Inserted::New(_), Inserted::Duplicate]));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_write_the_server_refuses_fails_alone_and_its_group_still_commits() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    // PostgreSQL refuses NUL in text: this inbound message's body cannot be stored.
+    let mut poison = inbound_event("SMbad", "+393331234567", "+14155238886", 1);
+    poison.callback.fields.retain(|(k, _)| k != "Body");
+    poison.callback.fields.push(("Body".into(), "a\0b".into()));
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let event = if i == 7 {
+                poison.clone()
+            } else {
+                status_event(&format!("SM{i}"), "sent", i)
+            };
+            tokio::spawn(async move { store.insert_event(event).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for write in writes {
+        match write.await.unwrap() {
+            Ok(inserted) => {
+                new_id(inserted);
+            }
+            Err(e) => {
+                assert!(matches!(e, StoreError::CommitFailed { .. }), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1);
+    assert_eq!(
+        store.events(EventFilter::default()).await.unwrap().len(),
+        19
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn callbacks_stored_together_keep_every_rule_of_one_at_a_time() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    store.record_send(send("crm", "AC_A", "SMacct"));
+    store.flush().await.unwrap();
+    // Arriving together, so most are stored by one statement: new ones, repeats of each other
+    // by key and by token, and one naming another account.
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(status_event(&format!("SM{i}"), "delivered", i));
+        events.push(status_event(&format!("SM{i}"), "delivered", i));
+    }
+    for sid in ["SMtokA", "SMtokB"] {
+        let mut event = status_event(sid, "sent", 1);
+        event.idempotency_token = Some("shared".into());
+        events.push(event);
+    }
+    events.push(app_status("crm", "AC_OTHER", "SMacct", "failed", 2));
+    let writes: Vec<_> = events
+        .into_iter()
+        .map(|event| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_event(event).await.unwrap() })
+        })
+        .collect();
+    let mut new_ids = HashSet::new();
+    for write in writes {
+        if let Inserted::New(id) = write.await.unwrap() {
+            assert!(new_ids.insert(id), "id {id} answered twice");
+        }
+    }
+    assert_eq!(new_ids.len(), 30 + 1 + 1);
+    let stored = store
+        .events(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    let stored_ids: HashSet<i64> = stored.iter().map(|e| e.id).collect();
+    assert_eq!(stored_ids, new_ids, "each answer names the event it stored");
+    for event in &stored {
+        assert_eq!(event.attempts, 1);
+        let sid = event.message_sid.as_deref().unwrap();
+        let (m, history) = store.app_message("crm", sid).await.unwrap().unwrap();
+        if sid == "SMacct" {
+            assert_eq!(m.status, "queued", "another account's event moves nothing");
+        } else {
+            assert_eq!(m.status, event.message_status.clone().unwrap());
+            assert_eq!(history.len(), 1);
+        }
+    }
+    let tokens = stored
+        .iter()
+        .filter(|e| e.idempotency_token.is_some())
+        .count();
+    assert_eq!(tokens, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    store
+        .insert_event(status_event("SM9", "delivered", 5))
+        .await
+        .unwrap();
+    store.record_send(SendRecord {
+        at: 4,
+        body: "hi".into(),
+        ..send("crm", "AC1", "SM9")
+    });
+    store.flush().await.unwrap();
+    let (m, _) = store.message("SM9").await.unwrap().unwrap();
+    assert_eq!(m.status, "delivered");
+    assert_eq!(m.body.as_deref(), Some("hi"));
+    assert_eq!(m.created_at, 4);
+    // A send Twilio refused has no sid and a row of its own each time.
+    for _ in 0..2 {
+        store.record_send(SendRecord {
+            sid: None,
+            status: "failed".into(),
+            error_code: Some(21211),
+            error_message: Some("invalid To".into()),
+            ..send("crm", "AC1", "")
+        });
+    }
+    store.flush().await.unwrap();
+    let failed = store
+        .messages(MessageFilter {
+            status: Some("failed".into()),
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0].error_code.as_deref(), Some("21211"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    store.record_send(send("crm", "AC_A", "SM1"));
+    store
+        .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
+        .await
+        .unwrap();
+    for status in ["failed", "read"] {
+        let forged = app_status("ops", "AC_B", "SM1", status, 3);
+        assert!(matches!(
+            store.insert_event(forged).await.unwrap(),
+            Inserted::New(_)
+        ));
+    }
+    let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+    assert_eq!(
+        (a.status.as_str(), a.account_sid.as_deref()),
+        ("delivered", Some("AC_A"))
+    );
+    assert_eq!(a_events.len(), 1, "B's events are not A's history");
+    let genuine = store
+        .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
+        .await
+        .unwrap();
+    assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
+    let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+    assert_eq!(a.status, "read");
+    let history: Vec<_> = a_events
+        .iter()
+        .map(|e| e.message_status.as_deref().unwrap())
+        .collect();
+    assert_eq!(history, ["delivered", "read"]);
+    let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
+    assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
+    let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
+    assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
+
+    // An event naming another account does not move the app's message.
+    store.record_send(send("crm", "AC_A", "SM2"));
+    store
+        .insert_event(app_status("crm", "AC_OTHER", "SM2", "failed", 2))
+        .await
+        .unwrap();
+    let (m, _) = store.app_message("crm", "SM2").await.unwrap().unwrap();
+    assert_eq!(m.status, "queued");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_inbound_message_is_an_event_and_a_received_row_and_opens_the_window() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let (contact, number) = ("+393331234567", "+14155238886");
+    let at = 1_000_000_000;
+    let event = inbound_event("SM1", contact, number, at);
+    let id = new_id(store.insert_event(event.clone()).await.unwrap());
+    assert_eq!(
+        store.insert_event(event).await.unwrap(),
+        Inserted::Duplicate
+    );
+    let stored = store.event(id).await.unwrap().unwrap();
+    assert_eq!(stored.kind, EventKind::Inbound);
+    assert_eq!(stored.message_status.as_deref(), Some("received"));
+    assert_eq!(stored.attempts, 1);
+    store
+        .insert_event(status_event("SM1", "read", at + 1))
+        .await
+        .unwrap();
+    let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.direction, m.status.as_str()),
+        (Direction::Inbound, "received")
+    );
+    assert_eq!(
+        (m.from.as_deref(), m.to.as_deref(), m.body.as_deref()),
+        (Some(contact), Some(number), Some("hi"))
+    );
+    assert_eq!(
+        (m.profile_name.as_deref(), m.wa_id.as_deref()),
+        (Some("Ana"), Some("393331234567"))
+    );
+    let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        media,
+        serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
+    );
+
+    let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
+        let store = store.clone();
+        async move { store.session_open(app, from, to, now).await.unwrap() }
+    };
+    assert!(open("crm", number, contact, at + WINDOW_MS).await);
+    assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
+    assert!(!open("crm", number, contact, at - 1).await);
+    assert!(!open("crm", "+14155238887", contact, at).await);
+    assert!(!open("ops", number, contact, at).await);
+
+    // The conversation holds both directions, oldest first.
+    store.record_send(SendRecord {
+        at: at + 1_000,
+        ..send("crm", "AC1", "SMout")
+    });
+    store.flush().await.unwrap();
+    let c = store
+        .conversation("crm", contact, at + 2_000)
+        .await
+        .unwrap();
+    let sids: Vec<_> = c
+        .entries
+        .iter()
+        .map(|e| (e.message.sid.as_deref().unwrap(), e.message.direction))
+        .collect();
+    assert_eq!(
+        sids,
+        [("SM1", Direction::Inbound), ("SMout", Direction::Outbound)]
+    );
+    assert_eq!(c.profile_name.as_deref(), Some("Ana"));
+    assert_eq!(c.windows.len(), 1);
+    assert!(c.windows[0].window.is_open());
+    assert_eq!(
+        c.entries[0].media[0].content_type.as_deref(),
+        Some("image/jpeg")
+    );
+
+    // Listing by direction, and searching by sid or by digits anywhere in a number.
+    let only = |direction| MessageFilter {
+        direction: Some(direction),
+        ..MessageFilter::default()
+    };
+    assert_eq!(
+        store
+            .messages(only(Direction::Inbound))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .messages(only(Direction::Outbound))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let search = |text: &str| MessageFilter {
+        search: Some(text.into()),
+        ..MessageFilter::default()
+    };
+    assert_eq!(store.messages(search("SMout")).await.unwrap().len(), 1);
+    assert_eq!(store.messages(search("SMo")).await.unwrap().len(), 0);
+    assert_eq!(store.messages(search("333 123")).await.unwrap().len(), 2);
+    assert_eq!(store.messages(search("+1 415")).await.unwrap().len(), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn listings_filter_and_page_newest_first() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut event = status_event(&format!("SM{i}"), "sent", i);
+        if i % 2 == 1 {
+            event.app = "ops".into();
+        }
+        ids.push(new_id(store.insert_event(event).await.unwrap()));
+    }
+    store.finish_dispatch(ids[0], 1, DispatchResult::Done);
+    store.flush().await.unwrap();
+    let list = |filter: EventFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .events(filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(EventFilter::default()).await,
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    let ops = EventFilter {
+        app: Some("ops".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(list(ops).await, [ids[3], ids[1]]);
+    let done = EventFilter {
+        state: Some(EventState::Done),
+        ..EventFilter::default()
+    };
+    assert_eq!(list(done).await, [ids[0]]);
+    let page = EventFilter {
+        before_id: Some(ids[3]),
+        limit: 2,
+        ..EventFilter::default()
+    };
+    assert_eq!(list(page).await, [ids[2], ids[1]]);
+    let sid = EventFilter {
+        message_sid: Some("SM4".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(list(sid).await, [ids[4]]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_outcome_is_written_only_while_the_lease_is_this_instances() {
+    let url = fresh_database().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let id = new_id(
+        a.insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap(),
+    );
+    // A holds it: B may not take it, and B's outcome is ignored.
+    assert!(!b.begin_attempt(id, 2).await.unwrap());
+    b.finish_dispatch(id, 1, DispatchResult::Done);
+    b.flush().await.unwrap();
+    let event = a.event(id).await.unwrap().unwrap();
+    assert_eq!((event.state, event.attempts), (EventState::Pending, 1));
+    assert!(
+        a.undispatched_events().await.unwrap().is_empty(),
+        "A holds it"
+    );
+    // A's lease runs out (A died, say): B takes it.
+    exec(
+        &url,
+        &format!("UPDATE events SET lease_until = 0 WHERE id = {id}"),
+    )
+    .await;
+    assert_eq!(b.undispatched_events().await.unwrap().len(), 1);
+    assert!(b.begin_attempt(id, 2).await.unwrap());
+    // A, back from the dead, is too late: its outcome for attempt 1 is not written.
+    a.finish_dispatch(id, 1, DispatchResult::Done);
+    a.flush().await.unwrap();
+    let event = a.event(id).await.unwrap().unwrap();
+    assert_eq!((event.state, event.attempts), (EventState::Pending, 2));
+    // B's own outcome for an earlier attempt is stale too; the right one is written and
+    // releases the lease.
+    b.finish_dispatch(id, 1, DispatchResult::Done);
+    b.flush().await.unwrap();
+    assert_eq!(
+        a.event(id).await.unwrap().unwrap().state,
+        EventState::Pending
+    );
+    b.finish_dispatch(
+        id,
+        2,
+        DispatchResult::Failed {
+            error: "boom".into(),
+            next_attempt_at: i64::MAX,
+        },
+    );
+    b.flush().await.unwrap();
+    let event = a.event(id).await.unwrap().unwrap();
+    assert_eq!(
+        (event.state, event.last_error.as_deref()),
+        (EventState::Failed, Some("boom"))
+    );
+    // Released: any instance may begin the retry (a replay, say).
+    assert!(a.begin_attempt(id, 3).await.unwrap());
+    a.finish_dispatch(id, 3, DispatchResult::Done);
+    a.flush().await.unwrap();
+    let row = client(&url)
+        .await
+        .query_one(
+            "SELECT state, attempts, lease_owner, lease_until FROM events WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "done");
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    assert_eq!(row.get::<_, Option<i64>>(3), None);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn claim_due_takes_expired_leases_and_due_retries_only() {
+    let url = fresh_database().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(new_id(
+            a.insert_event(status_event(&format!("SM{i}"), "sent", i))
+                .await
+                .unwrap(),
+        ));
+    }
+    // 0: held by A (live). 1: A died (expired). 2: failed, retry due. 3: failed, retry later.
+    // 4: done.
+    for (i, result) in [
+        (
+            2,
+            DispatchResult::Failed {
+                error: "x".into(),
+                next_attempt_at: 0,
+            },
+        ),
+        (
+            3,
+            DispatchResult::Failed {
+                error: "x".into(),
+                next_attempt_at: i64::MAX,
+            },
+        ),
+        (4, DispatchResult::Done),
+    ] {
+        a.finish_dispatch(ids[i], 1, result);
+    }
+    a.flush().await.unwrap();
+    exec(
+        &url,
+        &format!("UPDATE events SET lease_until = 0 WHERE id = {}", ids[1]),
+    )
+    .await;
+    let claimed = b.claim_due(10).await.unwrap();
+    let got: Vec<_> = claimed.iter().map(|e| (e.id, e.attempts)).collect();
+    assert_eq!(got, [(ids[1], 2), (ids[2], 2)]);
+    assert!(claimed.iter().all(|e| e.state == EventState::Pending));
+    // Now B's: nobody else claims them again.
+    assert!(a.claim_due(10).await.unwrap().is_empty());
+    assert!(!a.begin_attempt(ids[1], 3).await.unwrap());
+    // With every attempt used up, the dispatcher declares a claimed event dead at the maximum,
+    // one below what the claim counted; that outcome is written and releases the lease.
+    b.finish_dispatch(
+        ids[1],
+        1,
+        DispatchResult::Dead {
+            error: "interrupted".into(),
+        },
+    );
+    b.flush().await.unwrap();
+    let dead = b.event(ids[1]).await.unwrap().unwrap();
+    assert_eq!((dead.state, dead.attempts), (EventState::Dead, 1));
+    assert!(
+        a.begin_attempt(ids[1], 1).await.unwrap(),
+        "released: a replay may take it"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_return_the_same_event() {
+    let url = fresh_database().await;
+    let stores = [
+        instance(&url).await,
+        instance(&url).await,
+        instance(&url).await,
+    ];
+    for i in 0..300 {
+        stores[0]
+            .insert_event(status_event(&format!("SM{i}"), "sent", i))
+            .await
+            .unwrap();
+    }
+    exec(&url, "UPDATE events SET lease_until = 0").await;
+    let mut tasks = Vec::new();
+    for store in &stores {
+        for _ in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.claim_due(7).await.unwrap();
+                    if claimed.is_empty() {
+                        break mine;
+                    }
+                    mine.extend(claimed.into_iter().map(|e| e.id));
+                }
+            }));
+        }
+    }
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(seen.insert(id), "event {id} was claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    for store in stores {
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_due_retry_wakes_the_other_instances() {
+    let url = fresh_database().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let wakeups = b.wakeups();
+    // The listener is connected once a notification arrives; retry until one does.
+    let id = new_id(
+        a.insert_event(status_event("SM1", "sent", 1))
+            .await
+            .unwrap(),
+    );
+    let mut attempts = 1;
+    let woken = loop {
+        a.finish_dispatch(
+            id,
+            attempts,
+            DispatchResult::Failed {
+                error: "x".into(),
+                next_attempt_at: 0,
+            },
+        );
+        a.flush().await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(500), wakeups.notified())
+            .await
+            .is_ok()
+        {
+            break true;
+        }
+        attempts += 1;
+        assert!(a.begin_attempt(id, attempts).await.unwrap());
+        if attempts > 20 {
+            break false;
+        }
+    };
+    assert!(woken, "no wake-up arrived");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_listener_reconnects_and_listens_again_after_its_connection_is_killed() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let wakeups = store.wakeups();
+    let admin = client(&url).await;
+    let listener = || async {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    let wait_for_listener = |not: Option<i32>| async move {
+        for _ in 0..100 {
+            if let Some(pid) = listener().await.filter(|pid| Some(*pid) != not) {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no listener connection");
+    };
+    let first = wait_for_listener(None).await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    let second = wait_for_listener(Some(first)).await;
+    assert_ne!(first, second);
+    // Woken once for the reconnection (notifications meanwhile were lost), then by a NOTIFY.
+    tokio::time::timeout(Duration::from_secs(5), wakeups.notified())
+        .await
+        .expect("woken after reconnecting");
+    admin
+        .batch_execute("NOTIFY whatsapp_host_events")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeups.notified())
+        .await
+        .expect("woken by a notification after reconnecting");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn migrations_apply_once_whether_run_twice_or_at_once() {
+    let url = fresh_database().await;
+    let runs = futures::future::join_all((0..4).map(|_| super::migrate(&url))).await;
+    let applied: Vec<String> = runs.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(applied[0].contains("initial"), "{applied:?}");
+    assert!(super::migrate(&url).await.unwrap().is_empty());
+    // Instances starting together on a fresh database are fine as well.
+    let url = fresh_database().await;
+    let (a, b) = tokio::join!(instance(&url), instance(&url));
+    a.insert_event(status_event("SM1", "sent", 1))
+        .await
+        .unwrap();
+    assert_eq!(b.events(EventFilter::default()).await.unwrap().len(), 1);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_reader_alone_needs_a_migrated_store_and_reads_beside_a_writer() {
+    let url = fresh_database().await;
+    let Err(e) = super::read_only(&url).await else {
+        panic!("an empty database read as a store");
+    };
+    assert!(matches!(e, StoreError::NotMigrated { .. }), "{e}");
+    assert!(e.to_string().contains("whatsapp-host migrate"), "{e}");
+    let store = instance(&url).await;
+    store
+        .insert_event(status_event("SM1", "sent", 1))
+        .await
+        .unwrap();
+    let reader = crate::store::StoreReader::Postgres(super::read_only(&url).await.unwrap());
+    assert_eq!(
+        reader.events(EventFilter::default()).await.unwrap().len(),
+        1
+    );
+    assert_eq!(reader.location(), crate::store::redact(&url));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn flush_and_close_answer_and_later_writes_fail() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    assert!(store.is_writable().await);
+    store.record_send(send("crm", "AC1", "SM1"));
+    store.close().await;
+    assert!(matches!(
+        store.insert_event(status_event("SM1", "sent", 1)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(!store.is_writable().await);
+    let again = instance(&url).await;
+    assert!(
+        again.message("SM1").await.unwrap().is_some(),
+        "closing committed the send"
+    );
+    again.close().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_at_start_naming_the_setting_but_never_the_password() {
+    // Nothing listens on port 1.
+    let url = "postgres://wh:s3cret-Pa55@127.0.0.1:1/store";
+    let Err(e) = Postgres::connect(url, &settings(Duration::from_secs(60))).await else {
+        panic!("connected to nothing");
+    };
+    let mut shown = format!("{e} {e:?}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        shown.push_str(&format!(" {s} {s:?}"));
+        source = s.source();
+    }
+    assert!(!shown.contains("s3cret-Pa55"), "{shown}");
+    assert!(shown.contains("store.url"), "{shown}");
+    assert!(shown.contains("127.0.0.1:1"), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+    for bad in [
+        super::read_only(url).await.err(),
+        super::migrate(url).await.err(),
+    ] {
+        let text = format!("{:?}", bad.expect("failed"));
+        assert!(!text.contains("s3cret-Pa55"), "{text}");
+    }
+    // A bad password on a reachable server: the server's answer names no password either.
+    let mut wrong = url::Url::parse(&server_url()).unwrap();
+    let _ = wrong.set_password(Some("s3cret-Pa55"));
+    if let Err(e) = super::read_only(wrong.as_str()).await {
+        assert!(!format!("{e} {e:?}").contains("s3cret-Pa55"), "{e:?}");
+    }
+}
+
+#[test]
+fn redact_hides_a_password_wherever_the_url_gives_it() {
+    let shown = crate::store::redact("postgres://wh:s3cret@db:5432/store?sslmode=disable");
+    assert_eq!(shown, "postgres://wh:***@db:5432/store?sslmode=disable");
+    let shown = crate::store::redact("postgres://wh@db/store?password=s3cret&connect_timeout=5");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("connect_timeout=5"), "{shown}");
+    assert!(!crate::store::redact("postgres://wh:s3cret@[::1").contains("s3cret"));
+}
+
+/// Not a test: a measurement of how many callbacks a second one instance stores. Run with
+/// `cargo test --lib store::postgres::tests::insert_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn insert_throughput() {
+    measure(1).await;
+}
+
+/// The same with two instances on one database, the 64 clients split between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn insert_throughput_two_instances() {
+    measure(2).await;
+}
+
+/// 64 clients each store 400 callbacks, one after another, as Twilio posts them (every field
+/// Twilio sends), and record a done outcome for each, as dispatch would.
+async fn measure(instances: usize) {
+    let url = fresh_database().await;
+    let mut stores = Vec::new();
+    for _ in 0..instances {
+        stores.push(instance(&url).await);
+    }
+    let clients = 64;
+    let per_client = 400;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let store = stores[c % instances].clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let sid = format!("SM{c:016}{i:016}");
+                    let fields = simulate::status_callback_fields(
+                        &sid,
+                        "AC00000000000000000000000000000000",
+                        "+14155238886",
+                        "+393331234567",
+                        "delivered",
+                    );
+                    let event = NewEvent {
+                        callback: StatusCallback::from_fields(fields),
+                        ..status_event(&sid, "delivered", 1)
+                    };
+                    let at = std::time::Instant::now();
+                    let id = new_id(store.insert_event(event).await.unwrap());
+                    latencies.push(at.elapsed());
+                    store.finish_dispatch(id, 1, DispatchResult::Done);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    for store in &stores {
+        store.flush().await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "{instances} instance(s): {} callbacks (+ a done outcome each) by {clients} clients in {elapsed:?}: {:.0}/s, p50 {:?}, p99 {:?}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        p(0.5),
+        p(0.99)
+    );
+    for store in stores {
+        store.close().await;
+    }
+    let name = url.rsplit('/').next().unwrap().to_string();
+    client(&server_url())
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
