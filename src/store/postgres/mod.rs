@@ -9,6 +9,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::{BackendError, StoreError};
+
+pub(super) mod features;
 use crate::settings::StoreSettings;
 
 mod embedded {
