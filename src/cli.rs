@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::js::{self, Program};
 use crate::outbound::{Account, Caller, Media, Request, SendRequest, TemplateRequest};
@@ -14,7 +14,7 @@ use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
 use crate::store::{
-    Direction, EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader,
+    self, Direction, EventFilter, EventState, MessageFilter, Store, StoreError, StoreReader,
 };
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
@@ -116,6 +116,11 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work on the store itself.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// A JavaScript worker process: started by the host itself, never by hand.
     #[command(hide = true)]
     JsWorker {
@@ -162,6 +167,24 @@ pub(crate) enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `whatsapp-host store …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum StoreCommand {
+    /// Copy every event and message (sends included) from the embedded store under
+    /// server.data_dir into PostgreSQL, ids kept; rows already there are left alone, so running
+    /// it again copies only what is new.
+    Copy {
+        /// The PostgreSQL store to copy into [default: [store] url, or $WHATSAPP_HOST_STORE_URL]
+        #[arg(long, value_name = "postgres://…", value_parser = secret)]
+        to: Option<SecretString>,
+    },
+}
+
+/// A value that may hold a password: kept out of `Debug` output.
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text))
 }
 
 /// `--company`: the rule callback URLs and tenant entries follow ([`settings::check_company_id`]).
@@ -271,6 +294,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             list_events(settings, filter, json).await
         }
         Command::Replay { event_id } => replay(settings, event_id).await,
+        Command::Store {
+            command: StoreCommand::Copy { to },
+        } => store_copy(&settings, to).await,
         Command::Messages {
             sid,
             direction,
@@ -339,6 +365,30 @@ async fn serve(settings: Arc<Settings>, first: Option<(PathBuf, Caller)>) -> any
         });
     }
     app.run_until(shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// `store copy`: the embedded store's history into PostgreSQL. Prints counts and the server,
+/// never its password.
+async fn store_copy(settings: &Settings, to: Option<SecretString>) -> anyhow::Result<i32> {
+    let Some(url) = to.or_else(|| settings.store.url.clone()) else {
+        bail!(
+            "name the PostgreSQL store to copy into: --to postgres://user@host/db, or [store] url in {}",
+            settings.source.display()
+        );
+    };
+    let url = url.expose_secret();
+    store::check_url(url).map_err(|why| anyhow::anyhow!("--to {why}"))?;
+    let report = store::copy_to_postgres(&settings.server.data_dir, url, &settings.store)
+        .await
+        .context("store copy failed; rows copied so far stay, and running it again resumes")?;
+    println!("copied {} into {}", report.from, report.to);
+    for (table, counts) in [("events", report.events), ("messages", report.messages)] {
+        println!(
+            "{table}: {} copied, {} already there",
+            counts.copied, counts.already_there
+        );
+    }
     Ok(0)
 }
 
