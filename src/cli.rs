@@ -875,4 +875,28 @@ mod tests {
         assert_eq!(fmt_ms(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(fmt_ms(i64::MAX), i64::MAX.to_string());
     }
+
+    #[test]
+    fn store_copy_takes_the_url_and_never_shows_its_password() {
+        let cli = Cli::try_parse_from([
+            "whatsapp-host",
+            "store",
+            "copy",
+            "--to",
+            "postgres://app:hunter2secret@db:5432/wh",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2secret"), "{cli:?}");
+        let Command::Store {
+            command: StoreCommand::Copy { to: Some(to) },
+        } = cli.command
+        else {
+            panic!("not a store copy: {cli:?}");
+        };
+        assert_eq!(
+            to.expose_secret(),
+            "postgres://app:hunter2secret@db:5432/wh"
+        );
+        assert!(Cli::try_parse_from(["whatsapp-host", "store", "copy"]).is_ok());
+    }
 }

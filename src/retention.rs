@@ -1,6 +1,7 @@
-//! Retention: a task of the server that removes `done` and `dead` events, messages in a final
-//! status and expired dashboard sessions once they are older than `[store] retention_days`, in
-//! small batches with pauses between them, so callbacks never wait long behind it.
+//! Retention: a task of the server that removes `done` and `dead` events and messages in a final
+//! status once they are older than `[store] retention_days`, and expired dashboard sessions
+//! (also when events and messages are kept forever), in small batches with pauses between them,
+//! so callbacks never wait long behind it.
 
 use std::time::Duration;
 
@@ -34,13 +35,13 @@ pub(crate) struct Pruner {
 }
 
 impl Pruner {
-    /// Starts pruning what is older than `retention`; `None` keeps everything, and starts
-    /// nothing.
-    pub(crate) fn start(store: Store, retention: Option<Duration>) -> Option<Pruner> {
-        retention.map(|keep| Pruner::start_with(store, keep, PACE))
+    /// Starts pruning events and messages older than `retention` (`None` keeps them forever)
+    /// and expired sessions.
+    pub(crate) fn start(store: Store, retention: Option<Duration>) -> Pruner {
+        Pruner::start_with(store, retention, PACE)
     }
 
-    fn start_with(store: Store, keep: Duration, pace: Pace) -> Pruner {
+    fn start_with(store: Store, keep: Option<Duration>, pace: Pace) -> Pruner {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(store, keep, pace, stopped));
         Pruner { stop, task }
@@ -53,14 +54,20 @@ impl Pruner {
     }
 }
 
-async fn run(store: Store, keep: Duration, pace: Pace, mut stopped: watch::Receiver<bool>) {
-    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-    tracing::info!(
-        retention_days = keep.as_secs() / 86_400,
-        "pruning finished events and messages older than the retention"
-    );
+async fn run(store: Store, keep: Option<Duration>, pace: Pace, mut stopped: watch::Receiver<bool>) {
+    let keep_ms = keep.map(|keep| i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+    match keep {
+        Some(keep) => tracing::info!(
+            retention_days = keep.as_secs() / 86_400,
+            "pruning finished events and messages older than the retention"
+        ),
+        None => tracing::info!(
+            "keeping events and messages forever ([store] retention_days = 0); pruning expired dashboard sessions only"
+        ),
+    }
     loop {
-        let before = now_ms().saturating_sub(keep_ms);
+        // Nothing is older than the oldest time: only sessions go.
+        let before = keep_ms.map_or(i64::MIN, |keep| now_ms().saturating_sub(keep));
         let mut pass = Pruned::default();
         loop {
             match store.prune(before, pace.batch).await {
@@ -215,7 +222,7 @@ mod tests {
 
         let pruner = Pruner::start_with(
             store.clone(),
-            Duration::from_secs(86_400),
+            Some(Duration::from_secs(86_400)),
             Pace {
                 batch: 1,
                 between: Duration::from_millis(1),
@@ -262,10 +269,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_retention_nothing_is_started() {
+    async fn without_a_retention_only_expired_sessions_go() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(Pruner::start(store.clone(), None).is_none());
+        let Inserted::New(id) = store.insert_event(event("SM1", "sent")).await.unwrap() else {
+            panic!("stored once");
+        };
+        store.finish_dispatch(id, 1, DispatchResult::Done);
+        store.record_send(send("SM2", "read"));
+        store.flush().await.unwrap();
+        store.session_create("expired", "c", 1).await.unwrap();
+        store.session_create("live", "c", i64::MAX).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("store.sqlite3")).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch("UPDATE events SET updated_at = 1; UPDATE messages SET updated_at = 1;")
+            .unwrap();
+        drop(conn);
+
+        let pruner = Pruner::start(store.clone(), None);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.session_get("expired").await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pruner is stuck"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pruner.stop().await;
+        assert!(store.session_get("live").await.unwrap().is_some());
+        assert_eq!(store.events(EventFilter::default()).await.unwrap().len(), 1);
+        // SM2's send, and the row SM1's callback made.
+        let messages = store.messages(MessageFilter::default()).await.unwrap();
+        assert_eq!(messages.len(), 2);
         store.close().await;
     }
 }

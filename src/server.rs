@@ -152,9 +152,7 @@ impl Application {
         );
         edge::serve(endpoints, &state.settings().server.limits, shutdown).await;
         tracing::info!("shutting down: finishing dispatches in flight");
-        if let Some(pruner) = pruner {
-            pruner.stop().await;
-        }
+        pruner.stop().await;
         let grace = state.settings().server.shutdown_grace;
         if !state.services.dispatcher.shutdown(grace).await {
             tracing::warn!(
