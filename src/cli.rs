@@ -383,13 +383,21 @@ async fn store_copy(settings: &Settings, to: Option<SecretString>) -> anyhow::Re
         .await
         .context("store copy failed; rows copied so far stay, and running it again resumes")?;
     println!("copied {} into {}", report.from, report.to);
+    let mut conflicting = 0;
     for (table, counts) in [("events", report.events), ("messages", report.messages)] {
         println!(
             "{table}: {} copied, {} already there",
             counts.copied, counts.already_there
         );
+        if counts.conflicting > 0 {
+            eprintln!(
+                "error: {} {table} were not copied: PostgreSQL already has other {table} with their ids; copy into an empty database before any instance serves on it",
+                counts.conflicting
+            );
+            conflicting += counts.conflicting;
+        }
     }
-    Ok(0)
+    Ok(if conflicting > 0 { 1 } else { 0 })
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::postgres::Postgres;
+use super::postgres::features::Imported;
 use super::sqlite::Sqlite;
 use super::{StoreError, redact};
 use crate::settings::StoreSettings;
@@ -118,17 +119,24 @@ impl MessageRow {
     }
 }
 
-/// How many rows of one table a copy wrote, and how many it found there already.
+/// How many rows of one table a copy wrote, how many it found there already, and how many it
+/// could not copy because PostgreSQL gave their ids to other rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Copied {
     pub(crate) copied: u64,
     pub(crate) already_there: u64,
+    /// Rows whose id a different row has on PostgreSQL (instances wrote there before the copy):
+    /// not copied.
+    pub(crate) conflicting: u64,
 }
 
 impl Copied {
-    fn add(&mut self, rows: usize, new: u64) {
-        self.copied += new;
-        self.already_there += rows as u64 - new;
+    fn add(&mut self, rows: usize, page: Imported) {
+        self.copied += page.new;
+        self.conflicting += page.conflicting;
+        self.already_there += (rows as u64)
+            .saturating_sub(page.new)
+            .saturating_sub(page.conflicting);
     }
 }
 
@@ -164,16 +172,16 @@ pub(crate) async fn copy_to_postgres(
         let rows = reader.export_events(after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
-        let new = pg.import_events(&rows).await?;
-        report.events.add(rows.len(), new);
+        let page = pg.import_events(&rows).await?;
+        report.events.add(rows.len(), page);
     }
     let mut after = 0;
     loop {
         let rows = reader.export_messages(after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
-        let new = pg.import_messages(&rows).await?;
-        report.messages.add(rows.len(), new);
+        let page = pg.import_messages(&rows).await?;
+        report.messages.add(rows.len(), page);
     }
     pg.advance_sequences().await?;
     Ok(report)
@@ -182,7 +190,7 @@ pub(crate) async fn copy_to_postgres(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::postgres::features::tests::{fresh_database, settings};
+    use crate::store::postgres::features::tests::{fresh, fresh_database, settings};
     use crate::store::{DispatchResult, EventKind, Inserted, NewEvent, SendRecord, Store};
     use crate::twilio::webhook::StatusCallback;
 
@@ -280,11 +288,13 @@ mod tests {
             (
                 Copied {
                     copied: 3,
-                    already_there: 0
+                    already_there: 0,
+                    conflicting: 0
                 },
                 Copied {
                     copied: 2,
-                    already_there: 0
+                    already_there: 0,
+                    conflicting: 0
                 }
             )
         );
@@ -367,5 +377,43 @@ mod tests {
         let text = format!("{e} {e:?}");
         assert!(!text.contains("hunter2secret"), "{text}");
         assert!(text.contains("127.0.0.1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn store_copy_counts_rows_whose_id_postgres_gave_to_another_row_as_conflicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, sid) in ["SM1", "SM2"].iter().enumerate() {
+            store
+                .insert_event(status_event(sid, "sent", 10 + i as i64))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        let (_migrated, url) = fresh().await;
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // An instance on PostgreSQL stored an event of its own before the copy: it has id 1.
+        client
+            .execute(
+                "INSERT INTO events (app, company, received_at, fields, updated_at) \
+                 VALUES ('ops', 'ACME', 99, '[]', 99)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let report = copy_to_postgres(dir.path(), &url, &settings())
+            .await
+            .unwrap();
+        assert_eq!(
+            report.events,
+            Copied {
+                copied: 1,
+                already_there: 0,
+                conflicting: 1
+            }
+        );
     }
 }

@@ -147,11 +147,13 @@ impl Postgres {
     }
 
     /// Inserts copied events with their ids, in one statement; rows already there (same id,
-    /// idempotency token or dedupe key) are left as they are. Returns how many were new.
+    /// idempotency token or dedupe key) are left as they are. Returns how many were new, and how
+    /// many were not copied because a different event (another app, or another time) has their
+    /// id.
     pub(in crate::store) async fn import_events(
         &self,
         rows: &[EventRow],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Imported, StoreError> {
         let col = |f: fn(&EventRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let received: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
@@ -170,29 +172,44 @@ impl Postgres {
         let error = col(|r| r.last_error.clone());
         let kind = col(|r| Some(r.kind.clone()));
         let conn = self.pool.get().await.map_err(query_err)?;
-        conn.execute(
-            "INSERT INTO events (id, app, company, received_at, idempotency_token, dedup_key, \
+        let new = conn
+            .execute(
+                "INSERT INTO events (id, app, company, received_at, idempotency_token, dedup_key, \
              message_sid, message_status, error_code, fields, state, attempts, next_attempt_at, \
              last_error, updated_at, kind) \
              SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
              $12::int4[], $13::int8[], $14::text[], $15::int8[], $16::text[]) \
              ON CONFLICT DO NOTHING",
-            &[
-                &ids, &app, &company, &received, &token, &dedup, &sid, &status, &code, &fields,
-                &state, &attempts, &next, &error, &updated, &kind,
-            ],
-        )
-        .await
-        .map_err(query_err)
+                &[
+                    &ids, &app, &company, &received, &token, &dedup, &sid, &status, &code, &fields,
+                    &state, &attempts, &next, &error, &updated, &kind,
+                ],
+            )
+            .await
+            .map_err(query_err)?;
+        let conflicting: i64 = conn
+            .query_one(
+                "SELECT count(*) FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS c(id, app, at) \
+                 JOIN events e ON e.id = c.id WHERE e.app <> c.app OR e.received_at <> c.at",
+                &[&ids, &app, &received],
+            )
+            .await
+            .map_err(query_err)?
+            .get(0);
+        Ok(Imported {
+            new,
+            conflicting: conflicting as u64,
+        })
     }
 
     /// Inserts copied messages with their ids, in one statement; rows already there (same id,
-    /// or the same app and sid) are left as they are. Returns how many were new.
+    /// or the same app and sid) are left as they are. Returns how many were new, and how many
+    /// were not copied because a different message has their id.
     pub(in crate::store) async fn import_messages(
         &self,
         rows: &[MessageRow],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Imported, StoreError> {
         let col = |f: fn(&MessageRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let rank: Vec<i32> = rows.iter().map(|r| r.status_rank).collect();
@@ -215,8 +232,9 @@ impl Postgres {
         let content_sid = col(|r| r.content_sid.clone());
         let variables = col(|r| r.content_variables.clone());
         let conn = self.pool.get().await.map_err(query_err)?;
-        conn.execute(
-            "INSERT INTO messages (id, sid, app, company, account_sid, to_number, from_number, \
+        let new = conn
+            .execute(
+                "INSERT INTO messages (id, sid, app, company, account_sid, to_number, from_number, \
              body, media, status, status_rank, error_code, error_message, created_at, updated_at, \
              direction, profile_name, wa_id, content_sid, content_variables) \
              SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
@@ -224,31 +242,45 @@ impl Postgres {
              $12::text[], $13::text[], $14::int8[], $15::int8[], $16::text[], $17::text[], \
              $18::text[], $19::text[], $20::text[]) \
              ON CONFLICT DO NOTHING",
-            &[
-                &ids,
-                &sid,
-                &app,
-                &company,
-                &account,
-                &to,
-                &from,
-                &body,
-                &media,
-                &status,
-                &rank,
-                &code,
-                &message,
-                &created,
-                &updated,
-                &direction,
-                &profile,
-                &wa_id,
-                &content_sid,
-                &variables,
-            ],
-        )
-        .await
-        .map_err(query_err)
+                &[
+                    &ids,
+                    &sid,
+                    &app,
+                    &company,
+                    &account,
+                    &to,
+                    &from,
+                    &body,
+                    &media,
+                    &status,
+                    &rank,
+                    &code,
+                    &message,
+                    &created,
+                    &updated,
+                    &direction,
+                    &profile,
+                    &wa_id,
+                    &content_sid,
+                    &variables,
+                ],
+            )
+            .await
+            .map_err(query_err)?;
+        let conflicting: i64 = conn
+            .query_one(
+                "SELECT count(*) FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) \
+                 AS c(id, app, sid, at) JOIN messages m ON m.id = c.id \
+                 WHERE m.app <> c.app OR m.sid IS DISTINCT FROM c.sid OR m.created_at <> c.at",
+                &[&ids, &app, &sid, &created],
+            )
+            .await
+            .map_err(query_err)?
+            .get(0);
+        Ok(Imported {
+            new,
+            conflicting: conflicting as u64,
+        })
     }
 
     /// Moves the id sequences of `events` and `messages` past every id in their tables (copied
@@ -270,6 +302,16 @@ impl Postgres {
         }
         Ok(())
     }
+}
+
+/// What importing one page of copied rows did.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::store) struct Imported {
+    /// Rows written.
+    pub(in crate::store) new: u64,
+    /// Rows not written because a different row has their id: written on PostgreSQL before the
+    /// copy, so their history could not keep its ids.
+    pub(in crate::store) conflicting: u64,
 }
 
 /// A sandbox sender's turn on PostgreSQL: the open transaction holding the sender's advisory
@@ -328,8 +370,8 @@ pub(in crate::store) mod tests {
     use super::*;
     use crate::settings::StoreSettings;
 
-    /// A fresh, empty database on the test server (`$WHATSAPP_HOST_TEST_PG_URL`) with the
-    /// migrations applied; returns its URL. Fails, never skips, without a server.
+    /// A fresh, empty database (no tables yet) on the test server (`$WHATSAPP_HOST_TEST_PG_URL`);
+    /// returns its URL. Fails, never skips, without a server.
     pub(in crate::store) async fn fresh_database() -> String {
         let base = std::env::var("WHATSAPP_HOST_TEST_PG_URL").expect(
             "WHATSAPP_HOST_TEST_PG_URL is not set: run scripts/test.sh, or set it to a PostgreSQL URL whose user may CREATE DATABASE",
