@@ -454,8 +454,8 @@ pub(crate) struct SandboxTurn {
 }
 
 impl SandboxTurn {
-    /// When another instance's last send from this sender was answered, as the store knows
-    /// it; `None` when it knows of none (always, on the embedded store).
+    /// When the sender's last send, from any instance, was answered, as the store knows it;
+    /// `None` when it knows of none (always, on the embedded store).
     pub(crate) fn last_answered_at(&self) -> Option<i64> {
         self.stored.as_ref().and_then(|t| t.last_answered_at())
     }
