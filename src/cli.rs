@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::js::{self, Program};
 use crate::outbound::{Account, Caller, Media, Request, SendRequest, TemplateRequest};
@@ -14,7 +14,8 @@ use crate::server::Application;
 use crate::services::Services;
 use crate::settings::{self, ApiBase, ProcessEnv, Settings};
 use crate::store::{
-    Direction, EventFilter, EventState, MessageFilter, Migrated, Store, StoreError, StoreReader,
+    self, Direction, EventFilter, EventState, MessageFilter, Migrated, Store, StoreError,
+    StoreReader,
 };
 use crate::telemetry::{self, LogFormat};
 use crate::twilio::simulate;
@@ -119,6 +120,11 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work on the store itself.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// A JavaScript worker process: started by the host itself, never by hand.
     #[command(hide = true)]
     JsWorker {
@@ -165,6 +171,24 @@ pub(crate) enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `whatsapp-host store …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum StoreCommand {
+    /// Copy every event and message (sends included) from the embedded store under
+    /// server.data_dir into PostgreSQL, ids kept; rows already there are left alone, so running
+    /// it again copies only what is new.
+    Copy {
+        /// The PostgreSQL store to copy into [default: [store] url, or $WHATSAPP_HOST_STORE_URL]
+        #[arg(long, value_name = "postgres://…", value_parser = secret)]
+        to: Option<SecretString>,
+    },
+}
+
+/// A value that may hold a password: kept out of `Debug` output.
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text))
 }
 
 /// `--company`: the rule callback URLs and tenant entries follow ([`settings::check_company_id`]).
@@ -275,6 +299,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Replay { event_id } => replay(settings, event_id).await,
         Command::Migrate => migrate(&settings).await,
+        Command::Store {
+            command: StoreCommand::Copy { to },
+        } => store_copy(&settings, to).await,
         Command::Messages {
             sid,
             direction,
@@ -344,6 +371,38 @@ async fn serve(settings: Arc<Settings>, first: Option<(PathBuf, Caller)>) -> any
     }
     app.run_until(shutdown_signal()).await?;
     Ok(0)
+}
+
+/// `store copy`: the embedded store's history into PostgreSQL. Prints counts and the server,
+/// never its password.
+async fn store_copy(settings: &Settings, to: Option<SecretString>) -> anyhow::Result<i32> {
+    let Some(url) = to.or_else(|| settings.store.url.clone()) else {
+        bail!(
+            "name the PostgreSQL store to copy into: --to postgres://user@host/db, or [store] url in {}",
+            settings.source.display()
+        );
+    };
+    let url = url.expose_secret();
+    store::check_url(url).map_err(|why| anyhow::anyhow!("--to {why}"))?;
+    let report = store::copy_to_postgres(&settings.server.data_dir, url, &settings.store)
+        .await
+        .context("store copy failed; rows copied so far stay, and running it again resumes")?;
+    println!("copied {} into {}", report.from, report.to);
+    let mut conflicting = 0;
+    for (table, counts) in [("events", report.events), ("messages", report.messages)] {
+        println!(
+            "{table}: {} copied, {} already there",
+            counts.copied, counts.already_there
+        );
+        if counts.conflicting > 0 {
+            eprintln!(
+                "error: {} {table} were not copied: PostgreSQL already has other {table} with their ids; copy into an empty database before any instance serves on it",
+                counts.conflicting
+            );
+            conflicting += counts.conflicting;
+        }
+    }
+    Ok(if conflicting > 0 { 1 } else { 0 })
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -854,5 +913,29 @@ mod tests {
         assert_eq!(fmt_ms(784_111_777_999), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(fmt_ms(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(fmt_ms(i64::MAX), i64::MAX.to_string());
+    }
+
+    #[test]
+    fn store_copy_takes_the_url_and_never_shows_its_password() {
+        let cli = Cli::try_parse_from([
+            "whatsapp-host",
+            "store",
+            "copy",
+            "--to",
+            "postgres://app:hunter2secret@db:5432/wh",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2secret"), "{cli:?}");
+        let Command::Store {
+            command: StoreCommand::Copy { to: Some(to) },
+        } = cli.command
+        else {
+            panic!("not a store copy: {cli:?}");
+        };
+        assert_eq!(
+            to.expose_secret(),
+            "postgres://app:hunter2secret@db:5432/wh"
+        );
+        assert!(Cli::try_parse_from(["whatsapp-host", "store", "copy"]).is_ok());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`outbound`]: the one send path behind every form of `utils.sendWhatsappMessage`.
 //! - [`js`]: the boa engine in supervised worker processes, and the `utils` table scripts see.
 //! - [`dispatch`]: stored events → actions, with retries and dead-lettering.
+//! - [`retention`]: the server's task that prunes old finished events and messages.
 //! - [`routes`]: every path the host serves and the callback URL, written once.
 //! - [`server`]: the axum router, the callback endpoint and shutdown.
 //! - [`edge`]: the listeners' accept loops and each connection's timeouts and limits.
@@ -31,6 +32,7 @@ pub mod js;
 pub mod media;
 pub mod outbound;
 mod phone;
+mod retention;
 pub mod routes;
 pub mod server;
 pub mod services;

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::media::{self, MediaError, NoSigner};
 use crate::phone;
 use crate::settings::{App, Settings, Whatsapp};
-use crate::store::{SendRecord, Store, now_ms};
+use crate::store::{self, SendRecord, Store, now_ms};
 use crate::telemetry;
 use crate::twilio::{self, Credentials, MessageContent, NewMessage, TwilioError, address, codes};
 
@@ -262,6 +262,7 @@ pub struct Outbound {
     /// look a sender up; the tokio mutex is held across a create, so one sender's sends go one
     /// at a time and each starts 3 s after the previous one was answered: spacing measured from
     /// the start of a request would let network delays bring two closer than 3 s at Twilio.
+    /// Inside it the store's turn ([`Store::sandbox_turn`]) does the same across instances.
     sandbox_senders: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
 
@@ -396,7 +397,9 @@ impl Outbound {
         };
         let started = std::time::Instant::now();
         let created = self.twilio.create_message(creds, &message).await;
-        drop(sandbox_turn);
+        if let Some(turn) = sandbox_turn {
+            turn.release().await;
+        }
         telemetry::twilio_latency(started.elapsed());
         let outcome = match created {
             Ok(resource) => {
@@ -578,8 +581,9 @@ impl Outbound {
         }
     }
 
-    /// Waits until a sandbox sender is free and 3 s have passed since its last create was
-    /// answered. The sender stays taken until the returned turn is dropped.
+    /// Waits until a sandbox sender is free, here and on every instance sharing the store, and
+    /// 3 s have passed since its last create was answered, here or there. The sender stays
+    /// taken until the returned turn is released (or dropped).
     async fn sandbox_turn(&self, from: &str) -> SandboxTurn {
         let sender = self
             .sandbox_senders
@@ -589,10 +593,25 @@ impl Outbound {
             .or_default()
             .clone();
         let last = sender.lock_owned().await;
+        let stored = match self.store.sandbox_turn(from).await {
+            Ok(turn) => Some(turn),
+            Err(e) => {
+                tracing::warn!(error = %e, sender = %from, "the store could not give this sandbox sender's turn; spacing its sends within this instance only");
+                None
+            }
+        };
         if let Some(last) = *last {
             tokio::time::sleep_until(last + twilio::SANDBOX_SPACING).await;
         }
-        SandboxTurn(last)
+        if let Some(answered_at) = stored.as_ref().and_then(|t| t.last_answered_at()) {
+            let since = now_ms().saturating_sub(answered_at);
+            let since = std::time::Duration::from_millis(u64::try_from(since).unwrap_or(0));
+            tokio::time::sleep(twilio::SANDBOX_SPACING.saturating_sub(since)).await;
+        }
+        SandboxTurn {
+            local: LocalTurn(last),
+            stored,
+        }
     }
 }
 
@@ -685,10 +704,30 @@ fn allowed_bucket(caller: &Caller, bucket: &str) -> Result<(), MediaError> {
     }
 }
 
-/// A sandbox sender's turn to send; dropping it, once Twilio answered, starts the 3 s wait.
-struct SandboxTurn(tokio::sync::OwnedMutexGuard<Option<Instant>>);
+/// A sandbox sender's turn to send, in this process and in the store; releasing it once Twilio
+/// answered starts the 3 s wait for the next turn, here and on every other instance.
+struct SandboxTurn {
+    local: LocalTurn,
+    /// `None` when the store could not give a turn: spacing then holds within this instance.
+    stored: Option<store::SandboxTurn>,
+}
 
-impl Drop for SandboxTurn {
+impl SandboxTurn {
+    async fn release(self) {
+        if let Some(stored) = self.stored
+            && let Err(e) = stored.release(now_ms()).await
+        {
+            tracing::warn!(error = %e, "the store did not record a sandbox send's time; other instances may send from this sender sooner than 3 s");
+        }
+        drop(self.local);
+    }
+}
+
+/// This process's hold on a sandbox sender; dropping it, also when a send is abandoned midway,
+/// records when, so this process's next send waits 3 s from then.
+struct LocalTurn(tokio::sync::OwnedMutexGuard<Option<Instant>>);
+
+impl Drop for LocalTurn {
     fn drop(&mut self) {
         *self.0 = Some(Instant::now());
     }

@@ -22,7 +22,7 @@ use crate::services::Services;
 use crate::settings::{ApiBase, CompanyIdError, Settings, check_company_id};
 use crate::store::{EventKind, Inserted, NewEvent, now_ms};
 use crate::twilio::webhook::{self, StatusCallback};
-use crate::{edge, routes, telemetry};
+use crate::{edge, retention, routes, telemetry};
 
 /// The key of the HMAC computed for callbacks refused before their app's key is known.
 static DECOY_KEY: LazyLock<SecretString> =
@@ -146,8 +146,13 @@ impl Application {
                 router: admin_router(state.clone()),
             });
         }
+        let pruner = retention::Pruner::start(
+            state.services.store.clone(),
+            state.settings().store.retention,
+        );
         edge::serve(endpoints, &state.settings().server.limits, shutdown).await;
         tracing::info!("shutting down: finishing dispatches in flight");
+        pruner.stop().await;
         let grace = state.settings().server.shutdown_grace;
         if !state.services.dispatcher.shutdown(grace).await {
             tracing::warn!(

@@ -1,6 +1,8 @@
-//! Dashboard access: the operator password (compared in constant time), login sessions held in
-//! memory behind an HttpOnly, SameSite=Strict cookie, a CSRF token per session for every POST,
-//! the limit on failed logins (per client and overall), and which address a login comes from.
+//! Dashboard access: the operator password (compared in constant time), login sessions kept in
+//! the store (so a login made through one instance is valid on every instance sharing it) behind
+//! an HttpOnly, SameSite=Strict cookie, a CSRF token per session for every POST, the limit on
+//! failed logins (per client and overall, in each instance's memory), and which address a login
+//! comes from.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -14,12 +16,15 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::store::{Store, StoreError, StoredSession, now_ms};
+
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "whatsapp_host_session";
-/// How long a login lasts. Sessions live in memory, so a restart also ends them.
+/// How long a login lasts. Sessions live in the store, so a restart does not end them.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Failed logins from one client (see [`client_key`]) allowed within [`FAILURE_WINDOW`] before
-/// it gets 429.
+/// it gets 429. Counted by each instance alone: behind a load balancer of `n` instances a client
+/// may try up to `n` times as many.
 pub(crate) const MAX_FAILURES: usize = 5;
 /// Failed logins from all clients together allowed within [`FAILURE_WINDOW`]. Past it every
 /// client gets 429 until the oldest of them leaves the window, so guessing from many addresses
@@ -29,15 +34,13 @@ pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Bounds memory: clients with a failure on record at once. Past this, records whose failures
 /// have all left the window are dropped, then the one whose last failure is oldest.
 pub(crate) const MAX_TRACKED_CLIENTS: usize = 10_000;
-/// Bounds memory: the oldest session is dropped to make room past this many.
-const MAX_SESSIONS: usize = 1024;
 
 /// A logged-in operator's session.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
-    /// Must accompany every POST from this session; pages embed it in their forms.
+    /// Must accompany every POST from this session; pages embed it in their forms. Stored with
+    /// the session, so it holds on every instance.
     pub(crate) csrf: String,
-    expires: Instant,
 }
 
 /// What a login attempt came to.
@@ -72,17 +75,19 @@ pub(crate) struct Auth {
     /// SHA-256 of the password: comparing digests takes the same time whatever the candidate's
     /// length, and the password itself is not kept.
     password_digest: [u8; 32],
-    /// Std mutexes: each is held only for a map lookup or insert (and, for `failures`, one
-    /// digest), never across an await.
-    sessions: Mutex<HashMap<String, Session>>,
+    /// Where sessions live, each under the SHA-256 of its cookie token: every instance sharing
+    /// the store sees them, and the store alone cannot be used to log in. Expired ones are
+    /// removed by retention ([`Store::prune`]).
+    store: Store,
+    /// A std mutex: held only for one check and record (and one digest), never across an await.
     failures: Mutex<FailureLog>,
 }
 
 impl Auth {
-    pub(crate) fn new(password: &SecretString) -> Self {
+    pub(crate) fn new(password: &SecretString, store: Store) -> Self {
         Self {
             password_digest: digest(password.expose_secret()),
-            sessions: Mutex::new(HashMap::new()),
+            store,
             failures: Mutex::new(FailureLog::new(Limits::DEFAULT)),
         }
     }
@@ -115,47 +120,38 @@ impl Auth {
         }
     }
 
-    /// Starts a session; returns its cookie token and the session.
-    pub(crate) fn start_session(&self) -> (String, Session) {
-        self.start_session_at(Instant::now())
+    /// Starts a session, stored before it returns; returns its cookie token and the session.
+    pub(crate) async fn start_session(&self) -> Result<(String, Session), StoreError> {
+        self.start_session_at(now_ms()).await
     }
 
-    fn start_session_at(&self, now: Instant) -> (String, Session) {
+    async fn start_session_at(&self, now_ms: i64) -> Result<(String, Session), StoreError> {
         let token = random_token();
         let session = Session {
             csrf: random_token(),
-            expires: now + SESSION_TTL,
         };
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(t, _)| t.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(token.clone(), session.clone());
-        (token, session)
+        let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .session_create(&token_hash(&token), &session.csrf, now_ms + ttl)
+            .await?;
+        Ok((token, session))
     }
 
-    /// The live session a cookie token names, if any.
-    pub(crate) fn session(&self, token: &str) -> Option<Session> {
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        match sessions.get(token) {
-            Some(s) if s.expires > now => Some(s.clone()),
-            Some(_) => {
-                sessions.remove(token);
-                None
-            }
-            None => None,
-        }
+    /// The live session a cookie token names, if any, whichever instance started it.
+    pub(crate) async fn session(&self, token: &str) -> Result<Option<Session>, StoreError> {
+        self.session_at(token, now_ms()).await
     }
 
-    pub(crate) fn end_session(&self, token: &str) {
-        self.sessions.lock().expect("sessions lock").remove(token);
+    async fn session_at(&self, token: &str, now_ms: i64) -> Result<Option<Session>, StoreError> {
+        let stored = self.store.session_get(&token_hash(token)).await?;
+        Ok(stored
+            .filter(|s: &StoredSession| s.expires_at > now_ms)
+            .map(|s| Session { csrf: s.csrf }))
+    }
+
+    /// Ends a session on every instance.
+    pub(crate) async fn end_session(&self, token: &str) -> Result<(), StoreError> {
+        self.store.session_delete(&token_hash(token)).await
     }
 }
 
@@ -353,6 +349,12 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// What the store keeps of a session's cookie token: its SHA-256, in hex. The token has 256
+/// random bits, so a plain hash is enough: no salt or stretching would make it harder to guess.
+fn token_hash(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// 256 random bits, URL-safe: unguessable session and CSRF tokens.
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -364,13 +366,16 @@ fn random_token() -> String {
 mod tests {
     use super::*;
 
-    fn auth() -> Auth {
-        Auth::new(&SecretString::from("correct horse"))
+    /// An `Auth` on a fresh embedded store, and the directory that store lives in.
+    fn auth() -> (Auth, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (Auth::new(&SecretString::from("correct horse"), store), dir)
     }
 
     #[test]
     fn only_the_exact_password_is_accepted() {
-        let auth = auth();
+        let (auth, _dir) = auth();
         assert!(auth.is_password("correct horse"));
         assert!(!auth.is_password("correct hors"));
         assert!(!auth.is_password("correct horse "));
@@ -387,7 +392,7 @@ mod tests {
 
     #[test]
     fn five_failures_in_a_minute_lock_an_address_out_until_the_oldest_expires() {
-        let auth = auth();
+        let (auth, _dir) = auth();
         let me = ip("192.0.2.1");
         let start = Instant::now();
         for i in 0..MAX_FAILURES as u64 {
@@ -420,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_right_password_clears_the_addresss_record() {
-        let auth = auth();
+        let (auth, _dir) = auth();
         let me = ip("192.0.2.1");
         let start = Instant::now();
         for _ in 0..MAX_FAILURES - 1 {
@@ -435,7 +440,7 @@ mod tests {
 
     #[test]
     fn the_login_limiters_global_budget_holds_across_many_source_addresses() {
-        let auth = auth();
+        let (auth, _dir) = auth();
         let start = Instant::now();
         // Each address stays under its own limit; together they spend the overall budget.
         for i in 0..MAX_FAILURES_OVERALL {
@@ -467,7 +472,7 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_count_by_their_64_block_and_mapped_ipv4_as_ipv4() {
-        let auth = auth();
+        let (auth, _dir) = auth();
         let start = Instant::now();
         for i in 1..=MAX_FAILURES {
             let same_block = ip(&format!("2001:db8:1:2:{i:x}::{i:x}"));
@@ -607,17 +612,67 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sessions_carry_their_own_csrf_token_and_end_on_logout() {
-        let auth = auth();
-        let (token, session) = auth.start_session();
-        let (other_token, other) = auth.start_session();
+    #[tokio::test]
+    async fn sessions_carry_their_own_csrf_token_and_end_on_logout() {
+        let (auth, _dir) = auth();
+        let (token, session) = auth.start_session().await.unwrap();
+        let (other_token, other) = auth.start_session().await.unwrap();
         assert_ne!(token, other_token);
-        assert!(csrf_matches(&auth.session(&token).unwrap(), &session.csrf));
+        let found = auth.session(&token).await.unwrap().unwrap();
+        assert!(csrf_matches(&found, &session.csrf));
         assert!(!csrf_matches(&session, &other.csrf));
-        auth.end_session(&token);
-        assert!(auth.session(&token).is_none());
-        assert!(auth.session(&other_token).is_some());
+        auth.end_session(&token).await.unwrap();
+        assert!(auth.session(&token).await.unwrap().is_none());
+        assert!(auth.session(&other_token).await.unwrap().is_some());
+        auth.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_session_is_kept_in_the_store_hashed_and_seen_by_every_instance_on_it() {
+        let (a, _dir) = auth();
+        let b = Auth::new(&SecretString::from("correct horse"), a.store.clone());
+        let (token, session) = a.start_session().await.unwrap();
+        let on_b = b
+            .session(&token)
+            .await
+            .unwrap()
+            .expect("valid on the other instance");
+        assert!(
+            csrf_matches(&on_b, &session.csrf),
+            "and so is its CSRF token"
+        );
+        // The store holds the token's hash, never the token.
+        assert!(a.store.session_get(&token).await.unwrap().is_none());
+        let stored = a.store.session_get(&token_hash(&token)).await.unwrap();
+        assert_eq!(stored.map(|s| s.csrf), Some(session.csrf));
+        b.end_session(&token).await.unwrap();
+        assert!(
+            a.session(&token).await.unwrap().is_none(),
+            "logged out everywhere"
+        );
+        a.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_its_time_is_up_and_retention_removes_it() {
+        let (auth, _dir) = auth();
+        let ttl = SESSION_TTL.as_millis() as i64;
+        let now = now_ms();
+        let (old, _) = auth.start_session_at(now - ttl).await.unwrap();
+        let (live, _) = auth.start_session_at(now - ttl + 60_000).await.unwrap();
+        assert!(auth.session_at(&old, now).await.unwrap().is_none());
+        assert!(auth.session_at(&live, now).await.unwrap().is_some());
+        let pruned = auth.store.prune(0, 500).await.unwrap();
+        assert_eq!(pruned.sessions, 1);
+        assert!(
+            auth.store
+                .session_get(&token_hash(&old))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(auth.session(&live).await.unwrap().is_some());
+        auth.store.close().await;
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(crate) fn routes(settings: Arc<Settings>, store: Store, dispatcher: Dispatch
     let origin = &settings.server.public_url[..url::Position::BeforePath];
     tracing::info!(url = %format!("{origin}{base}"), "dashboard enabled");
     let dash = Dash {
-        auth: Arc::new(Auth::new(password)),
+        auth: Arc::new(Auth::new(password, store.clone())),
         base: base.as_str().into(),
         secure_cookie: settings.server.public_url.scheme() == "https",
         redact: settings
@@ -150,13 +150,17 @@ impl FromRequestParts<Dash> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, d: &Dash) -> Result<Self, Self::Rejection> {
-        if let Some(token) = auth::cookie(&parts.headers, auth::COOKIE)
-            && let Some(session) = d.auth.session(token)
-        {
-            return Ok(Operator {
-                token: token.to_string(),
-                session,
-            });
+        if let Some(token) = auth::cookie(&parts.headers, auth::COOKIE) {
+            match d.auth.session(token).await {
+                Ok(Some(session)) => {
+                    return Ok(Operator {
+                        token: token.to_string(),
+                        session,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(d.store_failed(e)),
+            }
         }
         if parts.method == Method::GET || parts.method == Method::HEAD {
             let next = parts
@@ -530,8 +534,10 @@ async fn login_form(
     headers: HeaderMap,
     Query(query): Query<NextQuery>,
 ) -> Response {
-    let logged_in =
-        auth::cookie(&headers, auth::COOKIE).is_some_and(|t| d.auth.session(t).is_some());
+    let logged_in = match auth::cookie(&headers, auth::COOKIE) {
+        Some(token) => matches!(d.auth.session(token).await, Ok(Some(_))),
+        None => false,
+    };
     if logged_in {
         return Redirect::to(&d.safe_next(&query.next)).into_response();
     }
@@ -590,7 +596,10 @@ async fn login(
             )
         }
         Login::Accepted => {
-            let (token, _) = d.auth.start_session();
+            let token = match d.auth.start_session().await {
+                Ok((token, _)) => token,
+                Err(e) => return d.store_failed(e),
+            };
             tracing::info!(%ip, "operator logged in to the dashboard");
             let cookie = auth::session_cookie(&token, &d.base, d.secure_cookie);
             let mut response = Redirect::to(&d.safe_next(&form.next)).into_response();
@@ -610,7 +619,9 @@ async fn logout(State(d): State<Dash>, op: Operator, Form(form): Form<CsrfForm>)
             "the form's CSRF token is missing or not this session's: reload the page and try again",
         );
     }
-    d.auth.end_session(&op.token);
+    if let Err(e) = d.auth.end_session(&op.token).await {
+        return d.store_failed(e);
+    }
     let mut response = Redirect::to(&format!("{}/auth/login", d.base)).into_response();
     if let Ok(value) = HeaderValue::from_str(&auth::cleared_cookie(&d.base, d.secure_cookie)) {
         response.headers_mut().insert(header::SET_COOKIE, value);

@@ -6,6 +6,7 @@
 //! only, never which backend answers.
 
 mod conversation;
+mod copy;
 mod postgres;
 mod sqlite;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::twilio::webhook::{self, StatusCallback};
 
 pub use conversation::{Conversation, Entry, MediaItem, NumberWindow, WINDOW_MS, Window};
+pub(crate) use copy::copy_to_postgres;
 
 /// Checks that `url` is a PostgreSQL URL the store can connect with; the reason, when it is
 /// not, never repeats the URL, which may hold a password.
@@ -430,6 +432,61 @@ pub struct MessageFilter {
     pub(crate) limit: usize,
 }
 
+/// A dashboard login as stored: the session's CSRF token and when it ends. The cookie's token
+/// is not in it; the store keeps only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSession {
+    /// Must accompany every POST of the session, whichever instance serves it.
+    pub(crate) csrf: String,
+    /// Unix milliseconds; the session is over from then on, and [`Store::prune`] removes it.
+    pub(crate) expires_at: i64,
+}
+
+/// What one [`Store::prune`] batch removed. `pub` because that method is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// `done` and `dead` events.
+    pub events: u64,
+    /// Messages in a final status.
+    pub messages: u64,
+    /// Expired dashboard sessions.
+    pub sessions: u64,
+}
+
+impl Pruned {
+    /// Rows removed, all tables together.
+    pub fn total(&self) -> u64 {
+        self.events + self.messages + self.sessions
+    }
+}
+
+/// A sandbox sender's turn to send, across every instance sharing the store: while it is held
+/// no other instance's turn for the sender starts. [`SandboxTurn::release`] records when
+/// Twilio answered, so the next turn, here or elsewhere, waits out the spacing from then;
+/// dropping it unreleased records nothing.
+pub(crate) struct SandboxTurn {
+    /// PostgreSQL's open transaction holding the sender's advisory lock; `None` on the embedded
+    /// store, where one process sends and its own per-sender mutex is the whole turn.
+    stored: Option<postgres::features::StoredTurn>,
+}
+
+impl SandboxTurn {
+    /// When the sender's last send, from any instance, was answered, as the store knows it;
+    /// `None` when it knows of none (always, on the embedded store).
+    pub(crate) fn last_answered_at(&self) -> Option<i64> {
+        self.stored.as_ref().and_then(|t| t.last_answered_at())
+    }
+
+    /// Ends the turn: the sender's next send may start [`crate::twilio::SANDBOX_SPACING`] after
+    /// `answered_at_ms`.
+    pub(crate) async fn release(self, answered_at_ms: i64) -> Result<(), StoreError> {
+        match self.stored {
+            Some(turn) => turn.release(answered_at_ms).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// Handle to the store for the program. Cloning is cheap; clones share the backend.
 #[derive(Clone)]
 pub struct Store {
@@ -608,6 +665,66 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
             Backend::Postgres(p) => p.close().await,
+        }
+    }
+
+    // The operations below came with several instances sharing a store (issue 10). Each
+    // match has the SQLite arm only; the PostgreSQL arm, calling the method of the same name in
+    // `postgres/features.rs`, is marked where it goes.
+
+    /// Stores a dashboard login under the SHA-256 (hex) of its cookie token, committed before
+    /// it returns: the cookie is good on every instance from then on.
+    pub(crate) async fn session_create(
+        &self,
+        token_hash: &str,
+        csrf: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.session_create(token_hash, csrf, expires_at_ms).await,
+            Backend::Postgres(p) => p.session_create(token_hash, csrf, expires_at_ms).await,
+        }
+    }
+
+    /// The login stored under `token_hash`, expired or not: the caller judges the time.
+    pub(crate) async fn session_get(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.reader.session_get(token_hash).await,
+            Backend::Postgres(p) => p.session_get(token_hash).await,
+        }
+    }
+
+    /// Ends the login stored under `token_hash` on every instance, committed before it returns.
+    pub(crate) async fn session_delete(&self, token_hash: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.session_delete(token_hash).await,
+            Backend::Postgres(p) => p.session_delete(token_hash).await,
+        }
+    }
+
+    /// Waits for sandbox sender `sender`'s turn among the instances sharing the store. The
+    /// caller also serialises its own sends per sender, and waits until the spacing since
+    /// [`SandboxTurn::last_answered_at`] (and its own last answer) has passed before sending.
+    pub(crate) async fn sandbox_turn(&self, sender: &str) -> Result<SandboxTurn, StoreError> {
+        match &self.backend {
+            // One process sends from an embedded store: its per-sender mutex is enough.
+            Backend::Sqlite(_) => Ok(SandboxTurn { stored: None }),
+            Backend::Postgres(p) => Ok(SandboxTurn {
+                stored: Some(p.sandbox_turn(sender).await?),
+            }),
+        }
+    }
+
+    /// One small batch of retention: up to `batch` `done`/`dead` events and up to `batch`
+    /// messages in a final status, last changed before `before_ms`, and every expired dashboard
+    /// session. Small, so writes never wait long behind it; call again while it removes rows.
+    pub async fn prune(&self, before_ms: i64, batch: usize) -> Result<Pruned, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune(before_ms, batch).await,
+            Backend::Postgres(p) => p.prune(before_ms, batch).await,
         }
     }
 

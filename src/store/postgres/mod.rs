@@ -21,6 +21,8 @@ use super::{
     BackendError, Direction, DispatchResult, Event, EventKind, EventState, Inserted, Message,
     NewEvent, SendRecord, StoreError,
 };
+
+pub(super) mod features;
 use crate::settings::StoreSettings;
 
 pub(super) use reads::Reader;

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     BackendError, Direction, DispatchResult, Event, EventFilter, EventKind, EventState, Inserted,
-    Message, MessageFilter, NewEvent, SendRecord, StoreError, now_ms,
+    Message, MessageFilter, NewEvent, Pruned, SendRecord, StoreError, StoredSession, now_ms,
 };
 use crate::twilio::webhook::{self, status_rank};
 
@@ -101,6 +101,34 @@ impl Sqlite {
     pub(super) async fn close(&self) {
         self.writer.close().await;
     }
+
+    /// Stores a dashboard login, committed before it returns.
+    pub(super) async fn session_create(
+        &self,
+        token_hash: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.writer.session(writer::SessionChange::Create {
+            token_hash: token_hash.to_string(),
+            csrf: csrf.to_string(),
+            expires_at,
+        })?;
+        self.writer.flush().await
+    }
+
+    /// Ends a dashboard login, committed before it returns.
+    pub(super) async fn session_delete(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.writer.session(writer::SessionChange::Delete {
+            token_hash: token_hash.to_string(),
+        })?;
+        self.writer.flush().await
+    }
+
+    /// One batch of retention; see [`prune`].
+    pub(super) async fn prune(&self, before_ms: i64, batch: usize) -> Result<Pruned, StoreError> {
+        self.writer.prune(before_ms, batch, now_ms()).await
+    }
 }
 
 /// The read side of the store. [`Store`] reads through one; [`Store::open_read_only`] returns
@@ -173,6 +201,68 @@ impl Reader {
                 "SELECT {EVENT_COLUMNS} FROM events WHERE state IN ('pending','failed') ORDER BY id"
             ))?;
             stmt.query_map([], event_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// The dashboard session stored under `token_hash`, expired or not.
+    pub(crate) async fn session_get(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let token_hash = token_hash.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT csrf, expires_at FROM dashboard_sessions WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(StoredSession {
+                    csrf: r.get(0)?,
+                    expires_at: r.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    /// Up to `limit` events with an id above `after_id`, every column, oldest first: what
+    /// `store copy` moves.
+    pub(in crate::store) async fn export_events(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<super::copy::EventRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                super::copy::EVENT_COLUMNS
+            ))?;
+            stmt.query_map(
+                params![after_id, limit as i64],
+                super::copy::EventRow::from_sqlite,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    /// Up to `limit` messages with an id above `after_id`, every column, oldest first.
+    pub(in crate::store) async fn export_messages(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<super::copy::MessageRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {} FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                super::copy::MESSAGE_COLUMNS
+            ))?;
+            stmt.query_map(
+                params![after_id, limit as i64],
+                super::copy::MessageRow::from_sqlite,
+            )?
+            .collect()
         })
         .await
     }
@@ -572,6 +662,63 @@ fn finish(
     )?
     .execute(params![id, state, attempts, error, next, now_ms()])?;
     Ok(())
+}
+
+/// Applies a dashboard login or logout.
+fn change_session(
+    tx: &rusqlite::Transaction<'_>,
+    change: &writer::SessionChange,
+) -> rusqlite::Result<()> {
+    match change {
+        writer::SessionChange::Create {
+            token_hash,
+            csrf,
+            expires_at,
+        } => tx
+            .prepare_cached(
+                "INSERT INTO dashboard_sessions (token_hash, csrf, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(token_hash) DO UPDATE SET csrf = excluded.csrf, \
+                 expires_at = excluded.expires_at",
+            )?
+            .execute(params![token_hash, csrf, expires_at])?,
+        writer::SessionChange::Delete { token_hash } => tx
+            .prepare_cached("DELETE FROM dashboard_sessions WHERE token_hash = ?1")?
+            .execute([token_hash])?,
+    };
+    Ok(())
+}
+
+/// One batch of retention: up to `batch` `done`/`dead` events and up to `batch` messages in a
+/// final status (status rank 5 and up: delivered, read, failed, undelivered, canceled, received)
+/// last changed before `before_ms`, and every session expired at `now_ms`. The partial indexes
+/// `events_finished` and `messages_final` find them without a scan.
+fn prune(
+    tx: &rusqlite::Transaction<'_>,
+    before_ms: i64,
+    batch: usize,
+    now_ms: i64,
+) -> rusqlite::Result<Pruned> {
+    let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+    let events = tx
+        .prepare_cached(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events \
+             WHERE state IN ('done','dead') AND updated_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![before_ms, batch])?;
+    let messages = tx
+        .prepare_cached(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+             WHERE status_rank >= 5 AND updated_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![before_ms, batch])?;
+    let sessions = tx
+        .prepare_cached("DELETE FROM dashboard_sessions WHERE expires_at <= ?1")?
+        .execute([now_ms])?;
+    Ok(Pruned {
+        events: events as u64,
+        messages: messages as u64,
+        sessions: sessions as u64,
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::{BackendError, StoreError};
 
 /// The schema this build writes, kept in the file as `PRAGMA user_version`. Version 0 is the
 /// unversioned store of earlier builds.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// A fresh store at [`VERSION`]. Everything is `IF NOT EXISTS`, so running it over a store
 /// that is already at [`VERSION`] changes nothing.
@@ -66,13 +66,20 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_app_sid ON messages(app, sid);
 CREATE INDEX IF NOT EXISTS messages_app ON messages(app, created_at);
 CREATE INDEX IF NOT EXISTS messages_contact ON messages(app, from_number, created_at) WHERE direction = 'inbound';
+CREATE INDEX IF NOT EXISTS events_finished ON events(updated_at) WHERE state IN ('done','dead');
+CREATE INDEX IF NOT EXISTS messages_final ON messages(updated_at) WHERE status_rank >= 5;
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    token_hash TEXT PRIMARY KEY,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
 
 /// `UPGRADES[n]` takes a store from version `n` to `n + 1`. Each is frozen once released: a
 /// later change to [`SCHEMA`] gets a new entry here, never an edit of an old one. The steps are
 /// numbered so another backend (PostgreSQL) can mirror them one for one; where SQLite needs a
 /// workaround, the comment gives the plain statement the other backend runs instead.
-const UPGRADES: [&str; 2] = [
+const UPGRADES: [&str; 3] = [
     // 0 → 1: apps can't touch each other's rows.
     "
 -- 1. Idempotency tokens are unique per app, not globally.
@@ -130,6 +137,20 @@ ALTER TABLE messages ADD COLUMN content_variables TEXT;
 -- 4. A contact's messages to an app: the 24-hour window and the conversation page. Partial, so
 --    the rows this host sends (nearly all of them) pay nothing for it.
 CREATE INDEX messages_contact ON messages(app, from_number, created_at) WHERE direction = 'inbound';
+",
+    "
+-- Retention and dashboard sessions in the store.
+-- 1. What the pruner looks for: finished events and messages in a final status, by age.
+--    Partial, so the rows still moving pay nothing for them.
+CREATE INDEX events_finished ON events(updated_at) WHERE state IN ('done','dead');
+CREATE INDEX messages_final ON messages(updated_at) WHERE status_rank >= 5;
+-- 2. Dashboard logins, the token kept as its SHA-256 (hex), so the table alone cannot be used
+--    to log in; each with its CSRF token and when it expires.
+CREATE TABLE dashboard_sessions (
+    token_hash TEXT PRIMARY KEY,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ",
 ];
 
@@ -336,7 +357,7 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, VERSION);
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
         let (kind, direction): (String, String) = conn
             .query_row(
                 "SELECT e.kind, m.direction FROM events e, messages m WHERE m.id = 7 LIMIT 1",
@@ -349,7 +370,7 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
         let fresh_path = fresh_dir.path().join("store.sqlite3");
         let mut fresh = Connection::open(&fresh_path).unwrap();
         set_up(&mut fresh, &fresh_path).unwrap();
-        for table in ["events", "messages"] {
+        for table in ["events", "messages", "dashboard_sessions"] {
             assert_eq!(
                 columns(&conn, table),
                 columns(&fresh, table),
@@ -369,11 +390,14 @@ VALUES (7, 'SM1', 'crm', 'ACME', 'AC1', '+393331234567', '+14155238886', 'hi', '
             [
                 "events_app_dedup",
                 "events_app_token",
+                "events_finished",
                 "events_open",
                 "events_sid",
                 "messages_app",
                 "messages_app_sid",
-                "messages_contact"
+                "messages_contact",
+                "messages_final",
+                "sqlite_autoindex_dashboard_sessions_1"
             ],
             "the global unique indexes and the inline UNIQUE(sid) are gone"
         );

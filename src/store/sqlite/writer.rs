@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{BackendError, DispatchResult, Inserted, NewEvent, SendRecord, StoreError};
+use super::{BackendError, DispatchResult, Inserted, NewEvent, Pruned, SendRecord, StoreError};
 
 /// Most writes a group commit takes at once; bounds the latency of the last one in a group.
 const MAX_GROUP: usize = 2048;
@@ -105,6 +105,29 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues a change to the dashboard's sessions; [`Writer::flush`] waits for it.
+    pub(super) fn session(&self, change: SessionChange) -> Result<(), StoreError> {
+        self.send(Op::Session(change))
+    }
+
+    /// One batch of retention, in a transaction of its own right after the group it arrived
+    /// with, so the callbacks in that group never wait for its deletes.
+    pub(super) async fn prune(
+        &self,
+        before_ms: i64,
+        batch: usize,
+        now_ms: i64,
+    ) -> Result<Pruned, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Prune(PruneRequest {
+            before_ms,
+            batch,
+            now_ms,
+            reply: tx,
+        }))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     pub(super) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.send(Op::Close(tx)).is_ok() {
@@ -133,15 +156,39 @@ enum Op {
     },
     /// Answers once everything queued before it is committed and synced.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
+    /// A login or a logout; the caller flushes to wait for it.
+    Session(SessionChange),
+    /// Runs after its group, in a transaction of its own (see [`Writer::prune`]).
+    Prune(PruneRequest),
     Close(oneshot::Sender<()>),
+}
+
+/// A retention batch and where to answer.
+struct PruneRequest {
+    before_ms: i64,
+    batch: usize,
+    now_ms: i64,
+    reply: oneshot::Sender<Result<Pruned, StoreError>>,
+}
+
+/// A change to `dashboard_sessions`.
+pub(super) enum SessionChange {
+    Create {
+        token_hash: String,
+        csrf: String,
+        expires_at: i64,
+    },
+    Delete {
+        token_hash: String,
+    },
 }
 
 impl Op {
     /// Whether a caller waits for this op's answer.
     fn is_awaited(&self) -> bool {
         match self {
-            Op::InsertEvent(..) | Op::Barrier(_) | Op::Close(_) => true,
-            Op::RecordSend(_) | Op::Finish { .. } => false,
+            Op::InsertEvent(..) | Op::Barrier(_) | Op::Prune(_) | Op::Close(_) => true,
+            Op::RecordSend(_) | Op::Finish { .. } | Op::Session(_) => false,
         }
     }
 
@@ -154,7 +201,10 @@ impl Op {
             Op::Barrier(reply) => {
                 let _ = reply.send(Err(why.to_error()));
             }
-            Op::RecordSend(_) | Op::Finish { .. } | Op::Close(_) => {}
+            Op::Prune(prune) => {
+                let _ = prune.reply.send(Err(why.to_error()));
+            }
+            Op::RecordSend(_) | Op::Finish { .. } | Op::Session(_) | Op::Close(_) => {}
         }
     }
 }
@@ -211,6 +261,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
             .expect("spawning the store sync thread")
     };
     let mut batch = Vec::with_capacity(MAX_GROUP);
+    let mut prunes = Vec::new();
     let mut closing = None;
     while let Ok(first) = rx.recv() {
         // Until an op someone waits for arrives, the group may gather for much longer.
@@ -245,7 +296,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
             );
         } else {
             let mut replies = Vec::with_capacity(batch.len());
-            match commit_group(&mut conn, &mut batch, &mut replies, &mut closing) {
+            match commit_group(
+                &mut conn,
+                &mut batch,
+                &mut replies,
+                &mut prunes,
+                &mut closing,
+            ) {
                 Ok(()) => {
                     commits.fetch_add(1, Ordering::Relaxed);
                     // Nobody waits on a group of sends and dispatch outcomes: the next sync, or
@@ -263,6 +320,15 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, path: PathBuf) {
                     // Ops the transaction never reached (it failed to begin) get the same answer.
                     refuse_all(&mut batch, &why, &mut closing);
                 }
+            }
+            // Each after the group, alone: a prune never holds up a callback's commit.
+            for prune in prunes.drain(..) {
+                let pruned = prune_batch(&mut conn, prune.before_ms, prune.batch, prune.now_ms);
+                if pruned.is_ok() {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                }
+                let pruned = pruned.map_err(|e| StoreError::Query(BackendError::new(e)));
+                let _ = prune.reply.send(pruned);
             }
         }
         if closing.is_some() {
@@ -290,6 +356,7 @@ fn commit_group(
     conn: &mut Connection,
     batch: &mut Vec<Op>,
     replies: &mut Vec<Reply>,
+    prunes: &mut Vec<PruneRequest>,
     closing: &mut Option<oneshot::Sender<()>>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -313,10 +380,29 @@ fn commit_group(
                 }
             }
             Op::Barrier(reply) => replies.push(Reply::Barrier(reply)),
+            Op::Session(change) => {
+                if let Err(e) = super::change_session(&tx, &change) {
+                    tracing::error!(error = %e, "failed to record a dashboard login or logout");
+                }
+            }
+            Op::Prune(prune) => prunes.push(prune),
             Op::Close(reply) => *closing = Some(reply),
         }
     }
     tx.commit()
+}
+
+/// One retention batch in its own transaction: see [`super::prune`].
+fn prune_batch(
+    conn: &mut Connection,
+    before_ms: i64,
+    batch: usize,
+    now_ms: i64,
+) -> rusqlite::Result<Pruned> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let pruned = super::prune(&tx, before_ms, batch, now_ms)?;
+    tx.commit()?;
+    Ok(pruned)
 }
 
 /// Answers every op left in `batch` with `why`, keeping a `Close` for the caller.
