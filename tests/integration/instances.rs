@@ -160,7 +160,7 @@ const SLACK: Duration = Duration::from_millis(1000);
 /// event, so the stand-in records every run and how long it lasted.
 const RECORD_RUNS: &str = "const key = vo.MessageSid + ' ' + vo.MessageStatus;\n\
      utils.sendWhatsappMessage('+393331234567', 'start ' + key);\n\
-     let n = 0;\nfor (let i = 0; i < 20000; i++) { n += i; }\n\
+     let n = 0;\nfor (let i = 0; i < 5000; i++) { n += i; }\n\
      utils.sendWhatsappMessage('+393331234567', 'end ' + key);";
 
 /// The statuses posted for the `j`th sid: in order, or with `read` before `delivered`, which
@@ -407,7 +407,9 @@ async fn two_instances_sending_from_the_sandbox_number_space_their_creates_three
     let configs: Vec<TestConfig> = ["a", "b"]
         .into_iter()
         .map(|label| {
-            let mut config = instance(&store_url, &twilio, label, source);
+            // A run waits for its sandbox turn, up to three turns here: within its budget.
+            let mut config =
+                instance(&store_url, &twilio, label, source).actions_setting("budget_ms", 30_000);
             config.app_toml = "sandbox = true\n".into();
             config
         })
@@ -478,16 +480,16 @@ async fn a_dashboard_login_and_its_csrf_token_from_one_instance_work_on_the_othe
     assert!(post_status(&http(), &a.base_url, sid, "read").await);
     let db = database(&store_url).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let (id, attempts) = loop {
+    let (id, dead_at) = loop {
         let row = db
             .query_opt(
-                "SELECT id, attempts FROM events WHERE message_sid = $1 AND state = 'dead'",
+                "SELECT id, updated_at FROM events WHERE message_sid = $1 AND state = 'dead'",
                 &[&sid],
             )
             .await
             .expect("the events table is there");
         if let Some(row) = row {
-            break (row.get::<_, i64>(0), row.get::<_, i32>(1));
+            break (row.get::<_, i64>(0), row.get::<_, i64>(1));
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -532,16 +534,16 @@ async fn a_dashboard_login_and_its_csrf_token_from_one_instance_work_on_the_othe
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let row = db
-            .query_one("SELECT state, attempts FROM events WHERE id = $1", &[&id])
+            .query_one("SELECT state, updated_at FROM events WHERE id = $1", &[&id])
             .await
             .unwrap();
-        let (state, now): (String, i32) = (row.get(0), row.get(1));
-        if state == "dead" && now > attempts {
+        let (state, updated_at): (String, i64) = (row.get(0), row.get(1));
+        if state == "dead" && updated_at > dead_at {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the replay never ran: {state}, {now} attempt(s)"
+            "the replay never ran: the event is {state}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
