@@ -23,15 +23,18 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 # Phase timings, printed at the end (and on failure).
 timings=()
 phase_start=0
+phase_name=""
 phase() {
   phase_name="$1"
   phase_start=$(date +%s)
   echo "== $phase_name"
 }
 phase_done() {
-  timings+=("$(printf '%5ss  %s' "$(($(date +%s) - phase_start))" "$phase_name")")
+  timings+=("$(printf '%5ss  %s%s' "$(($(date +%s) - phase_start))" "$phase_name" "${1:-}")")
+  phase_name=""
 }
 report() {
+  if [ -n "$phase_name" ]; then phase_done " (failed)"; fi
   if [ "${#timings[@]}" -gt 0 ]; then
     echo "== how long each phase took"
     printf '%s\n' "${timings[@]}"
@@ -82,10 +85,12 @@ trap stop_cluster EXIT
 trap 'exit 130' INT TERM
 
 # initdb and postgres refuse to run as root: as root, the cluster belongs to `postgres` (the
-# Debian package's user).
+# Debian package's user), or to `nobody` where there is no such user.
+owner=postgres
+if ! id -u postgres >/dev/null 2>&1; then owner=nobody; fi
 as_owner() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    runuser -u "$owner" -- "$@"
   else
     "$@"
   fi
@@ -105,7 +110,7 @@ else
   if [ "$(id -u)" -eq 0 ]; then
     # In /tmp, which the postgres user can reach whatever root's TMPDIR is.
     cluster="$(mktemp -d /tmp/whatsapp-host-pg.XXXXXX)"
-    chown postgres "$cluster"
+    chown "$owner" "$cluster"
   else
     cluster="$(mktemp -d "${TMPDIR:-/tmp}/whatsapp-host-pg.XXXXXX")"
   fi
