@@ -13,6 +13,7 @@ mod dashboard;
 mod dashboard_browser;
 mod edge;
 mod inbound;
+mod instances;
 mod media_guard;
 mod metrics;
 mod outbound;

@@ -20,6 +20,7 @@ use wiremock::MockServer;
 
 pub mod dashboard;
 pub mod host;
+pub mod pg;
 pub mod stand_ins;
 
 /// How long a test waits for the server to reach a state; long enough for a slow CI machine,
@@ -55,6 +56,12 @@ pub struct TestConfig {
     pub actions_settings: BTreeMap<String, String>,
     /// More apps on the test account, as (app id, callback action id).
     pub more_apps: Vec<(String, String)>,
+    /// `[store] url`: a PostgreSQL database, or `None` for the embedded store under
+    /// `data_dir`. [`TestConfig::new`] sets a fresh database when `WHATSAPP_HOST_TEST_STORE`
+    /// is `postgres` ([`pg::matrix_on_postgres`]).
+    pub store_url: Option<String>,
+    /// More `[store]` keys and their TOML values, e.g. `lease_seconds`.
+    pub store_settings: BTreeMap<String, String>,
 }
 
 impl TestConfig {
@@ -81,7 +88,42 @@ impl TestConfig {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             more_apps: Vec::new(),
+            store_url: pg::matrix_on_postgres().then(pg::fresh_database_blocking),
+            store_settings: BTreeMap::new(),
         }
+    }
+
+    /// Puts the store on a fresh PostgreSQL database, whatever `WHATSAPP_HOST_TEST_STORE` says.
+    pub fn postgres(mut self) -> Self {
+        self.store_url = Some(pg::fresh_database_blocking());
+        self
+    }
+
+    /// Keeps the store embedded (SQLite under `data_dir`) whatever `WHATSAPP_HOST_TEST_STORE`
+    /// says, for tests about its files; name such tests `…_sqlite_only` so the PostgreSQL run
+    /// of scripts/test.sh skips them.
+    pub fn sqlite(mut self) -> Self {
+        self.store_url = None;
+        self
+    }
+
+    /// Sets `[store] key = value`; `value` is written as TOML. The embedded store ignores the
+    /// keys that only PostgreSQL uses (`lease_seconds`, `poll_ms`).
+    pub fn store_setting(mut self, key: &str, value: impl ToString) -> Self {
+        self.store_settings
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Opens the store these settings name (written already, by starting a server on them),
+    /// as the server does: the embedded store under `data_dir`, or the PostgreSQL database.
+    /// Works beside a running server on both backends.
+    pub async fn open_store(&self) -> Store {
+        let settings = Settings::load(&self.path(), &[])
+            .expect("the settings are written: start a server on them before opening the store");
+        Store::connect(&settings)
+            .await
+            .unwrap_or_else(|e| panic!("the test store opens: {e}"))
     }
 
     /// Sets `[actions] key = value`, replacing the default if there is one; `value` is written
@@ -204,9 +246,25 @@ gcs_buckets = {gcs_buckets:?}
             server_toml = self.server_toml,
             extra = self.extra,
         );
+        let text = text + &self.store_toml();
         let path = self.path();
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// The `[store]` section, or nothing when every key keeps its default.
+    fn store_toml(&self) -> String {
+        if self.store_url.is_none() && self.store_settings.is_empty() {
+            return String::new();
+        }
+        let mut toml = String::from("\n[store]\n");
+        if let Some(url) = &self.store_url {
+            toml += &format!("url = \"{url}\"\n");
+        }
+        for (key, value) in &self.store_settings {
+            toml += &format!("{key} = {value}\n");
+        }
+        toml
     }
 
     /// Loads the written settings as the binary would (no environment overrides).
@@ -224,6 +282,7 @@ gcs_buckets = {gcs_buckets:?}
             .arg(self.path())
             .current_dir(self.dir.path())
             .env_remove("WHATSAPP_HOST_SETTINGS")
+            .env_remove("WHATSAPP_HOST_STORE_URL")
             .env_remove("WHATSAPP_CRM_AUTH_KEY");
         command
     }
@@ -517,6 +576,8 @@ pub fn alone_in_a_process(test: &str) -> bool {
 pub struct ServedBinary {
     pub child: tokio::process::Child,
     pub base_url: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
 }
 
 impl ServedBinary {
@@ -541,7 +602,10 @@ impl TestConfig {
         // The port is free when picked but the binary binds it later: another process may take
         // it in between, so a start that could not listen is tried again on another port.
         for _ in 0..3 {
-            if let Some(served) = self.try_serve_binary(log, rust_log, wait).await {
+            if let Some(served) = self
+                .try_serve_binary(free_addr(), log, rust_log, wait)
+                .await
+            {
                 return served;
             }
         }
@@ -551,13 +615,34 @@ impl TestConfig {
         );
     }
 
+    /// [`TestConfig::serve_binary`] on a given address, e.g. to restart a killed server where
+    /// its clients expect it; tries for `wait` while the address is still taken.
+    pub async fn serve_binary_at(
+        &self,
+        addr: SocketAddr,
+        log: &Path,
+        rust_log: &str,
+        wait: Duration,
+    ) -> ServedBinary {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(served) = self.try_serve_binary(addr, log, rust_log, wait).await {
+                return served;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("the server could not listen on {addr}:\n{}", log_tail(log));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn try_serve_binary(
         &self,
+        addr: SocketAddr,
         log: &Path,
         rust_log: &str,
         wait: Duration,
     ) -> Option<ServedBinary> {
-        let addr = free_addr();
         self.write(addr);
         let log_file = std::fs::File::options()
             .create(true)
@@ -585,7 +670,11 @@ impl TestConfig {
             }
             let health = http.get(format!("{base_url}/healthz")).send().await;
             if health.is_ok_and(|r| r.status() == 200) {
-                return Some(ServedBinary { child, base_url });
+                return Some(ServedBinary {
+                    child,
+                    base_url,
+                    addr,
+                });
             }
             if tokio::time::Instant::now() > deadline {
                 panic!("the server never became healthy:\n{}", log_tail(log));
