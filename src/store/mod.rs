@@ -253,6 +253,18 @@ impl NewEvent {
     }
 }
 
+/// An inbound message's attachments as the `media` column keeps them, on either backend: a JSON
+/// array of `{"url", "contentType"}`, or `None` when there are none.
+pub(super) fn inbound_media_json(media: &[(String, String)]) -> Option<String> {
+    (!media.is_empty()).then(|| {
+        let items: Vec<_> = media
+            .iter()
+            .map(|(url, content_type)| serde_json::json!({"url": url, "contentType": content_type}))
+            .collect();
+        serde_json::Value::from(items).to_string()
+    })
+}
+
 /// The result of storing a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Inserted {

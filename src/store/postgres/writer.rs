@@ -624,16 +624,7 @@ async fn insert(
         }
         EventKind::Inbound => {
             let inbound = c.inbound();
-            let media = (!inbound.media.is_empty()).then(|| {
-                let items: Vec<_> = inbound
-                        .media
-                        .iter()
-                        .map(|(url, content_type)| {
-                            serde_json::json!({"url": url, "contentType": content_type})
-                        })
-                        .collect();
-                serde_json::Value::from(items).to_string()
-            });
+            let media = super::super::inbound_media_json(&inbound.media);
             let rank = status_rank(webhook::RECEIVED) as i32;
             tx.query_opt(
                 &st.inbound,

@@ -571,14 +571,7 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Resu
 fn insert_inbound(tx: &rusqlite::Transaction<'_>, ev: &NewEvent) -> rusqlite::Result<()> {
     let c = &ev.callback;
     let inbound = c.inbound();
-    let media = (!inbound.media.is_empty()).then(|| {
-        let items: Vec<_> = inbound
-            .media
-            .iter()
-            .map(|(url, content_type)| serde_json::json!({"url": url, "contentType": content_type}))
-            .collect();
-        serde_json::Value::from(items).to_string()
-    });
+    let media = super::inbound_media_json(&inbound.media);
     tx.prepare_cached(
         "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
          media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
