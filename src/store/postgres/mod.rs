@@ -71,12 +71,7 @@ impl Postgres {
         let pool = pool(config.clone(), settings.max_connections, &location)?;
         let instance: Arc<str> = instance_id().into();
         let lease = settings.lease;
-        let writer = writer::Writer::start(
-            pool.clone(),
-            instance.clone(),
-            lease,
-            writer::groups_in_flight(settings.max_connections),
-        );
+        let writer = writer::Writer::start(pool.clone(), instance.clone(), lease);
         let wakeups = Arc::new(tokio::sync::Notify::new());
         let stop = CancellationToken::new();
         tracing::info!(server = %location, instance = %instance, "using the PostgreSQL store");
