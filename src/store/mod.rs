@@ -12,7 +12,7 @@ mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -505,6 +505,9 @@ pub struct Store {
     backend: Backend,
     /// What [`Outbound`](crate::outbound::Outbound) judges the 24-hour window by.
     clock: Clock,
+    /// Callbacks and sends this process asked the store to write: what the pruner paces
+    /// itself by (see [`Store::writes`]).
+    writes: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -529,10 +532,15 @@ pub(crate) enum Migrated {
 impl Store {
     /// Opens (creating if needed) the embedded store in `data_dir` and starts its writer.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store {
-            backend: Backend::Sqlite(sqlite::Sqlite::open(data_dir)?),
+        Ok(Store::on(Backend::Sqlite(sqlite::Sqlite::open(data_dir)?)))
+    }
+
+    fn on(backend: Backend) -> Store {
+        Store {
+            backend,
             clock: Clock::default(),
-        })
+            writes: Arc::default(),
+        }
     }
 
     /// Opens the store the settings choose: PostgreSQL when `[store] url` (or
@@ -541,12 +549,9 @@ impl Store {
         use secrecy::ExposeSecret as _;
         match &settings.store.url {
             None => Store::open(&settings.server.data_dir),
-            Some(url) => Ok(Store {
-                backend: Backend::Postgres(
-                    postgres::Postgres::connect(url.expose_secret(), &settings.store).await?,
-                ),
-                clock: Clock::default(),
-            }),
+            Some(url) => Ok(Store::on(Backend::Postgres(
+                postgres::Postgres::connect(url.expose_secret(), &settings.store).await?,
+            ))),
         }
     }
 
@@ -588,6 +593,12 @@ impl Store {
         &self.clock
     }
 
+    /// How many callbacks and sends this process has asked the store to write so far. Its
+    /// rate tells the pruner whether the store is busy, and so how hard it may work.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     fn reader(&self) -> StoreReader {
         match &self.backend {
             Backend::Sqlite(s) => StoreReader::Sqlite(s.reader.clone()),
@@ -599,6 +610,7 @@ impl Store {
     /// message's row is written in the same transaction as its event. A new event is stored
     /// with its first attempt counted and held by this instance: the caller dispatches it.
     pub(crate) async fn insert_event(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Sqlite(s) => s.insert_event(event).await,
             Backend::Postgres(p) => p.insert_event(event).await,
@@ -610,6 +622,7 @@ impl Store {
     /// that an early callback of the same app already created is completed rather than
     /// duplicated.
     pub(crate) fn record_send(&self, record: SendRecord) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let queued = match &self.backend {
             Backend::Sqlite(s) => s.record_send(record),
             Backend::Postgres(p) => p.record_send(record),

@@ -9,7 +9,7 @@ use tokio_postgres::NoTls;
 use super::Postgres;
 use crate::settings::StoreSettings;
 use crate::store::{
-    Backend, Clock, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
+    Backend, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
     MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
 };
 use crate::twilio::simulate;
@@ -65,10 +65,9 @@ async fn instance(url: &str) -> Store {
 }
 
 async fn instance_with(url: &str, lease: Duration) -> Store {
-    Store {
-        backend: Backend::Postgres(Postgres::connect(url, &settings(lease)).await.unwrap()),
-        clock: Clock::default(),
-    }
+    Store::on(Backend::Postgres(
+        Postgres::connect(url, &settings(lease)).await.unwrap(),
+    ))
 }
 
 /// A status event of app `crm` for `sid`; tests change what they need.
