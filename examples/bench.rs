@@ -67,6 +67,10 @@ struct Args {
     /// run gets a database of its own. `benches/run.sh` starts a throwaway one when unset.
     #[arg(long, env = "WHATSAPP_HOST_BENCH_PG_URL")]
     pg_url: Option<String>,
+    /// Give every instance of the `pg2` run the default threads and JS workers (one per core)
+    /// instead of its share of the cores, as the README advises for instances on one machine.
+    #[arg(long)]
+    all_cores_each: bool,
     /// Where to keep the servers' logs and data instead of a temporary folder that is removed.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -152,13 +156,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         };
         eprintln!("== callbacks, example action, PostgreSQL, {instances} instance(s)");
-        let url = fresh_database(server).await?;
+        let (name, url) = fresh_database(server).await?;
+        // Instances on one machine split its cores: runtime threads and JS workers.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = (instances > 1 && !args.all_cores_each).then(|| (cores / instances).max(1));
+        if let Some(share) = share {
+            eprintln!("   {share} core(s) per instance: its threads and JS workers");
+        }
         let target = Target {
             pg_url: Some(url),
             instances,
+            cores: share,
             ..Target::sqlite(EXAMPLE_ACTION)
         };
-        let load = callbacks(&args, &root.path().join(run), &target).await?;
+        let load = callbacks(&args, &root.path().join(run), &target).await;
+        // Gone before the next run, so the server's autovacuum does not work on it meanwhile.
+        drop_database(server, &name).await?;
+        let load = load?;
         let label = format!("example, PG x{instances}");
         figures.callbacks.push((label, load));
     }
@@ -240,11 +254,22 @@ fn write_settings(
 }
 
 impl Server {
-    async fn start(binary: &Path, settings: &Path, port: u16) -> anyhow::Result<Server> {
+    /// Starts `binary` serving `settings`; `threads` caps its async runtime's threads (tokio's
+    /// `TOKIO_WORKER_THREADS`), else it has one per core.
+    async fn start(
+        binary: &Path,
+        settings: &Path,
+        port: u16,
+        threads: Option<usize>,
+    ) -> anyhow::Result<Server> {
         let dir = settings.parent().expect("settings live in a folder");
         let log = std::fs::File::create(dir.join("server.log"))?;
         let started = Instant::now();
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        if let Some(threads) = threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let child = command
             .arg("--settings")
             .arg(settings)
             .arg("serve")
@@ -585,6 +610,9 @@ struct Target {
     /// A PostgreSQL database shared by every instance; `None` for the embedded store.
     pg_url: Option<String>,
     instances: usize,
+    /// The cores each instance is sized for: its runtime threads and `[actions] workers`.
+    /// `None` keeps the defaults, one of each per core of the machine.
+    cores: Option<usize>,
 }
 
 impl Target {
@@ -594,6 +622,7 @@ impl Target {
             rows: 0,
             pg_url: None,
             instances: 1,
+            cores: None,
         }
     }
 }
@@ -602,10 +631,13 @@ impl Target {
 /// first, posts callbacks from every connection (spread over the instances) for the window,
 /// then waits for every backlog to empty and stops the servers.
 async fn callbacks(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Load> {
-    let store_toml = match &target.pg_url {
+    let mut sections = match &target.pg_url {
         Some(url) => format!("[store]\nurl = \"{url}\"\n\n"),
         None => String::new(),
     };
+    if let Some(cores) = target.cores {
+        sections += &format!("[actions]\nworkers = {cores}\n\n");
+    }
     let mut servers = Vec::with_capacity(target.instances);
     let prefill = if target.rows > 0 {
         let started = Instant::now();
@@ -620,7 +652,7 @@ async fn callbacks(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<L
     };
     for i in 0..target.instances {
         let port = free_port()?;
-        let apps = store_toml.clone() + &app_toml("bench", Some("onWhatsappStatus"), FROM);
+        let apps = sections.clone() + &app_toml("bench", Some("onWhatsappStatus"), FROM);
         let settings = write_settings(
             &dir.join(format!("i{i}")),
             port,
@@ -628,7 +660,7 @@ async fn callbacks(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<L
             &apps,
             Some(target.action),
         )?;
-        servers.push(Server::start(&args.server, &settings, port).await?);
+        servers.push(Server::start(&args.server, &settings, port, target.cores).await?);
     }
     let load_started_ms = whatsapp_host::store::now_ms();
     let run: u64 = rand::random::<u32>() as u64;
@@ -751,19 +783,29 @@ async fn callbacks(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<L
     })
 }
 
-/// Creates a database of its own for one run on the server `url` names; returns its URL.
-async fn fresh_database(url: &str) -> anyhow::Result<String> {
+/// Creates a database of its own for one run on the server `url` names; returns its name and
+/// URL.
+async fn fresh_database(url: &str) -> anyhow::Result<(String, String)> {
+    let name = format!("wh_bench_{:08x}", rand::random::<u32>());
+    admin(url, &format!("CREATE DATABASE {name}")).await?;
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&name);
+    Ok((name, parsed.to_string()))
+}
+
+/// Drops a database [`fresh_database`] made, with any connection still open to it.
+async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
+    admin(url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await
+}
+
+/// Runs `sql` on the benchmark's PostgreSQL server.
+async fn admin(url: &str, sql: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .context("failed to connect to the benchmark's PostgreSQL server")?;
     tokio::spawn(connection);
-    let name = format!("wh_bench_{:08x}", rand::random::<u32>());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let mut parsed = url::Url::parse(url)?;
-    parsed.set_path(&name);
-    Ok(parsed.to_string())
+    client.batch_execute(sql).await?;
+    Ok(())
 }
 
 /// Events received since `since_ms` that are done, in a PostgreSQL store.
@@ -841,6 +883,10 @@ async fn prefill_store(data: &Path, rows: u64) -> anyhow::Result<()> {
         }
         tx.commit()?;
         conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        drop(conn);
+        // On disk before the load starts, as a store that has run for a while is: otherwise
+        // the kernel writes the new gigabyte back during the load, under its syncs.
+        std::fs::File::open(data.join("store.sqlite3"))?.sync_all()?;
         Ok(())
     })
     .await??;
@@ -997,7 +1043,7 @@ async fn idle(args: &Args, dir: &Path) -> anyhow::Result<Idle> {
     for round in 0..5 {
         let port = free_port()?;
         let settings = write_settings(dir, port, "simulate", &apps, Some(EXAMPLE_ACTION))?;
-        let server = Server::start(&args.server, &settings, port).await?;
+        let server = Server::start(&args.server, &settings, port, None).await?;
         startups.push(server.startup);
         if round == 4 {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1038,7 +1084,7 @@ async fn replace(args: &Args, dir: &Path) -> anyhow::Result<Replace> {
         &apps,
         Some("function f(){for(var i=0;i<1e6;i++){}} for(;;) f();"),
     )?;
-    let server = Server::start(&args.server, &settings, port).await?;
+    let server = Server::start(&args.server, &settings, port, None).await?;
     let mut conn = Conn::connect(server.addr).await?;
     let mut starts = Vec::new();
     for round in 0..ROUNDS {
