@@ -370,23 +370,38 @@ pub(in crate::store) mod tests {
     use super::*;
     use crate::settings::StoreSettings;
 
-    /// A fresh, empty database (no tables yet) on the test server (`$WHATSAPP_HOST_TEST_PG_URL`);
-    /// returns its URL. Fails, never skips, without a server.
-    pub(in crate::store) async fn fresh_database() -> String {
-        let base = std::env::var("WHATSAPP_HOST_TEST_PG_URL").expect(
-            "WHATSAPP_HOST_TEST_PG_URL is not set: run scripts/test.sh, or set it to a PostgreSQL URL whose user may CREATE DATABASE",
-        );
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+    /// The server every test of the PostgreSQL backend makes its database on. Fails, never
+    /// skips, without one.
+    pub(in crate::store) fn server_url() -> String {
+        std::env::var("WHATSAPP_HOST_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "WHATSAPP_HOST_TEST_PG_URL is not set: the PostgreSQL store's tests need a \
+                 server. Run scripts/test.sh, which starts a throwaway one, or set it to a \
+                 postgres:// URL whose user may CREATE DATABASE"
+            )
+        })
+    }
+
+    /// A client of `url`, its connection driven in the background.
+    pub(in crate::store) async fn client(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
-            .expect("connecting to WHATSAPP_HOST_TEST_PG_URL");
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e}"));
         tokio::spawn(connection);
-        let name = format!("wh_{:016x}", rand::random::<u64>());
         client
+    }
+
+    /// A fresh, empty database (no tables yet) on the test server; returns its URL.
+    pub(in crate::store) async fn fresh_database() -> String {
+        let base = server_url();
+        let name = format!("wh_{:016x}", rand::random::<u64>());
+        client(&base)
+            .await
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-            .expect("creating a test database");
+            .expect("CREATE DATABASE on WHATSAPP_HOST_TEST_PG_URL");
         let mut url = url::Url::parse(&base).expect("WHATSAPP_HOST_TEST_PG_URL is a URL");
-        url.set_path(&format!("/{name}"));
+        url.set_path(&name);
         url.to_string()
     }
 

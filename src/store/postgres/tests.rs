@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use super::Postgres;
+use super::features::tests::{client, fresh_database, server_url};
 use crate::settings::StoreSettings;
 use crate::store::{
     Backend, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
@@ -14,40 +13,6 @@ use crate::store::{
 };
 use crate::twilio::simulate;
 use crate::twilio::webhook::StatusCallback;
-
-/// The server every test makes its database on.
-fn server_url() -> String {
-    std::env::var("WHATSAPP_HOST_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!(
-            "WHATSAPP_HOST_TEST_PG_URL is not set: the PostgreSQL store's tests need a server. \
-             Run scripts/test.sh, which starts a throwaway one, or set it to a postgres:// URL \
-             whose user may CREATE DATABASE"
-        )
-    })
-}
-
-/// A client of `url`, its connection driven in the background.
-async fn client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to WHATSAPP_HOST_TEST_PG_URL: {e}"));
-    tokio::spawn(connection);
-    client
-}
-
-/// The URL of a new, empty database on the test server.
-async fn fresh_database() -> String {
-    let base = server_url();
-    let name = format!("wh_{:016x}", rand::random::<u64>());
-    client(&base)
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("CREATE DATABASE on WHATSAPP_HOST_TEST_PG_URL");
-    let mut url = url::Url::parse(&base).expect("WHATSAPP_HOST_TEST_PG_URL is a URL");
-    url.set_path(&name);
-    url.to_string()
-}
 
 fn settings(lease: Duration) -> StoreSettings {
     StoreSettings {
