@@ -567,61 +567,38 @@ async fn insert(
     let dedup_key = ev.dedup_key();
     let rank = status.map_or(0, |s| status_rank(s) as i32);
     let kind = ev.kind.as_str();
+    // INSERT_STATUS's parameters, and INSERT_INBOUND's first sixteen (its rank is RECEIVED's).
+    let received_rank = status_rank(webhook::RECEIVED) as i32;
+    let event: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
+        &ev.app,
+        &ev.company,
+        &ev.received_at,
+        &ev.idempotency_token,
+        &dedup_key,
+        &c.sid,
+        &status,
+        &c.error_code,
+        &fields,
+        &kind,
+        &instance,
+        &lease_until,
+        match ev.kind {
+            EventKind::Status => &rank,
+            EventKind::Inbound => &received_rank,
+        },
+        &c.to,
+        &c.from,
+        &c.account_sid,
+    ];
     let row = match ev.kind {
-        EventKind::Status => {
-            tx.query_opt(
-                &st.status,
-                &[
-                    &ev.app,
-                    &ev.company,
-                    &ev.received_at,
-                    &ev.idempotency_token,
-                    &dedup_key,
-                    &c.sid,
-                    &status,
-                    &c.error_code,
-                    &fields,
-                    &kind,
-                    &instance,
-                    &lease_until,
-                    &rank,
-                    &c.to,
-                    &c.from,
-                    &c.account_sid,
-                ],
-            )
-            .await?
-        }
+        EventKind::Status => tx.query_opt(&st.status, &event).await?,
         EventKind::Inbound => {
             let inbound = c.inbound();
             let media = super::super::inbound_media_json(&inbound.media);
-            let rank = status_rank(webhook::RECEIVED) as i32;
-            tx.query_opt(
-                &st.inbound,
-                &[
-                    &ev.app,
-                    &ev.company,
-                    &ev.received_at,
-                    &ev.idempotency_token,
-                    &dedup_key,
-                    &c.sid,
-                    &status,
-                    &c.error_code,
-                    &fields,
-                    &kind,
-                    &instance,
-                    &lease_until,
-                    &rank,
-                    &c.to,
-                    &c.from,
-                    &c.account_sid,
-                    &inbound.body,
-                    &media,
-                    &inbound.profile_name,
-                    &inbound.wa_id,
-                ],
-            )
-            .await?
+            let message: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&inbound.body, &media, &inbound.profile_name, &inbound.wa_id];
+            let params: Vec<_> = event.iter().chain(&message).copied().collect();
+            tx.query_opt(&st.inbound, &params).await?
         }
     };
     Ok(Some(match row {
