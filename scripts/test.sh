@@ -9,7 +9,8 @@
 # on exit.
 #
 # Phases: `cargo test --locked` (every suite, on the embedded SQLite store), then the callback,
-# dispatch, crash-safety and dashboard suites again with WHATSAPP_HOST_TEST_STORE=postgres,
+# dispatch, crash-safety, dashboard, conversation and template suites again with
+# WHATSAPP_HOST_TEST_STORE=postgres,
 # skipping the tests named `*sqlite_only` (they are about SQLite's files).
 #
 # With arguments, only PostgreSQL is provisioned and one `cargo test --locked ARGS...` runs
@@ -141,7 +142,7 @@ env -u WHATSAPP_HOST_TEST_STORE cargo test --locked
 phase_done
 
 # The backend matrix: the suites that exercise the store through the server, on PostgreSQL.
-phase "cargo test --locked: callback, dispatch, crash-safety and dashboard suites on PostgreSQL"
+phase "cargo test --locked: callback, dispatch, crash-safety, dashboard, conversation and template suites on PostgreSQL"
 WHATSAPP_HOST_TEST_STORE=postgres cargo test --locked --test integration -- \
-  callbacks:: inbound:: crash_safety:: dashboard:: --skip sqlite_only
+  callbacks:: inbound:: crash_safety:: dashboard:: conversation:: templates:: --skip sqlite_only
 phase_done

@@ -2,16 +2,14 @@
 //! directions and in order, each reply with its status; the 24-hour window open or closed; the
 //! messages list's direction filter and its links to the conversation; and the 63016 note.
 //!
-//! Most tests write inbound messages straight into the store file with rusqlite, as the inbound
+//! Most tests write inbound messages straight into the store (either backend), as the inbound
 //! route stores them, so that a message can be dated hours or days back (the route stamps the
 //! time it arrives). The last test goes through the real inbound route end to end.
 
-use std::path::Path;
-
-use rusqlite::{Connection, params};
 use whatsapp_host::store::now_ms;
 
 use crate::helpers::dashboard::*;
+use crate::helpers::rows::Param;
 use crate::helpers::stand_ins::{created, twilio_answering};
 use crate::helpers::*;
 
@@ -25,27 +23,26 @@ const WINDOW_CLOSED: &str = "The 24-hour window was closed: send a template.";
 /// inbound route stores it: direction 'inbound', numbers E.164 without the channel prefix,
 /// status 'received' (ranked final, so no status callback moves it), media as a JSON array.
 /// Written directly so that `at` can be in the past: see the module's note.
-pub fn insert_inbound(data_dir: &Path, sid: &str, from: &str, body: &str, at: i64) {
-    let conn = Connection::open(data_dir.join("store.sqlite3")).expect("the store file opens");
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.execute(
-        "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
-         media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '[]', 'received', 10, ?8, ?8, 'inbound', 'Ana', ?9)",
-        params![
-            sid,
-            APP,
-            COMPANY,
-            ACCOUNT_SID,
-            FROM,
-            from,
-            body,
-            at,
-            from.trim_start_matches('+')
-        ],
-    )
-    .expect("the inbound row is stored");
+pub async fn insert_inbound(config: &TestConfig, sid: &str, from: &str, body: &str, at: i64) {
+    config
+        .store_execute(
+            "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
+             media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '[]', 'received', 10, ?8, ?8, 'inbound', 'Ana', \
+             ?9)",
+            &[
+                Param::Text(sid),
+                Param::Text(APP),
+                Param::Text(COMPANY),
+                Param::Text(ACCOUNT_SID),
+                Param::Text(FROM),
+                Param::Text(from),
+                Param::Text(body),
+                Param::Int(at),
+                Param::Text(from.trim_start_matches('+')),
+            ],
+        )
+        .await;
 }
 
 /// `HH:MM` of `ms` in UTC, as the page writes the window's end.
@@ -74,7 +71,7 @@ async fn the_page_shows_the_inbound_message_then_the_reply_with_its_status_and_a
     let reply = "SM2b0000000000000000000000000000ou";
     let (app, config, _twilio) = spawn_with_reply(reply).await;
     let inbound_at = now_ms() - HOUR;
-    insert_inbound(&config.data_dir(), INBOUND_SID, TO, "hi", inbound_at);
+    insert_inbound(&config, INBOUND_SID, TO, "hi", inbound_at).await;
     assert_eq!(
         app.send(TO, "Hello Ana! How can we help?").await.sid(),
         Some(reply)
@@ -139,13 +136,7 @@ async fn the_window_is_closed_a_day_after_the_contacts_last_message_or_when_they
     assert!(page.contains("has not written to this number"), "{page}");
     assert!(page.contains("No message with this contact yet."), "{page}");
 
-    insert_inbound(
-        &config.data_dir(),
-        INBOUND_SID,
-        TO,
-        "hi",
-        now_ms() - 25 * HOUR,
-    );
+    insert_inbound(&config, INBOUND_SID, TO, "hi", now_ms() - 25 * HOUR).await;
     let (_, page) = get_page(&conversation_url(&app, TO), Some(&session)).await;
     assert!(page.contains("closed: send a template"), "{page}");
     assert!(page.contains("more than 24 hours ago"), "{page}");
@@ -155,12 +146,13 @@ async fn the_window_is_closed_a_day_after_the_contacts_last_message_or_when_they
     // A newer message from the contact opens it again.
     let again = now_ms() - 2 * HOUR;
     insert_inbound(
-        &config.data_dir(),
+        &config,
         "SM4d0000000000000000000000000000in",
         TO,
         "are you there?",
         again,
-    );
+    )
+    .await;
     let (_, page) = get_page(&conversation_url(&app, TO), Some(&session)).await;
     let open = format!("open until {} UTC", clock(again + 24 * HOUR));
     assert!(page.contains(&open), "{open:?} is not in {page}");
@@ -183,7 +175,7 @@ async fn the_window_is_closed_a_day_after_the_contacts_last_message_or_when_they
 async fn the_messages_list_filters_by_direction_and_links_each_message_to_its_conversation() {
     let reply = "SM5e0000000000000000000000000000ou";
     let (app, config, _twilio) = spawn_with_reply(reply).await;
-    insert_inbound(&config.data_dir(), INBOUND_SID, TO, "hi", now_ms() - HOUR);
+    insert_inbound(&config, INBOUND_SID, TO, "hi", now_ms() - HOUR).await;
     app.send(TO, "Hello Ana!").await;
     app.store().flush().await.unwrap();
     let session = app.login().await;
@@ -224,13 +216,7 @@ async fn the_messages_list_filters_by_direction_and_links_each_message_to_its_co
 async fn a_reply_that_failed_with_63016_says_the_window_was_closed_and_a_template_is_needed() {
     let reply = "SM6f0000000000000000000000000000ou";
     let (app, config, _twilio) = spawn_with_reply(reply).await;
-    insert_inbound(
-        &config.data_dir(),
-        INBOUND_SID,
-        TO,
-        "hi",
-        now_ms() - 30 * HOUR,
-    );
+    insert_inbound(&config, INBOUND_SID, TO, "hi", now_ms() - 30 * HOUR).await;
     app.send(TO, "Sorry for the wait!").await;
     // Twilio's failed callbacks carry ErrorCode 63016 here (see status_fields).
     assert_eq!(

@@ -469,7 +469,7 @@ async fn conversation_page_shows_one_inbound_message_and_the_reply_with_its_stat
     // The contact writes first (stored directly, dated three minutes back; see
     // `conversation::insert_inbound`), and the app replies through the real send path.
     let inbound_at = whatsapp_host::store::now_ms() - 3 * 60 * 1000;
-    insert_inbound(&config.data_dir(), INBOUND_SID, TO, "hi", inbound_at);
+    insert_inbound(&config, INBOUND_SID, TO, "hi", inbound_at).await;
     let outcome = app
         .send(
             TO,

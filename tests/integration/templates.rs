@@ -4,7 +4,6 @@
 //! codes, the script mistakes that throw, retries, sandbox spacing, the store's row, simulate mode
 //! and `send --template`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -94,34 +93,37 @@ struct Row {
     content_variables: Option<String>,
 }
 
-fn newest_row(data_dir: &Path) -> Row {
-    let db = rusqlite::Connection::open_with_flags(
-        data_dir.join("store.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.query_row(
-        "SELECT sid, direction, to_number, status, error_code, content_sid, content_variables \
-         FROM messages ORDER BY id DESC LIMIT 1",
-        [],
-        |r| {
-            Ok(Row {
-                sid: r.get(0)?,
-                direction: r.get(1)?,
-                to: r.get(2)?,
-                status: r.get(3)?,
-                error_code: r.get(4)?,
-                content_sid: r.get(5)?,
-                content_variables: r.get(6)?,
-            })
-        },
-    )
-    .unwrap()
+async fn newest_row(config: &TestConfig) -> Row {
+    let row = config
+        .store_row(
+            "SELECT sid, direction, to_number, status, error_code, content_sid, \
+             content_variables FROM messages ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await;
+    let [
+        sid,
+        direction,
+        to,
+        status,
+        error_code,
+        content_sid,
+        content_variables,
+    ] = <[Option<String>; 7]>::try_from(row).expect("seven columns");
+    Row {
+        sid,
+        direction: direction.expect("direction is NOT NULL"),
+        to: to.expect("to_number is NOT NULL"),
+        status: status.expect("status is NOT NULL"),
+        error_code,
+        content_sid,
+        content_variables,
+    }
 }
 
 async fn row_of(host: &Host) -> Row {
     host.services.store.flush().await.unwrap();
-    newest_row(&host.config.data_dir())
+    newest_row(&host.config).await
 }
 
 // ---- both forms -------------------------------------------------------------------------
@@ -453,7 +455,7 @@ async fn a_template_in_simulate_mode_is_answered_and_its_callbacks_come_back() {
     app.wait_for_events(3, EventState::Done).await;
     let (message, _) = app.store().message(&sid).await.unwrap().unwrap();
     assert_eq!(message.status, "read");
-    let row = newest_row(&config.data_dir());
+    let row = newest_row(&config).await;
     assert_eq!(row.content_sid.as_deref(), Some(CONTENT_SID));
     assert_eq!(row.content_variables.as_deref(), Some(r#"{"1":"Ana"}"#));
     app.stop().await;
@@ -461,8 +463,8 @@ async fn a_template_in_simulate_mode_is_answered_and_its_callbacks_come_back() {
 
 // ---- the command line ---------------------------------------------------------------------
 
-#[test]
-fn send_template_prints_the_outcome_and_records_the_template() {
+#[tokio::test]
+async fn send_template_prints_the_outcome_and_records_the_template() {
     let config = TestConfig::simulated();
     let out = config.run(&[
         "send",
@@ -487,7 +489,7 @@ fn send_template_prints_the_outcome_and_records_the_template() {
     );
     let outcome: Value = serde_json::from_str(&stdout).unwrap();
     assert!(outcome["sid"].as_str().unwrap().starts_with("SM"));
-    let row = newest_row(&config.data_dir());
+    let row = newest_row(&config).await;
     assert_eq!(row.sid.as_deref(), outcome["sid"].as_str());
     assert_eq!(row.to, TO);
     assert_eq!(row.content_sid.as_deref(), Some(CONTENT_SID));

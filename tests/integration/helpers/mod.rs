@@ -21,6 +21,7 @@ use wiremock::MockServer;
 pub mod dashboard;
 pub mod host;
 pub mod pg;
+pub mod rows;
 pub mod stand_ins;
 
 /// How long a test waits for the server to reach a state; long enough for a slow CI machine,
