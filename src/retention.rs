@@ -175,26 +175,10 @@ async fn rest(stopped: &mut watch::Receiver<bool>, pause: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::store::{
-        DispatchResult, EventFilter, Inserted, MessageFilter, NewEvent, SendRecord,
+        DispatchResult, EventFilter, Inserted, MessageFilter, SendRecord, status_event,
     };
-    use crate::twilio::webhook::StatusCallback;
 
     const DAY_MS: i64 = 86_400_000;
-
-    fn event(sid: &str, status: &str) -> NewEvent {
-        NewEvent {
-            app: "crm".into(),
-            company: "ACME".into(),
-            kind: crate::store::EventKind::Status,
-            callback: StatusCallback {
-                sid: Some(sid.into()),
-                status: Some(status.into()),
-                ..StatusCallback::default()
-            },
-            idempotency_token: None,
-            received_at: now_ms(),
-        }
-    }
 
     fn send(sid: &str, status: &str) -> SendRecord {
         SendRecord {
@@ -241,7 +225,11 @@ mod tests {
         ];
         let mut ids = Vec::new();
         for (sid, outcome, _) in &plan {
-            let Inserted::New(id) = store.insert_event(event(sid, "sent")).await.unwrap() else {
+            let Inserted::New(id) = store
+                .insert_event(status_event(sid, "sent", now_ms()))
+                .await
+                .unwrap()
+            else {
                 panic!("stored once");
             };
             if let Some(outcome) = outcome {
@@ -338,7 +326,7 @@ mod tests {
         const OLD: i64 = 40;
         for i in 0..OLD {
             let Inserted::New(id) = store
-                .insert_event(event(&format!("SMold{i}"), "read"))
+                .insert_event(status_event(&format!("SMold{i}"), "read", now_ms()))
                 .await
                 .unwrap()
             else {
@@ -368,7 +356,7 @@ mod tests {
                 let mut n = 0;
                 while !*writing_stopped.borrow_and_update() {
                     store
-                        .insert_event(event(&format!("SMnew{n}"), "sent"))
+                        .insert_event(status_event(&format!("SMnew{n}"), "sent", now_ms()))
                         .await
                         .unwrap();
                     n += 1;
@@ -419,7 +407,11 @@ mod tests {
     async fn without_a_retention_only_expired_sessions_go() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let Inserted::New(id) = store.insert_event(event("SM1", "sent")).await.unwrap() else {
+        let Inserted::New(id) = store
+            .insert_event(status_event("SM1", "sent", now_ms()))
+            .await
+            .unwrap()
+        else {
             panic!("stored once");
         };
         store.finish_dispatch(id, 1, DispatchResult::Done);

@@ -190,32 +190,12 @@ pub(crate) async fn copy_to_postgres(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::postgres::features::tests::{fresh, fresh_database, settings};
-    use crate::store::{DispatchResult, EventKind, Inserted, NewEvent, SendRecord, Store};
-    use crate::twilio::webhook::StatusCallback;
-
-    /// A status event of app `crm` for `sid`.
-    fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
-        NewEvent {
-            app: "crm".into(),
-            company: "ACME".into(),
-            kind: EventKind::Status,
-            callback: StatusCallback {
-                sid: Some(sid.into()),
-                status: Some(status.into()),
-                ..StatusCallback::default()
-            },
-            idempotency_token: None,
-            received_at: at,
-        }
-    }
+    use crate::store::postgres::features::tests::{client, fresh, fresh_database, settings};
+    use crate::store::{DispatchResult, Inserted, SendRecord, Store, status_event};
 
     /// Every row of `events` and `messages`, all columns, in id order, as JSON text.
     async fn dump(url: &str) -> Vec<String> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = client(url).await;
         let mut rows = Vec::new();
         for table in ["events", "messages"] {
             for row in client
@@ -345,10 +325,7 @@ mod tests {
         );
 
         // New rows on PostgreSQL get ids past the copied ones.
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = client(&url).await;
         let max: i64 = client
             .query_one("SELECT max(id) FROM events", &[])
             .await
@@ -391,10 +368,7 @@ mod tests {
         }
         store.close().await;
         let (_migrated, url) = fresh().await;
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = client(&url).await;
         // An instance on PostgreSQL stored an event of its own before the copy: it has id 1.
         client
             .execute(

@@ -499,6 +499,24 @@ impl SandboxTurn {
     }
 }
 
+/// A status event of app `crm` for `sid`, received at `at`: what most store tests start from,
+/// on either backend; they change what they need.
+#[cfg(test)]
+pub(crate) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
+    NewEvent {
+        app: "crm".into(),
+        company: "ACME".into(),
+        kind: EventKind::Status,
+        callback: StatusCallback {
+            sid: Some(sid.into()),
+            status: Some(status.into()),
+            ..StatusCallback::default()
+        },
+        idempotency_token: None,
+        received_at: at,
+    }
+}
+
 /// Handle to the store for the program. Cloning is cheap; clones share the backend.
 #[derive(Clone)]
 pub struct Store {

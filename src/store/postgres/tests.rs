@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Postgres;
 use super::features::tests::{client, fresh_database, server_url};
 use crate::settings::StoreSettings;
+use crate::store::status_event;
 use crate::store::{
     Backend, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
     MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
@@ -33,22 +34,6 @@ async fn instance_with(url: &str, lease: Duration) -> Store {
     Store::on(Backend::Postgres(
         Postgres::connect(url, &settings(lease)).await.unwrap(),
     ))
-}
-
-/// A status event of app `crm` for `sid`; tests change what they need.
-fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
-    NewEvent {
-        app: "crm".into(),
-        company: "ACME".into(),
-        kind: EventKind::Status,
-        callback: StatusCallback {
-            sid: Some(sid.into()),
-            status: Some(status.into()),
-            ..StatusCallback::default()
-        },
-        idempotency_token: None,
-        received_at: at,
-    }
 }
 
 fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {

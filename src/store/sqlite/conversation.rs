@@ -110,7 +110,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::store::conversation::media_items;
-    use crate::store::sqlite::tests::status_event;
+    use crate::store::status_event;
     use crate::store::{Direction, SendRecord, Store};
     use crate::twilio::webhook::status_rank;
     use rusqlite::Connection;

@@ -717,24 +717,8 @@ fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreReader, WINDOW_MS};
+    use crate::store::{Store, StoreReader, WINDOW_MS, status_event};
     use crate::twilio::webhook::StatusCallback;
-
-    /// A status event of app `crm` for `sid`; other tests change what they need.
-    pub(super) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
-        NewEvent {
-            app: "crm".into(),
-            company: "ACME".into(),
-            kind: EventKind::Status,
-            callback: StatusCallback {
-                sid: Some(sid.into()),
-                status: Some(status.into()),
-                ..StatusCallback::default()
-            },
-            idempotency_token: None,
-            received_at: at,
-        }
-    }
 
     #[tokio::test]
     async fn status_only_moves_forward_and_failed_is_final() {

@@ -220,7 +220,7 @@ pub(super) fn known_version(conn: &Connection, path: &Path) -> Result<i64, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::tests::status_event;
+    use crate::store::status_event;
     use crate::store::{EventFilter, MessageFilter, NewEvent, Store};
 
     #[test]
