@@ -800,19 +800,23 @@ async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
 
 /// Runs `sql` on the benchmark's PostgreSQL server.
 async fn admin(url: &str, sql: &str) -> anyhow::Result<()> {
+    connect(url).await?.batch_execute(sql).await?;
+    Ok(())
+}
+
+/// A client of the benchmark's PostgreSQL server, its connection driven in the background.
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .context("failed to connect to the benchmark's PostgreSQL server")?;
     tokio::spawn(connection);
-    client.batch_execute(sql).await?;
-    Ok(())
+    Ok(client)
 }
 
 /// Events received since `since_ms` that are done, in a PostgreSQL store.
 async fn count_done_pg(url: &str, since_ms: i64) -> anyhow::Result<u64> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let row = client
+    let row = connect(url)
+        .await?
         .query_one(
             "SELECT count(*) FROM events WHERE state = 'done' AND received_at >= $1",
             &[&since_ms],

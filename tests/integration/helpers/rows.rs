@@ -25,9 +25,8 @@ impl TestConfig {
             }
             Some(url) => {
                 let client = pg::connect(&url::Url::parse(url).unwrap()).await;
-                let values = pg_values(params);
                 client
-                    .execute(&postgres_sql(sql), &pg_refs(&values))
+                    .execute(&postgres_sql(sql), &pg_params(params))
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
@@ -52,9 +51,8 @@ impl TestConfig {
             }
             Some(url) => {
                 let client = pg::connect(&url::Url::parse(url).unwrap()).await;
-                let values = pg_values(params);
                 let row = client
-                    .query_one(&postgres_sql(sql), &pg_refs(&values))
+                    .query_one(&postgres_sql(sql), &pg_params(params))
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
                 (0..row.len()).map(|i| row.get(i)).collect()
@@ -83,28 +81,13 @@ fn postgres_sql(sql: &str) -> String {
     sql.replace('?', "$")
 }
 
-enum PgValue {
-    Text(String),
-    Int(i64),
-}
-
-fn pg_values(params: &[Param<'_>]) -> Vec<PgValue> {
+fn pg_params<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
     params
         .iter()
-        .map(|param| match param {
-            Param::Text(text) => PgValue::Text(text.to_string()),
-            Param::Int(n) => PgValue::Int(*n),
-        })
-        .collect()
-}
-
-fn pg_refs(values: &[PgValue]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-    values
-        .iter()
-        .map(|value| -> &(dyn tokio_postgres::types::ToSql + Sync) {
-            match value {
-                PgValue::Text(text) => text,
-                PgValue::Int(n) => n,
+        .map(|param| -> &(dyn tokio_postgres::types::ToSql + Sync) {
+            match param {
+                Param::Text(text) => text,
+                Param::Int(n) => n,
             }
         })
         .collect()
