@@ -175,27 +175,17 @@ async fn rest(stopped: &mut watch::Receiver<bool>, pause: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::store::{
-        DispatchResult, EventFilter, Inserted, MessageFilter, SendRecord, status_event,
+        DispatchResult, EventFilter, Inserted, MessageFilter, SendRecord, send_record, status_event,
     };
 
     const DAY_MS: i64 = 86_400_000;
 
     fn send(sid: &str, status: &str) -> SendRecord {
         SendRecord {
-            sid: Some(sid.into()),
-            app: "ops".into(),
-            company: "ACME".into(),
-            account_sid: "AC1".into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
             body: "hi".into(),
-            media: None,
-            content_sid: None,
-            content_variables: None,
             status: status.into(),
-            error_code: None,
-            error_message: None,
             at: now_ms(),
+            ..send_record("ops", "AC1", sid)
         }
     }
 

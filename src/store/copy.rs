@@ -191,7 +191,7 @@ pub(crate) async fn copy_to_postgres(
 mod tests {
     use super::*;
     use crate::store::postgres::features::tests::{client, fresh, fresh_database, settings};
-    use crate::store::{DispatchResult, Inserted, SendRecord, Store, status_event};
+    use crate::store::{DispatchResult, Inserted, SendRecord, Store, send_record, status_event};
 
     /// Every row of `events` and `messages`, all columns, in id order, as JSON text.
     async fn dump(url: &str) -> Vec<String> {
@@ -215,19 +215,12 @@ mod tests {
     fn send(sid: Option<&str>, status: &str) -> SendRecord {
         SendRecord {
             sid: sid.map(str::to_string),
-            app: "crm".into(),
-            company: "ACME".into(),
-            account_sid: "AC1".into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
             body: "hi".into(),
-            media: None,
             content_sid: Some("HX0".into()),
             content_variables: Some(r#"{"1":"Ana"}"#.into()),
             status: status.into(),
-            error_code: None,
-            error_message: None,
             at: 5,
+            ..send_record("crm", "AC1", "")
         }
     }
 

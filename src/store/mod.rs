@@ -517,6 +517,28 @@ pub(crate) fn status_event(sid: &str, status: &str, at: i64) -> NewEvent {
     }
 }
 
+/// App `app`'s send of `sid` from account `account`, as the outbound path records it: what
+/// store tests record sends from; they change what they need.
+#[cfg(test)]
+pub(crate) fn send_record(app: &str, account: &str, sid: &str) -> SendRecord {
+    SendRecord {
+        sid: Some(sid.into()),
+        app: app.into(),
+        company: "ACME".into(),
+        account_sid: account.into(),
+        to: "+393331234567".into(),
+        from: "+14155238886".into(),
+        body: format!("from {app}"),
+        media: None,
+        content_sid: None,
+        content_variables: None,
+        status: "queued".into(),
+        error_code: None,
+        error_message: None,
+        at: 1,
+    }
+}
+
 /// Handle to the store for the program. Cloning is cheap; clones share the backend.
 #[derive(Clone)]
 pub struct Store {

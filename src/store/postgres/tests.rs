@@ -7,11 +7,11 @@ use std::time::Duration;
 use super::Postgres;
 use super::features::tests::{client, fresh_database, server_url};
 use crate::settings::StoreSettings;
-use crate::store::status_event;
 use crate::store::{
     Backend, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
     MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
 };
+use crate::store::{send_record, status_event};
 use crate::twilio::simulate;
 use crate::twilio::webhook::StatusCallback;
 
@@ -41,25 +41,6 @@ fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> New
     event.app = app.into();
     event.callback.account_sid = Some(account.into());
     event
-}
-
-fn send(app: &str, account: &str, sid: &str) -> SendRecord {
-    SendRecord {
-        sid: Some(sid.into()),
-        app: app.into(),
-        company: "ACME".into(),
-        account_sid: account.into(),
-        to: "+393331234567".into(),
-        from: "+14155238886".into(),
-        body: format!("from {app}"),
-        media: None,
-        content_sid: None,
-        content_variables: None,
-        status: "queued".into(),
-        error_code: None,
-        error_message: None,
-        at: 1,
-    }
 }
 
 fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
@@ -256,7 +237,7 @@ async fn a_write_the_server_refuses_fails_alone_and_its_group_still_commits() {
 async fn callbacks_stored_together_keep_every_rule_of_one_at_a_time() {
     let url = fresh_database().await;
     let store = instance(&url).await;
-    store.record_send(send("crm", "AC_A", "SMacct"));
+    store.record_send(send_record("crm", "AC_A", "SMacct"));
     store.flush().await.unwrap();
     // Arriving together, so most are stored by one statement: new ones, repeats of each other
     // by key and by token, and one naming another account.
@@ -324,7 +305,7 @@ async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
     store.record_send(SendRecord {
         at: 4,
         body: "hi".into(),
-        ..send("crm", "AC1", "SM9")
+        ..send_record("crm", "AC1", "SM9")
     });
     store.flush().await.unwrap();
     let (m, _) = store.message("SM9").await.unwrap().unwrap();
@@ -338,7 +319,7 @@ async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
             status: "failed".into(),
             error_code: Some(21211),
             error_message: Some("invalid To".into()),
-            ..send("crm", "AC1", "")
+            ..send_record("crm", "AC1", "")
         });
     }
     store.flush().await.unwrap();
@@ -358,7 +339,7 @@ async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
 async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
     let url = fresh_database().await;
     let store = instance(&url).await;
-    store.record_send(send("crm", "AC_A", "SM1"));
+    store.record_send(send_record("crm", "AC_A", "SM1"));
     store
         .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
         .await
@@ -394,7 +375,7 @@ async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_un
     assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
 
     // An event naming another account does not move the app's message.
-    store.record_send(send("crm", "AC_A", "SM2"));
+    store.record_send(send_record("crm", "AC_A", "SM2"));
     store
         .insert_event(app_status("crm", "AC_OTHER", "SM2", "failed", 2))
         .await
@@ -456,7 +437,7 @@ async fn an_inbound_message_is_an_event_and_a_received_row_and_opens_the_window(
     // The conversation holds both directions, oldest first.
     store.record_send(SendRecord {
         at: at + 1_000,
-        ..send("crm", "AC1", "SMout")
+        ..send_record("crm", "AC1", "SMout")
     });
     store.flush().await.unwrap();
     let c = store
@@ -881,7 +862,7 @@ async fn flush_and_close_answer_and_later_writes_fail() {
     let url = fresh_database().await;
     let store = instance(&url).await;
     assert!(store.is_writable().await);
-    store.record_send(send("crm", "AC1", "SM1"));
+    store.record_send(send_record("crm", "AC1", "SM1"));
     store.close().await;
     assert!(matches!(
         store.insert_event(status_event("SM1", "sent", 1)).await,

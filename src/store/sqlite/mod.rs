@@ -717,7 +717,7 @@ fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreReader, WINDOW_MS, status_event};
+    use crate::store::{Store, StoreReader, WINDOW_MS, send_record, status_event};
     use crate::twilio::webhook::StatusCallback;
 
     #[tokio::test]
@@ -785,20 +785,9 @@ mod tests {
             .await
             .unwrap();
         store.record_send(SendRecord {
-            sid: Some("SM9".into()),
-            app: "crm".into(),
-            company: "ACME".into(),
-            account_sid: "AC1".into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
-            body: "hi".into(),
-            media: None,
-            content_sid: None,
-            content_variables: None,
-            status: "queued".into(),
-            error_code: None,
-            error_message: None,
             at: 4,
+            body: "hi".into(),
+            ..send_record("crm", "AC1", "SM9")
         });
         store.flush().await.unwrap();
         let (m, _) = store.message("SM9").await.unwrap().unwrap();
@@ -806,26 +795,6 @@ mod tests {
         assert_eq!(m.body.as_deref(), Some("hi"));
         assert_eq!(m.created_at, 4);
         store.close().await;
-    }
-
-    /// App `app`'s send of `sid` from account `account`, as the outbound path records it.
-    fn send(app: &str, account: &str, sid: &str) -> SendRecord {
-        SendRecord {
-            sid: Some(sid.into()),
-            app: app.into(),
-            company: "ACME".into(),
-            account_sid: account.into(),
-            to: "+393331234567".into(),
-            from: "+14155238886".into(),
-            body: format!("from {app}"),
-            media: None,
-            content_sid: None,
-            content_variables: None,
-            status: "queued".into(),
-            error_code: None,
-            error_message: None,
-            at: 1,
-        }
     }
 
     /// A status event as app `app`'s callback route stores it, naming `account`.
@@ -840,7 +809,7 @@ mod tests {
     async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.record_send(send("crm", "AC_A", "SM1"));
+        store.record_send(send_record("crm", "AC_A", "SM1"));
         store
             .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
             .await
@@ -888,7 +857,7 @@ mod tests {
     async fn an_event_naming_another_account_does_not_move_the_apps_message() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.record_send(send("crm", "AC_A", "SM1"));
+        store.record_send(send_record("crm", "AC_A", "SM1"));
         store
             .insert_event(app_status("crm", "AC_OTHER", "SM1", "failed", 2))
             .await
@@ -1012,7 +981,7 @@ mod tests {
         );
         assert_eq!(m.created_at, 5);
 
-        store.record_send(send("crm", "AC1", "SM2"));
+        store.record_send(send_record("crm", "AC1", "SM2"));
         store.flush().await.unwrap();
         let only = |direction| MessageFilter {
             direction: Some(direction),
@@ -1054,7 +1023,7 @@ mod tests {
         );
         assert!(!open("ops", number, contact, at).await, "another app");
         // A message the app sent to the contact opens nothing.
-        store.record_send(send("crm", "AC1", "SM2"));
+        store.record_send(send_record("crm", "AC1", "SM2"));
         store.flush().await.unwrap();
         assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
 
