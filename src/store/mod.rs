@@ -5,9 +5,12 @@
 //! `server.data_dir`) and `postgres` (shared by several instances). Callers see typed values
 //! only, never which backend answers.
 
+#[cfg(test)]
+mod backend_tests;
 mod conversation;
 mod copy;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::path::{Path, PathBuf};

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::{CHANNEL, EVENT_COLUMNS, Postgres, event_from_row, query_err};
+use super::{CHANNEL, Postgres, event_from_row, query_err};
+use crate::store::sql::EVENT_COLUMNS;
 use crate::store::{Event, StoreError, now_ms};
 
 /// The first wait before the listener reconnects; it doubles up to [`MAX_BACKOFF`].

@@ -7,7 +7,7 @@
 mod leases;
 mod reads;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 mod writer;
 
 use std::sync::Arc;
@@ -269,16 +269,7 @@ fn instance_id() -> String {
     )
 }
 
-/// An event's columns, in the order [`event_from_row`] reads them.
-pub(super) const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, \
-     message_sid, message_status, error_code, fields, state, attempts, next_attempt_at, \
-     last_error, updated_at, kind";
-
-/// A message's columns, in the order [`message_from_row`] reads them.
-pub(super) const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, \
-     from_number, body, media, status, error_code, error_message, created_at, updated_at, \
-     direction, profile_name, wa_id";
-
+/// An event read with [`sql::EVENT_COLUMNS`](crate::store::sql::EVENT_COLUMNS).
 pub(super) fn event_from_row(r: &tokio_postgres::Row) -> Event {
     let fields: String = r.get(8);
     let state: String = r.get(9);
@@ -303,6 +294,7 @@ pub(super) fn event_from_row(r: &tokio_postgres::Row) -> Event {
     }
 }
 
+/// A message read with [`sql::MESSAGE_COLUMNS`](crate::store::sql::MESSAGE_COLUMNS).
 pub(super) fn message_from_row(r: &tokio_postgres::Row) -> Message {
     let direction: String = r.get(14);
     Message {

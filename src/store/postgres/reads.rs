@@ -6,8 +6,9 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
-use super::{EVENT_COLUMNS, MESSAGE_COLUMNS, event_from_row, message_from_row, query_err};
+use super::{event_from_row, message_from_row, query_err};
 use crate::store::conversation::{MAX_MESSAGES, media_items};
+use crate::store::sql::{self, EVENT_COLUMNS, MESSAGE_COLUMNS};
 use crate::store::{
     Conversation, Entry, Event, EventFilter, Message, MessageFilter, NumberWindow, StoreError,
     Window, now_ms,
@@ -65,64 +66,15 @@ impl Reader {
 
     /// Newest first.
     pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut w = Where::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
-        if let Some(app) = filter.app {
-            w.and(" AND app = ?", app);
-        }
-        if let Some(state) = filter.state {
-            w.and(" AND state = ?", state.as_str().to_string());
-        }
-        if let Some(sid) = filter.message_sid {
-            w.and(" AND message_sid = ?", sid);
-        }
-        if let Some(before) = filter.before_id {
-            w.and(" AND id < ?", before);
-        }
-        let (sql, args) = w.finish(filter.limit);
-        let rows = self.rows(&sql, &refs(&args)).await?;
+        let listing = sql::events(filter, &sql::POSTGRES);
+        let rows = self.rows(&listing.sql, &values(&listing.args)).await?;
         Ok(rows.iter().map(event_from_row).collect())
     }
 
     /// Newest first.
     pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
-        let mut w = Where::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE true"));
-        if let Some(app) = filter.app {
-            w.and(" AND app = ?", app);
-        }
-        if let Some(company) = filter.company {
-            w.and(" AND company = ?", company);
-        }
-        if let Some(status) = filter.status {
-            w.and(" AND status = ?", status);
-        }
-        if let Some(direction) = filter.direction {
-            w.and(" AND direction = ?", direction.as_str().to_string());
-        }
-        if let Some(search) = filter.search {
-            // A sid is matched whole; a phone number by its digits anywhere in to or from.
-            let search = search.trim();
-            let digits: String = search.chars().filter(char::is_ascii_digit).collect();
-            let needle = if search.starts_with("SM") || digits.is_empty() {
-                search.to_string()
-            } else {
-                digits
-            };
-            w.and(
-                " AND (sid = ? OR strpos(to_number, ?) > 0 OR strpos(from_number, ?) > 0)",
-                needle,
-            );
-        }
-        if let Some(since) = filter.since {
-            w.and(" AND created_at >= ?", since);
-        }
-        if let Some(until) = filter.until {
-            w.and(" AND created_at < ?", until);
-        }
-        if let Some(before) = filter.before_id {
-            w.and(" AND id < ?", before);
-        }
-        let (sql, args) = w.finish(filter.limit);
-        let rows = self.rows(&sql, &refs(&args)).await?;
+        let listing = sql::messages(filter, &sql::POSTGRES);
+        let rows = self.rows(&listing.sql, &values(&listing.args)).await?;
         Ok(rows.iter().map(message_from_row).collect())
     }
 
@@ -255,58 +207,12 @@ impl Reader {
     }
 }
 
-/// One value of a listing's filter.
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
-impl From<String> for Arg {
-    fn from(s: String) -> Self {
-        Arg::Text(s)
-    }
-}
-
-impl From<i64> for Arg {
-    fn from(n: i64) -> Self {
-        Arg::Int(n)
-    }
-}
-
-fn refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
+/// A listing's values as the driver takes them.
+fn values(args: &[sql::Arg]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter()
         .map(|a| match a {
-            Arg::Text(s) => s as &(dyn ToSql + Sync),
-            Arg::Int(n) => n as &(dyn ToSql + Sync),
+            sql::Arg::Text(s) => s as &(dyn ToSql + Sync),
+            sql::Arg::Int(n) => n as &(dyn ToSql + Sync),
         })
         .collect()
-}
-
-/// Builds a filtered, newest-first listing query with numbered parameters.
-struct Where {
-    sql: String,
-    args: Vec<Arg>,
-}
-
-impl Where {
-    fn new(select: String) -> Self {
-        Self {
-            sql: select,
-            args: Vec::new(),
-        }
-    }
-
-    /// Appends a clause; every `?` in it refers to `value`.
-    fn and(&mut self, clause: &str, value: impl Into<Arg>) {
-        self.args.push(value.into());
-        self.sql
-            .push_str(&clause.replace('?', &format!("${}", self.args.len())));
-    }
-
-    fn finish(mut self, limit: usize) -> (String, Vec<Arg>) {
-        let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-        self.sql
-            .push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        (self.sql, self.args)
-    }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::Postgres;
 use super::features::tests::{client, fresh_database, server_url};
 use crate::settings::StoreSettings;
+use crate::store::backend_tests::{app_status, inbound_event, new_id};
 use crate::store::{
-    Backend, Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted,
-    MessageFilter, NewEvent, SendRecord, Store, StoreError, WINDOW_MS,
+    Backend, DispatchResult, EventFilter, EventState, Inserted, NewEvent, Store, StoreError,
 };
 use crate::store::{send_record, status_event};
 use crate::twilio::simulate;
@@ -26,7 +26,7 @@ fn settings(lease: Duration) -> StoreSettings {
 }
 
 /// A store on `url`, as one instance opens it.
-async fn instance(url: &str) -> Store {
+pub(in crate::store) async fn instance(url: &str) -> Store {
     instance_with(url, Duration::from_secs(60)).await
 }
 
@@ -34,32 +34,6 @@ async fn instance_with(url: &str, lease: Duration) -> Store {
     Store::on(Backend::Postgres(
         Postgres::connect(url, &settings(lease)).await.unwrap(),
     ))
-}
-
-fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
-    let mut event = status_event(sid, status, at);
-    event.app = app.into();
-    event.callback.account_sid = Some(account.into());
-    event
-}
-
-fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
-    let media = [("https://m/0".to_string(), "image/jpeg".to_string())];
-    let fields = simulate::inbound_message_fields("AC1", contact, app_number, "Ana", "hi", &media);
-    let mut callback = StatusCallback::from_fields(fields);
-    callback.sid = Some(sid.into());
-    NewEvent {
-        kind: EventKind::Inbound,
-        callback,
-        ..status_event(sid, "", at)
-    }
-}
-
-fn new_id(inserted: Inserted) -> i64 {
-    match inserted {
-        Inserted::New(id) => id,
-        Inserted::Duplicate => panic!("stored as a repeat"),
-    }
 }
 
 /// Runs `sql` on the test database directly, as another process would.
@@ -159,42 +133,6 @@ async fn status_only_moves_forward_whichever_instance_sees_which_event() {
 }
 
 #[tokio::test]
-async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
-    let url = fresh_database().await;
-    let store = instance(&url).await;
-    let first = store
-        .insert_event(status_event("SM1", "sent", 1))
-        .await
-        .unwrap();
-    assert!(matches!(first, Inserted::New(_)));
-    let again = store
-        .insert_event(status_event("SM1", "sent", 2))
-        .await
-        .unwrap();
-    assert_eq!(again, Inserted::Duplicate);
-    let mut with_token = status_event("SM1", "delivered", 3);
-    with_token.idempotency_token = Some("tok".into());
-    assert!(matches!(
-        store.insert_event(with_token.clone()).await.unwrap(),
-        Inserted::New(_)
-    ));
-    with_token.callback.status = Some("read".into());
-    assert_eq!(
-        store.insert_event(with_token).await.unwrap(),
-        Inserted::Duplicate
-    );
-    // In one group: the second of two equal events is the repeat.
-    let (x, y) = tokio::join!(
-        store.insert_event(status_event("SM2", "sent", 1)),
-        store.insert_event(status_event("SM2", "sent", 1)),
-    );
-    let mut outcomes = [x.unwrap(), y.unwrap()];
-    outcomes.sort_by_key(|o| matches!(o, Inserted::Duplicate));
-    assert!(matches!(outcomes, [Inserted::New(_), Inserted::Duplicate]));
-    store.close().await;
-}
-
-#[tokio::test]
 async fn a_write_the_server_refuses_fails_alone_and_its_group_still_commits() {
     let url = fresh_database().await;
     let store = instance(&url).await;
@@ -291,259 +229,6 @@ async fn callbacks_stored_together_keep_every_rule_of_one_at_a_time() {
         .filter(|e| e.idempotency_token.is_some())
         .count();
     assert_eq!(tokens, 1);
-    store.close().await;
-}
-
-#[tokio::test]
-async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
-    let url = fresh_database().await;
-    let store = instance(&url).await;
-    store
-        .insert_event(status_event("SM9", "delivered", 5))
-        .await
-        .unwrap();
-    store.record_send(SendRecord {
-        at: 4,
-        body: "hi".into(),
-        ..send_record("crm", "AC1", "SM9")
-    });
-    store.flush().await.unwrap();
-    let (m, _) = store.message("SM9").await.unwrap().unwrap();
-    assert_eq!(m.status, "delivered");
-    assert_eq!(m.body.as_deref(), Some("hi"));
-    assert_eq!(m.created_at, 4);
-    // A send Twilio refused has no sid and a row of its own each time.
-    for _ in 0..2 {
-        store.record_send(SendRecord {
-            sid: None,
-            status: "failed".into(),
-            error_code: Some(21211),
-            error_message: Some("invalid To".into()),
-            ..send_record("crm", "AC1", "")
-        });
-    }
-    store.flush().await.unwrap();
-    let failed = store
-        .messages(MessageFilter {
-            status: Some("failed".into()),
-            ..MessageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(failed.len(), 2);
-    assert_eq!(failed[0].error_code.as_deref(), Some("21211"));
-    store.close().await;
-}
-
-#[tokio::test]
-async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
-    let url = fresh_database().await;
-    let store = instance(&url).await;
-    store.record_send(send_record("crm", "AC_A", "SM1"));
-    store
-        .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
-        .await
-        .unwrap();
-    for status in ["failed", "read"] {
-        let forged = app_status("ops", "AC_B", "SM1", status, 3);
-        assert!(matches!(
-            store.insert_event(forged).await.unwrap(),
-            Inserted::New(_)
-        ));
-    }
-    let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-    assert_eq!(
-        (a.status.as_str(), a.account_sid.as_deref()),
-        ("delivered", Some("AC_A"))
-    );
-    assert_eq!(a_events.len(), 1, "B's events are not A's history");
-    let genuine = store
-        .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
-        .await
-        .unwrap();
-    assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
-    let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-    assert_eq!(a.status, "read");
-    let history: Vec<_> = a_events
-        .iter()
-        .map(|e| e.message_status.as_deref().unwrap())
-        .collect();
-    assert_eq!(history, ["delivered", "read"]);
-    let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
-    assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
-    let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
-    assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
-
-    // An event naming another account does not move the app's message.
-    store.record_send(send_record("crm", "AC_A", "SM2"));
-    store
-        .insert_event(app_status("crm", "AC_OTHER", "SM2", "failed", 2))
-        .await
-        .unwrap();
-    let (m, _) = store.app_message("crm", "SM2").await.unwrap().unwrap();
-    assert_eq!(m.status, "queued");
-    store.close().await;
-}
-
-#[tokio::test]
-async fn an_inbound_message_is_an_event_and_a_received_row_and_opens_the_window() {
-    let url = fresh_database().await;
-    let store = instance(&url).await;
-    let (contact, number) = ("+393331234567", "+14155238886");
-    let at = 1_000_000_000;
-    let event = inbound_event("SM1", contact, number, at);
-    let id = new_id(store.insert_event(event.clone()).await.unwrap());
-    assert_eq!(
-        store.insert_event(event).await.unwrap(),
-        Inserted::Duplicate
-    );
-    let stored = store.event(id).await.unwrap().unwrap();
-    assert_eq!(stored.kind, EventKind::Inbound);
-    assert_eq!(stored.message_status.as_deref(), Some("received"));
-    assert_eq!(stored.attempts, 1);
-    store
-        .insert_event(status_event("SM1", "read", at + 1))
-        .await
-        .unwrap();
-    let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-    assert_eq!(
-        (m.direction, m.status.as_str()),
-        (Direction::Inbound, "received")
-    );
-    assert_eq!(
-        (m.from.as_deref(), m.to.as_deref(), m.body.as_deref()),
-        (Some(contact), Some(number), Some("hi"))
-    );
-    assert_eq!(
-        (m.profile_name.as_deref(), m.wa_id.as_deref()),
-        (Some("Ana"), Some("393331234567"))
-    );
-    let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        media,
-        serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
-    );
-
-    let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
-        let store = store.clone();
-        async move { store.session_open(app, from, to, now).await.unwrap() }
-    };
-    assert!(open("crm", number, contact, at + WINDOW_MS).await);
-    assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
-    assert!(!open("crm", number, contact, at - 1).await);
-    assert!(!open("crm", "+14155238887", contact, at).await);
-    assert!(!open("ops", number, contact, at).await);
-
-    // The conversation holds both directions, oldest first.
-    store.record_send(SendRecord {
-        at: at + 1_000,
-        ..send_record("crm", "AC1", "SMout")
-    });
-    store.flush().await.unwrap();
-    let c = store
-        .conversation("crm", contact, at + 2_000)
-        .await
-        .unwrap();
-    let sids: Vec<_> = c
-        .entries
-        .iter()
-        .map(|e| (e.message.sid.as_deref().unwrap(), e.message.direction))
-        .collect();
-    assert_eq!(
-        sids,
-        [("SM1", Direction::Inbound), ("SMout", Direction::Outbound)]
-    );
-    assert_eq!(c.profile_name.as_deref(), Some("Ana"));
-    assert_eq!(c.windows.len(), 1);
-    assert!(c.windows[0].window.is_open());
-    assert_eq!(
-        c.entries[0].media[0].content_type.as_deref(),
-        Some("image/jpeg")
-    );
-
-    // Listing by direction, and searching by sid or by digits anywhere in a number.
-    let only = |direction| MessageFilter {
-        direction: Some(direction),
-        ..MessageFilter::default()
-    };
-    assert_eq!(
-        store
-            .messages(only(Direction::Inbound))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        store
-            .messages(only(Direction::Outbound))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    let search = |text: &str| MessageFilter {
-        search: Some(text.into()),
-        ..MessageFilter::default()
-    };
-    assert_eq!(store.messages(search("SMout")).await.unwrap().len(), 1);
-    assert_eq!(store.messages(search("SMo")).await.unwrap().len(), 0);
-    assert_eq!(store.messages(search("333 123")).await.unwrap().len(), 2);
-    assert_eq!(store.messages(search("+1 415")).await.unwrap().len(), 2);
-    store.close().await;
-}
-
-#[tokio::test]
-async fn listings_filter_and_page_newest_first() {
-    let url = fresh_database().await;
-    let store = instance(&url).await;
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let mut event = status_event(&format!("SM{i}"), "sent", i);
-        if i % 2 == 1 {
-            event.app = "ops".into();
-        }
-        ids.push(new_id(store.insert_event(event).await.unwrap()));
-    }
-    store.finish_dispatch(ids[0], 1, DispatchResult::Done);
-    store.flush().await.unwrap();
-    let list = |filter: EventFilter| {
-        let store = store.clone();
-        async move {
-            store
-                .events(filter)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| e.id)
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(
-        list(EventFilter::default()).await,
-        ids.iter().rev().copied().collect::<Vec<_>>()
-    );
-    let ops = EventFilter {
-        app: Some("ops".into()),
-        ..EventFilter::default()
-    };
-    assert_eq!(list(ops).await, [ids[3], ids[1]]);
-    let done = EventFilter {
-        state: Some(EventState::Done),
-        ..EventFilter::default()
-    };
-    assert_eq!(list(done).await, [ids[0]]);
-    let page = EventFilter {
-        before_id: Some(ids[3]),
-        limit: 2,
-        ..EventFilter::default()
-    };
-    assert_eq!(list(page).await, [ids[2], ids[1]]);
-    let sid = EventFilter {
-        message_sid: Some("SM4".into()),
-        ..EventFilter::default()
-    };
-    assert_eq!(list(sid).await, [ids[4]]);
     store.close().await;
 }
 

@@ -3,8 +3,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{MESSAGE_COLUMNS, Reader, message_from_row};
+use super::{Reader, message_from_row};
 use crate::store::conversation::{MAX_MESSAGES, media_items};
+use crate::store::sql::MESSAGE_COLUMNS;
 use crate::store::{Conversation, Entry, NumberWindow, StoreError, Window};
 
 impl Reader {

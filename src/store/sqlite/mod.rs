@@ -14,6 +14,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::sql::{self, EVENT_COLUMNS, MESSAGE_COLUMNS};
 use super::{
     BackendError, Direction, DispatchResult, Event, EventFilter, EventKind, EventState, Inserted,
     Message, MessageFilter, NewEvent, Pruned, SendRecord, StoreError, StoredSession, now_ms,
@@ -269,23 +270,10 @@ impl Reader {
 
     /// Newest first.
     pub(crate) async fn events(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError> {
+        let listing = sql::events(filter, &sql::SQLITE);
         self.read(move |c| {
-            let mut w = Where::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1=1"));
-            if let Some(app) = filter.app {
-                w.and(" AND app = ?", app);
-            }
-            if let Some(state) = filter.state {
-                w.and(" AND state = ?", state.as_str().to_string());
-            }
-            if let Some(sid) = filter.message_sid {
-                w.and(" AND message_sid = ?", sid);
-            }
-            if let Some(before) = filter.before_id {
-                w.and(" AND id < ?", before);
-            }
-            let (sql, args) = w.finish(filter.limit);
-            let mut stmt = c.prepare(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?
+            let mut stmt = c.prepare(&listing.sql)?;
+            stmt.query_map(rusqlite::params_from_iter(listing.args), event_from_row)?
                 .collect()
         })
         .await
@@ -293,46 +281,10 @@ impl Reader {
 
     /// Newest first.
     pub(crate) async fn messages(&self, filter: MessageFilter) -> Result<Vec<Message>, StoreError> {
+        let listing = sql::messages(filter, &sql::SQLITE);
         self.read(move |c| {
-            let mut w = Where::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE 1=1"));
-            if let Some(app) = filter.app {
-                w.and(" AND app = ?", app);
-            }
-            if let Some(company) = filter.company {
-                w.and(" AND company = ?", company);
-            }
-            if let Some(status) = filter.status {
-                w.and(" AND status = ?", status);
-            }
-            if let Some(direction) = filter.direction {
-                w.and(" AND direction = ?", direction.as_str().to_string());
-            }
-            if let Some(search) = filter.search {
-                // A sid is matched whole; a phone number by its digits anywhere in to or from.
-                let search = search.trim();
-                let digits: String = search.chars().filter(char::is_ascii_digit).collect();
-                let needle = if search.starts_with("SM") || digits.is_empty() {
-                    search.to_string()
-                } else {
-                    digits
-                };
-                w.and(
-                    " AND (sid = ? OR instr(to_number, ?) > 0 OR instr(from_number, ?) > 0)",
-                    needle,
-                );
-            }
-            if let Some(since) = filter.since {
-                w.and(" AND created_at >= ?", since);
-            }
-            if let Some(until) = filter.until {
-                w.and(" AND created_at < ?", until);
-            }
-            if let Some(before) = filter.before_id {
-                w.and(" AND id < ?", before);
-            }
-            let (sql, args) = w.finish(filter.limit);
-            let mut stmt = c.prepare(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(args), message_from_row)?
+            let mut stmt = c.prepare(&listing.sql)?;
+            stmt.query_map(rusqlite::params_from_iter(listing.args), message_from_row)?
                 .collect()
         })
         .await
@@ -403,32 +355,12 @@ fn with_events(
     Ok(Some((message, events)))
 }
 
-/// Builds a filtered, newest-first listing query with numbered parameters.
-struct Where {
-    sql: String,
-    args: Vec<rusqlite::types::Value>,
-}
-
-impl Where {
-    fn new(select: String) -> Self {
-        Self {
-            sql: select,
-            args: Vec::new(),
+impl rusqlite::ToSql for sql::Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            sql::Arg::Text(s) => s.to_sql(),
+            sql::Arg::Int(n) => n.to_sql(),
         }
-    }
-
-    /// Appends a clause; every `?` in it refers to `value`.
-    fn and(&mut self, clause: &str, value: impl Into<rusqlite::types::Value>) {
-        self.args.push(value.into());
-        self.sql
-            .push_str(&clause.replace('?', &format!("?{}", self.args.len())));
-    }
-
-    fn finish(mut self, limit: usize) -> (String, Vec<rusqlite::types::Value>) {
-        let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-        self.sql
-            .push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        (self.sql, self.args)
     }
 }
 
@@ -446,14 +378,6 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "cache_size", -8_000)?;
     Ok(())
 }
-
-const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, message_sid, \
-     message_status, error_code, fields, state, attempts, next_attempt_at, last_error, updated_at, \
-     kind";
-
-const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, from_number, body, \
-     media, status, error_code, error_message, created_at, updated_at, direction, profile_name, \
-     wa_id";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let fields: String = r.get(8)?;
@@ -717,322 +641,7 @@ fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreReader, WINDOW_MS, send_record, status_event};
-    use crate::twilio::webhook::StatusCallback;
-
-    #[tokio::test]
-    async fn status_only_moves_forward_and_failed_is_final() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for (i, s) in ["read", "sent", "delivered"].iter().enumerate() {
-            store
-                .insert_event(status_event("SM1", s, i as i64))
-                .await
-                .unwrap();
-        }
-        let (m, events) = store.message("SM1").await.unwrap().unwrap();
-        assert_eq!(m.status, "read");
-        assert_eq!(events.len(), 3);
-        store
-            .insert_event(status_event("SM2", "failed", 1))
-            .await
-            .unwrap();
-        store
-            .insert_event(status_event("SM2", "delivered", 2))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.message("SM2").await.unwrap().unwrap().0.status,
-            "failed"
-        );
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn repeats_by_token_or_by_sid_status_and_code_are_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let first = store
-            .insert_event(status_event("SM1", "sent", 1))
-            .await
-            .unwrap();
-        assert!(matches!(first, Inserted::New(_)));
-        let again = store
-            .insert_event(status_event("SM1", "sent", 2))
-            .await
-            .unwrap();
-        assert_eq!(again, Inserted::Duplicate);
-        let mut with_token = status_event("SM1", "delivered", 3);
-        with_token.idempotency_token = Some("tok".into());
-        assert!(matches!(
-            store.insert_event(with_token.clone()).await.unwrap(),
-            Inserted::New(_)
-        ));
-        with_token.callback.status = Some("read".into());
-        assert_eq!(
-            store.insert_event(with_token).await.unwrap(),
-            Inserted::Duplicate
-        );
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_send_recorded_after_its_callback_keeps_the_further_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_event(status_event("SM9", "delivered", 5))
-            .await
-            .unwrap();
-        store.record_send(SendRecord {
-            at: 4,
-            body: "hi".into(),
-            ..send_record("crm", "AC1", "SM9")
-        });
-        store.flush().await.unwrap();
-        let (m, _) = store.message("SM9").await.unwrap().unwrap();
-        assert_eq!(m.status, "delivered");
-        assert_eq!(m.body.as_deref(), Some("hi"));
-        assert_eq!(m.created_at, 4);
-        store.close().await;
-    }
-
-    /// A status event as app `app`'s callback route stores it, naming `account`.
-    fn app_status(app: &str, account: &str, sid: &str, status: &str, at: i64) -> NewEvent {
-        let mut event = status_event(sid, status, at);
-        event.app = app.into();
-        event.callback.account_sid = Some(account.into());
-        event
-    }
-
-    #[tokio::test]
-    async fn another_apps_event_naming_a_sid_leaves_the_owners_message_and_dedupe_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.record_send(send_record("crm", "AC_A", "SM1"));
-        store
-            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 2))
-            .await
-            .unwrap();
-
-        // App B, with its own valid token, names A's sid with A's next and a final status.
-        for status in ["failed", "read"] {
-            let forged = app_status("ops", "AC_B", "SM1", status, 3);
-            assert!(matches!(
-                store.insert_event(forged).await.unwrap(),
-                Inserted::New(_)
-            ));
-        }
-        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(
-            (a.status.as_str(), a.account_sid.as_deref()),
-            ("delivered", Some("AC_A"))
-        );
-        assert_eq!(a.error_code, None);
-        assert_eq!(a_events.len(), 1, "B's events are not A's history");
-
-        // A's genuine `read` is new, not a repeat of B's, and moves A's message.
-        let genuine = store
-            .insert_event(app_status("crm", "AC_A", "SM1", "read", 4))
-            .await
-            .unwrap();
-        assert!(matches!(genuine, Inserted::New(_)), "{genuine:?}");
-        let (a, a_events) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(a.status, "read");
-        let history: Vec<_> = a_events
-            .iter()
-            .map(|e| e.message_status.as_deref().unwrap())
-            .collect();
-        assert_eq!(history, ["delivered", "read"]);
-
-        // B's events only ever touched a row of B's own; a lookup by sid alone finds A's send.
-        let (b, b_events) = store.app_message("ops", "SM1").await.unwrap().unwrap();
-        assert_eq!((b.status.as_str(), b_events.len()), ("failed", 2));
-        let (by_sid, _) = store.message("SM1").await.unwrap().unwrap();
-        assert_eq!((by_sid.app.as_str(), by_sid.id), ("crm", a.id));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn an_event_naming_another_account_does_not_move_the_apps_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.record_send(send_record("crm", "AC_A", "SM1"));
-        store
-            .insert_event(app_status("crm", "AC_OTHER", "SM1", "failed", 2))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(
-            (m.status.as_str(), m.account_sid.as_deref()),
-            ("queued", Some("AC_A"))
-        );
-        // An event that names no account is matched by app alone, as before.
-        store
-            .insert_event(status_event("SM1", "sent", 3))
-            .await
-            .unwrap();
-        store
-            .insert_event(app_status("crm", "AC_A", "SM1", "delivered", 4))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(m.status, "delivered");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn an_idempotency_token_is_a_repeat_within_an_app_and_new_in_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let with_token = |app: &str, sid: &str| {
-            let mut event = app_status(app, "AC1", sid, "sent", 1);
-            event.idempotency_token = Some("ID-shared".into());
-            event
-        };
-        assert!(matches!(
-            store.insert_event(with_token("crm", "SM1")).await.unwrap(),
-            Inserted::New(_)
-        ));
-        assert!(matches!(
-            store.insert_event(with_token("ops", "SM2")).await.unwrap(),
-            Inserted::New(_)
-        ));
-        assert_eq!(
-            store.insert_event(with_token("crm", "SM3")).await.unwrap(),
-            Inserted::Duplicate
-        );
-        let events = store.events(EventFilter::default()).await.unwrap();
-        let stored: Vec<_> = events
-            .iter()
-            .rev()
-            .map(|e| (e.app.as_str(), e.message_sid.as_deref().unwrap()))
-            .collect();
-        assert_eq!(stored, [("crm", "SM1"), ("ops", "SM2")]);
-        store.close().await;
-    }
-
-    /// An inbound message from `contact` to `app_number` of app `crm`, as the inbound route
-    /// stores it.
-    fn inbound_event(sid: &str, contact: &str, app_number: &str, at: i64) -> NewEvent {
-        let fields = [
-            ("SmsStatus", "received"),
-            ("MessageSid", sid),
-            ("AccountSid", "AC1"),
-            ("From", &format!("whatsapp:{contact}")),
-            ("To", &format!("whatsapp:{app_number}")),
-            ("Body", "hi"),
-            ("ProfileName", "Ana"),
-            ("WaId", contact.trim_start_matches('+')),
-            ("NumMedia", "1"),
-            ("MediaUrl0", "https://m/0"),
-            ("MediaContentType0", "image/jpeg"),
-        ];
-        NewEvent {
-            kind: EventKind::Inbound,
-            callback: StatusCallback::from_fields(
-                fields
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..status_event(sid, "", at)
-        }
-    }
-
-    #[tokio::test]
-    async fn an_inbound_message_is_stored_as_an_event_and_a_received_message_row_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let event = inbound_event("SM1", "+393331234567", "+14155238886", 5);
-        let Inserted::New(id) = store.insert_event(event.clone()).await.unwrap() else {
-            panic!("not stored");
-        };
-        assert_eq!(
-            store.insert_event(event).await.unwrap(),
-            Inserted::Duplicate
-        );
-        let stored = store.event(id).await.unwrap().unwrap();
-        assert_eq!(stored.kind, EventKind::Inbound);
-        assert_eq!(stored.message_status.as_deref(), Some("received"));
-        assert_eq!(stored.attempts, 1);
-
-        // A status callback naming the sid does not move the received message.
-        store
-            .insert_event(status_event("SM1", "read", 6))
-            .await
-            .unwrap();
-        let (m, _) = store.app_message("crm", "SM1").await.unwrap().unwrap();
-        assert_eq!(m.direction, Direction::Inbound);
-        assert_eq!(m.status, "received");
-        assert_eq!(
-            (m.from.as_deref(), m.to.as_deref()),
-            (Some("+393331234567"), Some("+14155238886"))
-        );
-        assert_eq!(m.body.as_deref(), Some("hi"));
-        assert_eq!(
-            (m.profile_name.as_deref(), m.wa_id.as_deref()),
-            (Some("Ana"), Some("393331234567"))
-        );
-        let media: serde_json::Value = serde_json::from_str(m.media.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            media,
-            serde_json::json!([{"url": "https://m/0", "contentType": "image/jpeg"}])
-        );
-        assert_eq!(m.created_at, 5);
-
-        store.record_send(send_record("crm", "AC1", "SM2"));
-        store.flush().await.unwrap();
-        let only = |direction| MessageFilter {
-            direction: Some(direction),
-            ..MessageFilter::default()
-        };
-        let inbound = store.messages(only(Direction::Inbound)).await.unwrap();
-        let outbound = store.messages(only(Direction::Outbound)).await.unwrap();
-        assert_eq!(inbound.len(), 1);
-        assert_eq!(outbound.len(), 1);
-        assert_eq!(outbound[0].sid.as_deref(), Some("SM2"));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that_number() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (contact, number) = ("+393331234567", "+14155238886");
-        let at = 1_000_000_000;
-        store
-            .insert_event(inbound_event("SM1", contact, number, at))
-            .await
-            .unwrap();
-        let open = |app: &'static str, from: &'static str, to: &'static str, now: i64| {
-            let store = store.clone();
-            async move { store.session_open(app, from, to, now).await.unwrap() }
-        };
-        assert!(open("crm", number, contact, at).await);
-        assert!(open("crm", number, contact, at + WINDOW_MS).await);
-        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
-        assert!(!open("crm", number, contact, at - 1).await, "not yet sent");
-        assert!(
-            !open("crm", "+14155238887", contact, at).await,
-            "another number"
-        );
-        assert!(
-            !open("crm", number, "+393331234568", at).await,
-            "another contact"
-        );
-        assert!(!open("ops", number, contact, at).await, "another app");
-        // A message the app sent to the contact opens nothing.
-        store.record_send(send_record("crm", "AC1", "SM2"));
-        store.flush().await.unwrap();
-        assert!(!open("crm", number, contact, at + WINDOW_MS + 1).await);
-
-        let clock = store.clock().clone();
-        let before = clock.now_ms();
-        store.clock().advance(Duration::from_secs(24 * 3600));
-        assert!(clock.now_ms() - before >= WINDOW_MS, "clones move together");
-        store.close().await;
-    }
+    use crate::store::{Store, StoreReader, status_event};
 
     /// How many threads of this process are named `name` (Linux keeps the first 15 bytes).
     #[cfg(target_os = "linux")]
