@@ -372,6 +372,92 @@ async fn claim_due_takes_expired_leases_and_due_retries_only() {
     b.close().await;
 }
 
+/// The claim's plan on a store like a busy one's: many finished events, a few open, and the
+/// table analyzed. It must read the open events alone, not walk every event by id.
+#[tokio::test]
+async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
+    let url = fresh_database().await;
+    let store = instance(&url).await;
+    let inserts =
+        (0..20_000).map(|i| store.insert_event(status_event(&format!("SM{i}"), "sent", i)));
+    let ids: Vec<i64> = futures::future::join_all(inserts)
+        .await
+        .into_iter()
+        .map(|inserted| new_id(inserted.unwrap()))
+        .collect();
+    // The planner's statistics were last gathered while all of them were running, as on a
+    // busy store between two runs of autovacuum's analyze.
+    exec(&url, "ANALYZE events").await;
+    let (finished, open) = ids.split_at(ids.len() - 10);
+    for &id in finished {
+        store.finish_dispatch(id, 1, DispatchResult::Done);
+    }
+    store.flush().await.unwrap();
+    // Three of the ten still open were held by an instance that died.
+    exec(
+        &url,
+        &format!(
+            "UPDATE events SET lease_until = 0 WHERE id IN ({}, {}, {})",
+            open[0], open[5], open[9]
+        ),
+    )
+    .await;
+
+    let mut pg = client(&url).await;
+    let tx = pg.transaction().await.unwrap();
+    tx.batch_execute(super::leases::CLAIM_PLAN).await.unwrap();
+    // The claim's own parameters, written in: JSON comes back as text only without them.
+    let now = crate::store::now_ms();
+    let explain = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        *super::leases::CLAIM_DUE
+    )
+    .replace("$1", "'probe'")
+    .replace("$2", &(now + 60_000).to_string())
+    .replace("$3", &now.to_string())
+    .replace("$4", "10");
+    let answer = tx.simple_query(&explain).await.unwrap();
+    tx.rollback().await.unwrap();
+    let json = answer
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a plan");
+    let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+
+    // Every node that reads events, with what it read and threw away.
+    fn scans(node: &serde_json::Value, found: &mut Vec<(String, i64, i64)>) {
+        let scan = node["Node Type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("Scan"));
+        if scan && node["Relation Name"] == "events" {
+            found.push((
+                node["Index Name"].as_str().unwrap_or("(none)").to_string(),
+                node["Actual Rows"].as_i64().unwrap_or(0),
+                node["Rows Removed by Filter"].as_i64().unwrap_or(0),
+            ));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans(child, found);
+        }
+    }
+    let mut found = Vec::new();
+    scans(&plan[0]["Plan"], &mut found);
+    let claim_scan = found
+        .iter()
+        .find(|(_, rows, _)| *rows == 3)
+        .unwrap_or_else(|| panic!("no scan found the 3 claimable events: {found:?}"));
+    assert_eq!(claim_scan.0, "events_open", "{found:?}");
+    let read: i64 = found.iter().map(|(_, rows, removed)| rows + removed).sum();
+    assert!(
+        read <= 20,
+        "the claim read {read} rows for 3 claimable events among 10 open: {found:?}"
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn concurrent_claimers_never_return_the_same_event() {
     let url = fresh_database().await;
@@ -505,9 +591,19 @@ async fn the_listener_reconnects_and_listens_again_after_its_connection_is_kille
 async fn migrations_apply_once_whether_run_twice_or_at_once() {
     let url = fresh_database().await;
     let runs = futures::future::join_all((0..4).map(|_| super::migrate(&url))).await;
-    let applied: Vec<String> = runs.into_iter().flat_map(|r| r.unwrap()).collect();
-    assert_eq!(applied.len(), 1, "{applied:?}");
-    assert!(applied[0].contains("initial"), "{applied:?}");
+    let mut applied: Vec<String> = runs.into_iter().flat_map(|r| r.unwrap()).collect();
+    applied.sort();
+    let mut embedded: Vec<String> = super::embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    embedded.sort();
+    assert!(
+        embedded.iter().any(|m| m.contains("initial")),
+        "{embedded:?}"
+    );
+    assert_eq!(applied, embedded, "each migration applied once in all");
     assert!(super::migrate(&url).await.unwrap().is_empty());
     // Instances starting together on a fresh database are fine as well.
     let url = fresh_database().await;
