@@ -142,7 +142,8 @@ env -u WHATSAPP_HOST_TEST_STORE cargo test --locked
 phase_done
 
 # The backend matrix: the suites that exercise the store through the server, on PostgreSQL.
-phase "cargo test --locked: callback, dispatch, crash-safety, dashboard, conversation and template suites on PostgreSQL"
+phase "cargo test --locked: callback, dispatch, crash-safety, dashboard (pages and browser), conversation and template suites on PostgreSQL"
 WHATSAPP_HOST_TEST_STORE=postgres cargo test --locked --test integration -- \
-  callbacks:: inbound:: crash_safety:: dashboard:: conversation:: templates:: --skip sqlite_only
+  callbacks:: inbound:: crash_safety:: dashboard:: dashboard_browser:: conversation:: templates:: \
+  --skip sqlite_only
 phase_done
