@@ -64,7 +64,9 @@ impl Postgres {
     pub(in crate::store) async fn claim_due(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut client = self.pool.get().await.map_err(query_err)?;
         let tx = client.transaction().await.map_err(query_err)?;
-        tx.batch_execute(CLAIM_PLAN).await.map_err(query_err)?;
+        tx.batch_execute(CLAIM_PLANNER_SETTINGS)
+            .await
+            .map_err(query_err)?;
         let statement = tx.prepare_cached(&CLAIM_DUE).await.map_err(query_err)?;
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -82,23 +84,33 @@ impl Postgres {
     }
 }
 
-/// How [`CLAIM_DUE`] reaches its rows: through `events_open`, by a plain index scan, whatever
-/// the table held when the statement was first planned. A bitmap scan would visit the row of
-/// every event finished since the table was last vacuumed, on every claim; an index scan marks
-/// their entries dead as it passes them, so the next claim skips them.
-pub(super) const CLAIM_PLAN: &str =
+/// The planner settings [`CLAIM_DUE`] runs under: index scans only, whatever the table held
+/// when the statement was first planned. A bitmap scan visits the row of every event finished
+/// since the table was last vacuumed, on every claim; a plain index scan marks their entries
+/// dead as it passes them (once no snapshot can still see those rows), so later claims skip
+/// them.
+pub(super) const CLAIM_PLANNER_SETTINGS: &str =
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
 
 /// Takes up to `$4` events, oldest first, that are pending or whose retry is due at `$3`, and
 /// that no live instance holds, for instance `$1` until `$2`, counting an attempt for each.
+/// Pending events are found through `events_pending` in id order and due retries through
+/// `events_retry` in due order, each part limited, so a claim reads neither finished events nor
+/// retries that are not due yet. Rows the two parts lock beyond the limit are left as they were
+/// and unlocked at commit.
 pub(super) static CLAIM_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let free = "(lease_owner IS NULL OR lease_until IS NULL OR lease_until < $3::bigint)";
     format!(
-        "UPDATE events SET attempts = attempts + 1, lease_owner = $1::text, \
-         lease_until = $2::bigint, state = 'pending', updated_at = $3::bigint \
-         WHERE id IN (SELECT id FROM events \
-           WHERE (state = 'pending' OR (state = 'failed' AND next_attempt_at <= $3)) \
-           AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $3) \
-           ORDER BY id LIMIT $4::bigint FOR UPDATE SKIP LOCKED) \
+        "WITH pending AS (SELECT id FROM events WHERE state = 'pending' AND {free} \
+             ORDER BY id LIMIT $4::bigint FOR UPDATE SKIP LOCKED), \
+           retries AS (SELECT id FROM events WHERE state = 'failed' \
+             AND next_attempt_at <= $3::bigint AND {free} \
+             ORDER BY next_attempt_at, id LIMIT $4::bigint FOR UPDATE SKIP LOCKED), \
+           due AS (SELECT id FROM pending UNION ALL SELECT id FROM retries \
+             ORDER BY id LIMIT $4::bigint) \
+         UPDATE events SET attempts = attempts + 1, lease_owner = $1::text, \
+           lease_until = $2::bigint, state = 'pending', updated_at = $3::bigint \
+         WHERE id IN (SELECT id FROM due) \
          RETURNING {EVENT_COLUMNS}"
     )
 });

@@ -372,10 +372,11 @@ async fn claim_due_takes_expired_leases_and_due_retries_only() {
     b.close().await;
 }
 
-/// The claim's plan on a store like a busy one's: many finished events, a few open, and the
-/// table analyzed. It must read the open events alone, not walk every event by id.
+/// The claim's cached plan on a store like a busy one's after an outage: many finished events,
+/// many failed ones waiting for a retry that is not due, a few claimable, and statistics
+/// gathered while all were in flight. It must read the claimable events alone.
 #[tokio::test]
-async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
+async fn a_claim_reads_only_the_claimable_events_however_many_are_finished_or_waiting() {
     let url = fresh_database().await;
     let store = instance(&url).await;
     let inserts =
@@ -385,15 +386,27 @@ async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
         .into_iter()
         .map(|inserted| new_id(inserted.unwrap()))
         .collect();
-    // The planner's statistics were last gathered while all of them were running, as on a
-    // busy store between two runs of autovacuum's analyze.
     exec(&url, "ANALYZE events").await;
-    let (finished, open) = ids.split_at(ids.len() - 10);
-    for &id in finished {
+    let (finished, open) = ids.split_at(ids.len() - 11);
+    let (done, waiting) = finished.split_at(finished.len() - 2_000);
+    for &id in done {
         store.finish_dispatch(id, 1, DispatchResult::Done);
     }
+    for &id in waiting.iter().chain(&open[10..]) {
+        let next_attempt_at = if id == open[10] { 0 } else { i64::MAX };
+        let error = "down".to_string();
+        store.finish_dispatch(
+            id,
+            1,
+            DispatchResult::Failed {
+                error,
+                next_attempt_at,
+            },
+        );
+    }
     store.flush().await.unwrap();
-    // Three of the ten still open were held by an instance that died.
+    // Claimable: three of the ten still pending, held by an instance that died, and the one
+    // failed event whose retry is due.
     exec(
         &url,
         &format!(
@@ -403,19 +416,18 @@ async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
     )
     .await;
 
-    let mut pg = client(&url).await;
-    let tx = pg.transaction().await.unwrap();
-    tx.batch_execute(super::leases::CLAIM_PLAN).await.unwrap();
-    // The claim's own parameters, written in: JSON comes back as text only without them.
+    // The plan a pooled connection caches for the claim: generic, under the claim's settings.
     let now = crate::store::now_ms();
     let explain = format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        *super::leases::CLAIM_DUE
-    )
-    .replace("$1", "'probe'")
-    .replace("$2", &(now + 60_000).to_string())
-    .replace("$3", &now.to_string())
-    .replace("$4", "10");
+        "{}; SET LOCAL plan_cache_mode = force_generic_plan; \
+         PREPARE claim(text, bigint, bigint, bigint) AS {}; \
+         EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('probe', {}, {now}, 10)",
+        super::leases::CLAIM_PLANNER_SETTINGS,
+        *super::leases::CLAIM_DUE,
+        now + 60_000,
+    );
+    let mut pg = client(&url).await;
+    let tx = pg.transaction().await.unwrap();
     let answer = tx.simple_query(&explain).await.unwrap();
     tx.rollback().await.unwrap();
     let json = answer
@@ -427,16 +439,17 @@ async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
         .expect("a plan");
     let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
 
-    // Every node that reads events, with what it read and threw away.
+    /// Every scan of events: its index, and the rows it returned and threw away in all loops.
     fn scans(node: &serde_json::Value, found: &mut Vec<(String, i64, i64)>) {
         let scan = node["Node Type"]
             .as_str()
             .is_some_and(|t| t.ends_with("Scan"));
         if scan && node["Relation Name"] == "events" {
+            let loops = node["Actual Loops"].as_i64().unwrap_or(1);
             found.push((
                 node["Index Name"].as_str().unwrap_or("(none)").to_string(),
-                node["Actual Rows"].as_i64().unwrap_or(0),
-                node["Rows Removed by Filter"].as_i64().unwrap_or(0),
+                node["Actual Rows"].as_i64().unwrap_or(0) * loops,
+                node["Rows Removed by Filter"].as_i64().unwrap_or(0) * loops,
             ));
         }
         for child in node["Plans"].as_array().into_iter().flatten() {
@@ -445,15 +458,16 @@ async fn a_claim_reads_the_open_events_only_however_many_are_finished() {
     }
     let mut found = Vec::new();
     scans(&plan[0]["Plan"], &mut found);
-    let claim_scan = found
-        .iter()
-        .find(|(_, rows, _)| *rows == 3)
-        .unwrap_or_else(|| panic!("no scan found the 3 claimable events: {found:?}"));
-    assert_eq!(claim_scan.0, "events_open", "{found:?}");
+    assert_eq!(plan[0]["Plan"]["Actual Rows"], 4, "claimed: {found:?}");
+    let used: HashSet<&str> = found.iter().map(|(index, ..)| index.as_str()).collect();
+    assert!(
+        used.contains("events_pending") && used.contains("events_retry"),
+        "{found:?}"
+    );
     let read: i64 = found.iter().map(|(_, rows, removed)| rows + removed).sum();
     assert!(
-        read <= 20,
-        "the claim read {read} rows for 3 claimable events among 10 open: {found:?}"
+        read <= 30,
+        "the claim read {read} rows to claim 4 among 11 open and 2,000 waiting: {found:?}"
     );
     store.close().await;
 }

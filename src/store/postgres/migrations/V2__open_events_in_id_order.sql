@@ -1,6 +1,10 @@
--- Claims take the oldest open events first (`ORDER BY id ... LIMIT`), so the open events are
--- indexed in id order: a claim reads them alone, oldest first, and stops at its limit. Keyed
--- on (state, next_attempt_at), the index could not give that order and the planner walked the
--- primary key instead, through every event in the table, on every claim.
+-- Claims take pending events oldest first (`ORDER BY id ... LIMIT`) and failed ones once their
+-- retry is due, so each gets an index in that order, and a claim reads the claimable events
+-- alone: not every event by primary key (which the planner chose under the old key, since
+-- (state, next_attempt_at) could not give id order), and not every failed event still waiting
+-- for its retry, however many an outage left behind.
+-- The new indexes are built before the old one is dropped: the build blocks writes to events
+-- but not reads, and the drop's exclusive lock lasts only until this migration commits.
+CREATE INDEX events_pending ON events (id) WHERE state = 'pending';
+CREATE INDEX events_retry ON events (next_attempt_at, id) WHERE state = 'failed';
 DROP INDEX events_open;
-CREATE INDEX events_open ON events (id) WHERE state IN ('pending', 'failed');
