@@ -14,16 +14,16 @@ use crate::settings::StoreSettings;
 const PAGE: usize = 1000;
 
 /// Every column `store copy` moves of an event; a lease is never copied.
-pub(super) const EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, \
+pub(super) const COPIED_EVENT_COLUMNS: &str = "id, app, company, received_at, idempotency_token, \
      dedup_key, message_sid, message_status, error_code, fields, state, attempts, \
      next_attempt_at, last_error, updated_at, kind";
 
 /// Every column of a message.
-pub(super) const MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, \
+pub(super) const COPIED_MESSAGE_COLUMNS: &str = "id, sid, app, company, account_sid, to_number, \
      from_number, body, media, status, status_rank, error_code, error_message, created_at, \
      updated_at, direction, profile_name, wa_id, content_sid, content_variables";
 
-/// An event row as stored, every column of [`EVENT_COLUMNS`].
+/// An event row as stored, every column of [`COPIED_EVENT_COLUMNS`].
 #[derive(Debug, Clone)]
 pub(super) struct EventRow {
     pub(super) id: i64,
@@ -67,7 +67,7 @@ impl EventRow {
     }
 }
 
-/// A message row as stored, every column of [`MESSAGE_COLUMNS`].
+/// A message row as stored, every column of [`COPIED_MESSAGE_COLUMNS`].
 #[derive(Debug, Clone)]
 pub(super) struct MessageRow {
     pub(super) id: i64,

@@ -83,36 +83,36 @@ impl Listing {
 
 /// The events `filter` selects.
 pub(super) fn events(filter: EventFilter, dialect: &Dialect) -> Listing {
-    let mut w = Listing::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
+    let mut listing = Listing::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
     if let Some(app) = filter.app {
-        w.and(dialect, " AND app = ?", app);
+        listing.and(dialect, " AND app = ?", app);
     }
     if let Some(state) = filter.state {
-        w.and(dialect, " AND state = ?", state.as_str().to_string());
+        listing.and(dialect, " AND state = ?", state.as_str().to_string());
     }
     if let Some(sid) = filter.message_sid {
-        w.and(dialect, " AND message_sid = ?", sid);
+        listing.and(dialect, " AND message_sid = ?", sid);
     }
     if let Some(before) = filter.before_id {
-        w.and(dialect, " AND id < ?", before);
+        listing.and(dialect, " AND id < ?", before);
     }
-    w.newest_first(filter.limit)
+    listing.newest_first(filter.limit)
 }
 
 /// The messages `filter` selects.
 pub(super) fn messages(filter: MessageFilter, dialect: &Dialect) -> Listing {
-    let mut w = Listing::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE true"));
+    let mut listing = Listing::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE true"));
     if let Some(app) = filter.app {
-        w.and(dialect, " AND app = ?", app);
+        listing.and(dialect, " AND app = ?", app);
     }
     if let Some(company) = filter.company {
-        w.and(dialect, " AND company = ?", company);
+        listing.and(dialect, " AND company = ?", company);
     }
     if let Some(status) = filter.status {
-        w.and(dialect, " AND status = ?", status);
+        listing.and(dialect, " AND status = ?", status);
     }
     if let Some(direction) = filter.direction {
-        w.and(
+        listing.and(
             dialect,
             " AND direction = ?",
             direction.as_str().to_string(),
@@ -128,7 +128,7 @@ pub(super) fn messages(filter: MessageFilter, dialect: &Dialect) -> Listing {
             digits
         };
         let position = dialect.position;
-        w.and(
+        listing.and(
             dialect,
             &format!(
                 " AND (sid = ? OR {position}(to_number, ?) > 0 OR {position}(from_number, ?) > 0)"
@@ -137,15 +137,15 @@ pub(super) fn messages(filter: MessageFilter, dialect: &Dialect) -> Listing {
         );
     }
     if let Some(since) = filter.since {
-        w.and(dialect, " AND created_at >= ?", since);
+        listing.and(dialect, " AND created_at >= ?", since);
     }
     if let Some(until) = filter.until {
-        w.and(dialect, " AND created_at < ?", until);
+        listing.and(dialect, " AND created_at < ?", until);
     }
     if let Some(before) = filter.before_id {
-        w.and(dialect, " AND id < ?", before);
+        listing.and(dialect, " AND id < ?", before);
     }
-    w.newest_first(filter.limit)
+    listing.newest_first(filter.limit)
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ impl Reader {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-                super::copy::EVENT_COLUMNS
+                super::copy::COPIED_EVENT_COLUMNS
             ))?;
             stmt.query_map(
                 params![after_id, limit as i64],
@@ -257,7 +257,7 @@ impl Reader {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {} FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
-                super::copy::MESSAGE_COLUMNS
+                super::copy::COPIED_MESSAGE_COLUMNS
             ))?;
             stmt.query_map(
                 params![after_id, limit as i64],
