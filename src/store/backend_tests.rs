@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     Direction, DispatchResult, EventFilter, EventKind, EventState, Inserted, MessageFilter,
-    NewEvent, SendRecord, Store, WINDOW_MS, send_record, status_event,
+    NewEvent, NumberWindow, SendRecord, Store, WINDOW_MS, Window, send_record, status_event,
 };
 use crate::twilio::simulate;
 use crate::twilio::webhook::StatusCallback;
@@ -45,7 +45,9 @@ on_both_backends!(
     an_event_naming_another_account_does_not_move_the_apps_message,
     an_inbound_message_is_stored_as_an_event_and_a_received_message_row_once,
     the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that_number,
-    a_conversation_holds_both_directions_and_a_search_finds_sids_and_digits,
+    a_conversation_holds_both_directions_of_one_contact_in_order,
+    the_session_window_is_per_app_number_and_moves_with_the_clock,
+    a_search_finds_a_sid_whole_and_a_number_by_its_digits,
     listings_filter_and_page_newest_first,
 );
 
@@ -365,22 +367,54 @@ async fn the_window_is_open_for_24_hours_after_the_contacts_last_message_to_that
     store.close().await;
 }
 
-async fn a_conversation_holds_both_directions_and_a_search_finds_sids_and_digits(store: Store) {
-    let (contact, number) = ("+393331234567", "+14155238886");
-    let at = 1_000_000_000;
+const HOUR: i64 = 60 * 60 * 1000;
+const CONTACT: &str = "+393331234567";
+const APP_NUMBER: &str = "+14155238886";
+
+/// App `app`'s inbound message `sid` from `from` to [`APP_NUMBER`].
+fn inbound_to_app(app: &str, sid: &str, from: &str, at: i64) -> NewEvent {
+    NewEvent {
+        app: app.into(),
+        ..inbound_event(sid, from, APP_NUMBER, at)
+    }
+}
+
+/// App `crm`'s reply `sid` to `to`, with a picture.
+fn reply(sid: &str, to: &str, at: i64) -> SendRecord {
+    SendRecord {
+        to: to.into(),
+        body: "hello Ana".into(),
+        media: Some("https://example.com/a.jpg".into()),
+        at,
+        ..send_record("crm", "AC1", sid)
+    }
+}
+
+async fn a_conversation_holds_both_directions_of_one_contact_in_order(store: Store) {
+    let t0 = 1_700_000_000_000;
     store
-        .insert_event(inbound_event("SM1", contact, number, at))
+        .insert_event(inbound_to_app("crm", "SMin1", CONTACT, t0))
         .await
         .unwrap();
-    store.record_send(SendRecord {
-        at: at + 1_000,
-        ..send_record("crm", "AC1", "SMout")
-    });
+    store.record_send(reply("SMout1", CONTACT, t0 + 1_000));
+    // Another contact, another app, and a reply to another contact are not part of it.
+    let other = "+393470000000";
+    store
+        .insert_event(inbound_to_app("crm", "SMin2", other, t0 + 2_000))
+        .await
+        .unwrap();
+    store
+        .insert_event(inbound_to_app("ops", "SMin3", CONTACT, t0 + 3_000))
+        .await
+        .unwrap();
+    store.record_send(reply("SMout2", other, t0 + 4_000));
     store.flush().await.unwrap();
-    let c = store
-        .conversation("crm", contact, at + 2_000)
+    store
+        .insert_event(status_event("SMout1", "read", t0 + 5_000))
         .await
         .unwrap();
+
+    let c = store.conversation("crm", CONTACT, t0 + HOUR).await.unwrap();
     let sids: Vec<_> = c
         .entries
         .iter()
@@ -388,17 +422,74 @@ async fn a_conversation_holds_both_directions_and_a_search_finds_sids_and_digits
         .collect();
     assert_eq!(
         sids,
-        [("SM1", Direction::Inbound), ("SMout", Direction::Outbound)]
+        [
+            ("SMin1", Direction::Inbound),
+            ("SMout1", Direction::Outbound)
+        ]
     );
-    assert_eq!(c.profile_name.as_deref(), Some("Ana"));
-    assert_eq!(c.windows.len(), 1);
-    assert!(c.windows[0].window.is_open());
+    assert_eq!(c.entries[1].message.status, "read");
     assert_eq!(
         c.entries[0].media[0].content_type.as_deref(),
         Some("image/jpeg")
     );
+    assert_eq!(c.profile_name.as_deref(), Some("Ana"));
+    assert!(!c.truncated);
+    assert_eq!(
+        c.windows,
+        [NumberWindow {
+            app_number: APP_NUMBER.into(),
+            window: Window::Open {
+                until: t0 + 24 * HOUR
+            }
+        }]
+    );
+    let later = store
+        .conversation("crm", CONTACT, t0 + 25 * HOUR)
+        .await
+        .unwrap();
+    assert!(!later.windows[0].window.is_open());
+    store.close().await;
+}
 
-    // A sid is matched whole; a number by its digits anywhere in to or from.
+async fn the_session_window_is_per_app_number_and_moves_with_the_clock(store: Store) {
+    let t0 = 1_700_000_000_000;
+    let window = |number: &'static str, now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .session_window("crm", number, CONTACT, now)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        window(APP_NUMBER, t0).await,
+        Window::Closed { last_inbound: None }
+    );
+    store
+        .insert_event(inbound_to_app("crm", "SMin1", CONTACT, t0))
+        .await
+        .unwrap();
+    // A reply does not open the window; only the contact's message does.
+    store.record_send(reply("SMout1", CONTACT, t0 + 30 * HOUR));
+    store.flush().await.unwrap();
+    assert!(window(APP_NUMBER, t0 + 23 * HOUR).await.is_open());
+    assert!(!window(APP_NUMBER, t0 + 25 * HOUR).await.is_open());
+    assert!(!window("+447911123456", t0 + HOUR).await.is_open());
+    store.close().await;
+}
+
+async fn a_search_finds_a_sid_whole_and_a_number_by_its_digits(store: Store) {
+    let at = 1_000_000_000;
+    store
+        .insert_event(inbound_to_app("crm", "SM1", CONTACT, at))
+        .await
+        .unwrap();
+    store.record_send(SendRecord {
+        at: at + 1_000,
+        ..send_record("crm", "AC1", "SMout")
+    });
+    store.flush().await.unwrap();
     let search = |text: &str| MessageFilter {
         search: Some(text.into()),
         ..MessageFilter::default()

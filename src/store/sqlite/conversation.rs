@@ -110,50 +110,10 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Direction;
     use crate::store::conversation::media_items;
-    use crate::store::status_event;
-    use crate::store::{Direction, SendRecord, Store};
-    use crate::twilio::webhook::status_rank;
-    use rusqlite::Connection;
 
     const HOUR: i64 = 60 * 60 * 1000;
-    const CONTACT: &str = "+393331234567";
-    const APP_NUMBER: &str = "+14155238886";
-
-    /// Writes an inbound row as the inbound route does (see the schema's column rules).
-    fn inbound(dir: &std::path::Path, app: &str, sid: &str, from: &str, to: &str, at: i64) {
-        let conn = Connection::open(dir.join(super::super::FILE_NAME)).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .unwrap();
-        conn.execute(
-            "INSERT INTO messages (sid, app, company, account_sid, to_number, from_number, body, \
-             media, status, status_rank, created_at, updated_at, direction, profile_name, wa_id) \
-             VALUES (?1, ?2, 'ACME', 'AC1', ?3, ?4, 'hi', \
-             '[{\"url\":\"https://api.twilio.com/m/1\",\"contentType\":\"image/jpeg\"}]', \
-             'received', ?6, ?5, ?5, 'inbound', 'Ana', '393331234567')",
-            params![sid, app, to, from, at, status_rank("received")],
-        )
-        .unwrap();
-    }
-
-    fn reply(sid: &str, to: &str, at: i64) -> SendRecord {
-        SendRecord {
-            sid: Some(sid.into()),
-            app: "crm".into(),
-            company: "ACME".into(),
-            account_sid: "AC1".into(),
-            to: to.into(),
-            from: APP_NUMBER.into(),
-            body: "hello Ana".into(),
-            media: Some("https://example.com/a.jpg".into()),
-            status: "queued".into(),
-            error_code: None,
-            error_message: None,
-            at,
-            content_sid: None,
-            content_variables: None,
-        }
-    }
 
     #[test]
     fn the_window_is_open_for_24_hours_after_the_last_inbound_message() {
@@ -193,94 +153,5 @@ mod tests {
         assert_eq!(sent[0].url, "gs://b/o.jpg");
         assert!(media_items(Direction::Inbound, None).is_empty());
         assert!(media_items(Direction::Inbound, Some("[]")).is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_conversation_holds_both_directions_of_one_contact_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let t0 = 1_700_000_000_000;
-        inbound(dir.path(), "crm", "SMin1", CONTACT, APP_NUMBER, t0);
-        store.record_send(reply("SMout1", CONTACT, t0 + 1_000));
-        // Another contact, another app, and a reply to another contact are not part of it.
-        inbound(
-            dir.path(),
-            "crm",
-            "SMin2",
-            "+393470000000",
-            APP_NUMBER,
-            t0 + 2_000,
-        );
-        inbound(dir.path(), "ops", "SMin3", CONTACT, APP_NUMBER, t0 + 3_000);
-        store.record_send(reply("SMout2", "+393470000000", t0 + 4_000));
-        store.flush().await.unwrap();
-        store
-            .insert_event(status_event("SMout1", "read", t0 + 5_000))
-            .await
-            .unwrap();
-
-        let c = store.conversation("crm", CONTACT, t0 + HOUR).await.unwrap();
-        let sids: Vec<_> = c
-            .entries
-            .iter()
-            .map(|e| (e.message.sid.as_deref().unwrap(), e.message.direction))
-            .collect();
-        assert_eq!(
-            sids,
-            [
-                ("SMin1", Direction::Inbound),
-                ("SMout1", Direction::Outbound)
-            ]
-        );
-        assert_eq!(c.entries[1].message.status, "read");
-        assert_eq!(
-            c.entries[0].media[0].content_type.as_deref(),
-            Some("image/jpeg")
-        );
-        assert_eq!(c.profile_name.as_deref(), Some("Ana"));
-        assert!(!c.truncated);
-        assert_eq!(
-            c.windows,
-            [NumberWindow {
-                app_number: APP_NUMBER.into(),
-                window: Window::Open {
-                    until: t0 + 24 * HOUR
-                }
-            }]
-        );
-        let later = store
-            .conversation("crm", CONTACT, t0 + 25 * HOUR)
-            .await
-            .unwrap();
-        assert!(!later.windows[0].window.is_open());
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn the_session_window_is_per_app_number_and_moves_with_the_clock() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let t0 = 1_700_000_000_000;
-        let window = |number: &'static str, now: i64| {
-            let store = store.clone();
-            async move {
-                store
-                    .session_window("crm", number, CONTACT, now)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert_eq!(
-            window(APP_NUMBER, t0).await,
-            Window::Closed { last_inbound: None }
-        );
-        inbound(dir.path(), "crm", "SMin1", CONTACT, APP_NUMBER, t0);
-        // A reply does not open the window; only the contact's message does.
-        store.record_send(reply("SMout1", CONTACT, t0 + 30 * HOUR));
-        store.flush().await.unwrap();
-        assert!(window(APP_NUMBER, t0 + 23 * HOUR).await.is_open());
-        assert!(!window(APP_NUMBER, t0 + 25 * HOUR).await.is_open());
-        assert!(!window("+447911123456", t0 + HOUR).await.is_open());
-        store.close().await;
     }
 }
